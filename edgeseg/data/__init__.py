@@ -1,0 +1,1 @@
+"""Datasets, transforms, class palettes and dataset download."""

