@@ -157,6 +157,31 @@ def data_fetch(
     console.print(f"{name} is ready in {path}")
 
 
+@app.command("targets")
+def targets_command():
+    """List deployment targets: compute capability, memory, DLA cores, precisions, TensorRT and power modes."""
+    from edgeseg.target_registry import list_targets
+
+    table = Table(title="edgeseg deployment targets")
+    for column in ("name", "kind", "compute", "memory (GB)", "DLA", "precisions", "TensorRT", "power modes"):
+        table.add_column(column, justify="right" if column in ("memory (GB)", "DLA") else "left")
+    for target in list_targets():
+        device = "from device" if target.from_device else "-"  # 'cuda' is read when used, not when listed
+        table.add_row(
+            target.name + (f"\n[dim]{', '.join(target.aliases)}[/dim]" if target.aliases else ""),
+            target.kind,
+            target.compute_capability or device,
+            f"{target.gpu_memory_gb:g}" if target.gpu_memory_gb else device,
+            str(target.dla_cores) if target.builds_engines and not target.from_device else "-",
+            " ".join(target.precisions) or device,
+            target.default_tensorrt or "ONNX Runtime",
+            " ".join(mode.name for mode in target.power_modes) or "-",
+        )
+    console.print(table)
+    console.print("TensorRT is the default for planning; a Jetson's comes with its JetPack, a desktop's is the "
+                  "installed one. Memory on a Jetson is shared by CPU and GPU.")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line and a non-zero exit for user errors, never a traceback."""
     try:

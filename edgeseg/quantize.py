@@ -1,0 +1,233 @@
+"""Stage: precision into the ONNX graph. FP16 with overflow-prone ops kept in FP32, and INT8 Q/DQ post-training
+quantization calibrated on a calibration manifest, with an optional accuracy budget that keeps the most
+sensitive layers in float until the mIoU drop fits.
+
+Precision lives in the graph (FP16 casts, Q/DQ nodes) because TensorRT 10+ strongly-typed builds and
+TensorRT 11 take it from there; the same graphs run on ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.calibration import calibration_batches, load_calibration_set
+from edgeseg.errors import EdgesegError, UsageError
+from edgeseg.export import onnx_preprocessing, read_onnx_metadata
+from edgeseg.manifest import Artifact, atomic_path, input_record, sha256_file, stage_manifest, write_json
+
+PROFILES = ("cpu", "trt")
+METHODS = ("minmax", "entropy", "percentile")
+
+# FP16 overflows in these (SegFormer's LayerNorm variance is the classic case), so they stay FP32 with casts
+# around them; matmuls and convolutions, where the time goes, run in FP16.
+FP16_KEEP_FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceL2", "Pow", "Sqrt", "Exp",
+                      "Log", "Erf", "Div", "InstanceNormalization", "GroupNormalization", "Resize")
+
+# TensorRT fuses Q/DQ into the inputs of these; quantizing other ops only adds reformatting.
+TRT_QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+class QuantizeError(EdgesegError):
+    """Quantization could not produce a model that meets what was asked."""
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    profile: str = "cpu"  # cpu: uint8 activations, what ORT's CPU kernels run fastest; trt: symmetric int8
+    method: str = "minmax"
+    percentile: float = 99.999
+    per_channel: bool = True
+    max_miou_drop: float | None = None  # points of mIoU (e.g. 1.0); None: no accuracy loop
+    eval_dataset: str = "camvid"
+    eval_split: str = "val"
+    eval_limit: int | None = None
+    data_root: str | None = None
+    keep_float: tuple[str, ...] = ()  # node names the user keeps in float
+    max_fallback_rounds: int = 8
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.profile not in PROFILES:
+            raise UsageError(f"unknown quantization profile {self.profile!r}; choose {', '.join(PROFILES)}")
+        if self.method not in METHODS:
+            raise UsageError(f"unknown calibration method {self.method!r}; choose {', '.join(METHODS)}")
+        if self.max_miou_drop is not None and self.max_miou_drop < 0:
+            raise UsageError("--max-miou-drop must be zero or positive (points of mIoU)")
+
+
+def _require_edgeseg_onnx(path: Path) -> dict:
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist")
+    metadata = read_onnx_metadata(path)
+    if metadata.get("edgeseg.precision", "fp32") != "fp32":
+        raise UsageError(f"{path} is already {metadata['edgeseg.precision']}; quantize the FP32 model.onnx")
+    return metadata
+
+
+def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> Artifact:
+    """FP32 ONNX -> FP16 ONNX with float32 inputs/outputs and overflow-prone ops kept in FP32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    _require_edgeseg_onnx(fp32_path)
+    graph = onnx.load(str(fp32_path))
+    converted = convert_float_to_float16(graph, keep_io_types=True, op_block_list=list(FP16_KEEP_FP32_OPS))
+    _set_precision(converted, "fp16")
+    with atomic_path(out_path) as tmp:
+        onnx.save(converted, str(tmp))
+    manifest = stage_manifest("quantize", inputs={"onnx": input_record(fp32_path)},
+                              settings={"precision": "fp16", "fp32_ops": list(FP16_KEEP_FP32_OPS),
+                                        "keep_io_types": True}, libraries=("onnx", "onnxruntime"))
+    manifest.update({"precision": "fp16", "artifact": _artifact_record(out_path)})
+    write_json(out_path.with_name(out_path.name + ".json"), manifest)
+    return Artifact(out_path, manifest)
+
+
+def _set_precision(graph, precision: str) -> None:
+    for prop in graph.metadata_props:
+        if prop.key == "edgeseg.precision":
+            prop.value = precision
+            return
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = "edgeseg.precision", precision
+
+
+def _artifact_record(path: Path) -> dict:
+    return {"path": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+class _ManifestReader:
+    """ONNX Runtime CalibrationDataReader over calibration images, supporting strided (chunked) collection so
+    histogram calibrators never hold every activation of every image in memory at once."""
+
+    def __init__(self, paths, preprocessing, input_name):
+        self.paths, self.preprocessing, self.input_name = paths, preprocessing, input_name
+        self.set_range(0, len(paths))
+
+    def __len__(self):
+        return len(self.paths)
+
+    def set_range(self, start_index: int, end_index: int):
+        self._batches = calibration_batches(self.paths[start_index:end_index], self.preprocessing)
+
+    def get_next(self):
+        batch = next(self._batches, None)
+        return None if batch is None else {self.input_name: batch}
+
+
+def _quantize_once(prepared: Path, out_path: Path, reader, cfg: QuantizeConfig, exclude: list[str],
+                   cache: Path) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[cfg.method]
+    trt = cfg.profile == "trt"
+    extra = {"ActivationSymmetric": trt, "WeightSymmetric": True, "CalibPercentile": cfg.percentile,
+             "CalibStridedMinMax": _stride(len(reader))}
+    quantize_static(
+        str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(TRT_QUANTIZED_OPS) if trt else None,
+        per_channel=cfg.per_channel, reduce_range=False,
+        activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
+        nodes_to_exclude=exclude, calibrate_method=method, extra_options=extra, calibration_cache_path=str(cache))
+
+
+def _stride(count: int) -> int:
+    """The largest chunk of at most 16 images that divides the set (ORT requires an exact division)."""
+    return max(d for d in range(1, min(16, count) + 1) if count % d == 0)
+
+
+def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: QuantizeConfig,
+                  out_path: str | Path, log=print) -> Artifact:
+    """FP32 ONNX + calibration manifest -> INT8 Q/DQ ONNX (+ manifest with the accuracy loop's record)."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    _require_edgeseg_onnx(fp32_path)
+    preprocessing = onnx_preprocessing(fp32_path)
+    calibration, paths = load_calibration_set(calibration_path, cfg.data_root)
+    if not paths:
+        raise UsageError(f"{calibration_path} lists no images")
+    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    started = time.monotonic()
+
+    with tempfile.TemporaryDirectory(prefix="edgeseg-quant-") as scratch:
+        scratch = Path(scratch)
+        prepared = scratch / "prepared.onnx"
+        try:  # symbolic shape inference + ORT graph clean-up, as ORT recommends before quantizing
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        except Exception as exc:  # fall back to the exported graph, which is already simplified
+            log(f"quantization pre-processing skipped ({type(exc).__name__}); quantizing the exported graph")
+            prepared.write_bytes(fp32_path.read_bytes())
+        cache = scratch / "ranges.json"
+        candidate = scratch / "int8.onnx"
+        reader = _ManifestReader(paths, preprocessing, input_name)
+        excluded = list(cfg.keep_float)
+        _quantize_once(prepared, candidate, reader, cfg, excluded, cache)
+        accuracy = None
+        if cfg.max_miou_drop is not None:
+            accuracy = _fit_accuracy_budget(fp32_path, prepared, candidate, reader, cfg, excluded, cache, paths, log)
+        graph = onnx.load(str(candidate))
+        _set_precision(graph, "int8")
+        with atomic_path(out_path) as tmp:
+            onnx.save(graph, str(tmp))
+
+    settings = {**cfg.__dict__, "keep_float": list(cfg.keep_float), "format": "QDQ",
+                "activation_type": "int8 symmetric" if cfg.profile == "trt" else "uint8 asymmetric",
+                "weight_type": "int8 symmetric" + (" per-channel" if cfg.per_channel else " per-tensor"),
+                "quantized_ops": list(TRT_QUANTIZED_OPS) if cfg.profile == "trt" else "onnxruntime default"}
+    manifest = stage_manifest("quantize",
+                              inputs={"onnx": input_record(fp32_path), "calibration": input_record(calibration_path)},
+                              settings=settings, checks={"accuracy": accuracy} if accuracy else {},
+                              libraries=("onnx", "onnxruntime"))
+    manifest.update({"precision": "int8", "calibration": {"count": calibration["count"],
+                                                          "strategy": calibration["strategy"]},
+                     "layers_kept_float": accuracy["kept_float"] if accuracy else list(cfg.keep_float),
+                     "seconds": round(time.monotonic() - started, 1), "artifact": _artifact_record(out_path)})
+    write_json(out_path.with_name(out_path.name + ".json"), manifest)
+    return Artifact(out_path, manifest)
+
+
+def _fit_accuracy_budget(fp32_path, prepared, candidate, reader, cfg, excluded, cache, calib_paths, log) -> dict:
+    """Evaluate INT8 vs FP32; while the drop exceeds the budget, keep the most sensitive layers in float."""
+    from edgeseg.quant_sensitivity import evaluate_onnx, rank_sensitivity
+
+    fp32_miou = evaluate_onnx(fp32_path, cfg)
+    int8_miou = evaluate_onnx(candidate, cfg)
+    rounds = [{"kept_float": len(excluded), "miou": int8_miou, "drop": (fp32_miou - int8_miou) * 100}]
+    log(f"INT8 mIoU {int8_miou:.4f} vs FP32 {fp32_miou:.4f}: drop {rounds[-1]['drop']:.2f} points "
+        f"(budget {cfg.max_miou_drop})")
+    ranking = None
+    step = 1
+    while rounds[-1]["drop"] > cfg.max_miou_drop and len(rounds) <= cfg.max_fallback_rounds:
+        if ranking is None:
+            ranking = [name for name, _ in rank_sensitivity(prepared, candidate, calib_paths[:4], reader.preprocessing,
+                                                            reader.input_name) if name not in excluded]
+        if not ranking:
+            break
+        newly, ranking = ranking[:step], ranking[step:]
+        excluded.extend(newly)
+        step *= 2  # 1, 2, 4, 8 ... layers: few rounds even when many layers matter
+        _quantize_once(prepared, candidate, reader, cfg, excluded, cache)
+        int8_miou = evaluate_onnx(candidate, cfg)
+        rounds.append({"kept_float": len(excluded), "added": newly, "miou": int8_miou,
+                       "drop": (fp32_miou - int8_miou) * 100})
+        log(f"kept {len(excluded)} layers in float: INT8 mIoU {int8_miou:.4f}, drop {rounds[-1]['drop']:.2f} points")
+    met = rounds[-1]["drop"] <= cfg.max_miou_drop
+    if not met:
+        raise QuantizeError(f"INT8 mIoU drop {rounds[-1]['drop']:.2f} points still exceeds --max-miou-drop "
+                            f"{cfg.max_miou_drop} with {len(excluded)} layers in float; raise the budget, try "
+                            f"--method entropy/percentile, or deploy FP16")
+    return {"fp32_miou": fp32_miou, "int8_miou": int8_miou, "drop_points": rounds[-1]["drop"],
+            "budget_points": cfg.max_miou_drop, "eval": f"{cfg.eval_dataset}/{cfg.eval_split}",
+            "rounds": rounds, "kept_float": list(excluded), "met": met}
+
+
+__all__ = ["QuantizeConfig", "convert_fp16", "quantize_int8", "replace", "np"]
