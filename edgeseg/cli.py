@@ -157,6 +157,133 @@ def data_fetch(
     console.print(f"{name} is ready in {path}")
 
 
+@app.command()
+def export(
+    model: str = typer.Option(..., "--model", "-m", help="zoo model name"),
+    weights: Optional[str] = typer.Option(None, help="weights spec (default: the bundled CamVid checkpoint)"),
+    out: Path = typer.Option(Path("model.onnx"), "--out", "-o", help="ONNX file to write (+ <file>.json manifest)"),
+    size: Optional[str] = typer.Option(None, help=SIZE_HELP),
+    batch: int = typer.Option(1, help="static batch size"),
+    dynamic: list[str] = typer.Option([], help="make an axis dynamic: batch, height or width (repeatable)"),
+    opset: int = typer.Option(17),
+    no_simplify: bool = typer.Option(False, "--no-simplify", help="skip onnxslim"),
+    fuse_argmax: bool = typer.Option(False, help="output a uint8 label map (argmax in the graph) instead of logits"),
+    data: str = typer.Option("camvid", help="dataset whose images the parity check uses"),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
+):
+    """Export a model to ONNX with its preprocessing in the metadata and a parity check against torch."""
+    from edgeseg.export import ExportConfig, export_model
+    from edgeseg.zoo.registry import get_entry
+    from edgeseg.zoo.weights import load_model
+
+    get_entry(model)
+    cfg = ExportConfig(size=parse_size(size), batch=batch, dynamic=tuple(dynamic), opset=opset,
+                       simplify=not no_simplify, fuse_argmax=fuse_argmax, dataset=data, data_root=data_root)
+    artifact = export_model(load_model(model, weights), model, cfg, out)
+    parity = artifact.manifest["checks"]["parity"]
+    console.print(f"wrote {artifact.path}: argmax agreement with torch {parity['argmax_agreement']:.4%} on "
+                  f"{parity['images']} images ({parity['source']})")
+
+
+@app.command()
+def calib(
+    model: str = typer.Option(..., "--model", "-m", help="zoo model (its contract sets the deployed resolution)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="manifest to write (default: calibration/<model>-"
+                                                                 "<dataset>-<strategy>-<count>.json)"),
+    data: str = typer.Option("camvid", help="dataset to sample from"),
+    split: str = typer.Option("train"),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
+    images: Optional[Path] = typer.Option(None, help="a plain folder of images instead of a dataset"),
+    count: int = typer.Option(200),
+    strategy: str = typer.Option("class-balanced", help="random, class-balanced or sequence-spread"),
+    seed: int = typer.Option(0),
+    size: Optional[str] = typer.Option(None, help="calibration resolution (default: the model's input size)"),
+):
+    """Sample a calibration set and write its manifest (image paths + sha256, never images)."""
+    from edgeseg.calibration import CalibConfig, make_calibration_set
+    from edgeseg.zoo.registry import get_entry
+
+    entry = get_entry(model)
+    preprocessing = entry.preprocessing()
+    if size:
+        preprocessing = preprocessing.with_size(parse_size(size))
+    cfg = CalibConfig(dataset=data, split=split, data_root=data_root, images_dir=str(images) if images else None,
+                      count=count, strategy=strategy, seed=seed)
+    out = out or Path("calibration") / f"{model}-{data if not images else images.name}-{strategy}-{count}.json"
+    artifact = make_calibration_set(preprocessing, cfg, out)
+    coverage = artifact.manifest["class_coverage"]
+    console.print(f"wrote {artifact.path}: {artifact.manifest['count']} images"
+                  + (f"; images per class: {coverage}" if coverage else ""))
+
+
+@app.command()
+def quantize(
+    onnx_model: Path = typer.Argument(..., help="the FP32 model.onnx written by 'edgeseg export'"),
+    precision: str = typer.Option("int8", help="int8 or fp16"),
+    calibration: Optional[Path] = typer.Option(None, help="calibration manifest ('edgeseg calib'), for int8"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="default: model.<precision>.onnx beside the input"),
+    profile: str = typer.Option("cpu", help="cpu (ONNX Runtime CPU) or trt (symmetric INT8 for TensorRT)"),
+    method: str = typer.Option("minmax", help="minmax, entropy or percentile"),
+    max_miou_drop: Optional[float] = typer.Option(None, help="accuracy budget in mIoU points: keep the most "
+                                                             "sensitive layers in float until the drop fits"),
+    eval_split: str = typer.Option("val", help="held-out split for the accuracy budget"),
+    eval_limit: Optional[int] = typer.Option(None, help="evaluate the budget on the first N images"),
+    keep_float: list[str] = typer.Option([], help="node name to keep in float (repeatable)"),
+    data: str = typer.Option("camvid"),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
+):
+    """Put precision into the graph: FP16, or INT8 Q/DQ calibrated on a calibration set."""
+    from edgeseg.quantize import QuantizeConfig, convert_fp16, quantize_int8
+
+    if precision not in ("int8", "fp16"):
+        raise UsageError(f"unknown precision {precision!r}; choose int8 or fp16")
+    out = out or onnx_model.with_name(f"{onnx_model.stem}.{precision}.onnx")
+    if precision == "fp16":
+        artifact = convert_fp16(onnx_model, out)
+        console.print(f"wrote {artifact.path}")
+        return
+    if calibration is None:
+        raise UsageError("INT8 needs --calibration MANIFEST; make one with 'edgeseg calib --model ...'")
+    cfg = QuantizeConfig(profile=profile, method=method, max_miou_drop=max_miou_drop, eval_dataset=data,
+                         eval_split=eval_split, eval_limit=eval_limit, data_root=data_root,
+                         keep_float=tuple(keep_float))
+    artifact = quantize_int8(onnx_model, calibration, cfg, out, log=console.print)
+    kept = artifact.manifest["layers_kept_float"]
+    console.print(f"wrote {artifact.path}; layers kept in float: {', '.join(kept) if kept else 'none'}")
+
+
+@app.command()
+def build(
+    model: str = typer.Option(..., "--model", "-m", help="zoo model name"),
+    target: str = typer.Option("cpu", help="deployment target (see 'edgeseg targets'), e.g. cpu, jetson-orin"),
+    weights: Optional[str] = typer.Option(None, help="weights spec (default: the bundled CamVid checkpoint)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="bundle directory (default: bundles/<model>-<target>)"),
+    size: Optional[str] = typer.Option(None, help=SIZE_HELP),
+    data: str = typer.Option("camvid"),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
+    calib_count: int = typer.Option(200, help="calibration images"),
+    calib_strategy: str = typer.Option("class-balanced", help="random, class-balanced or sequence-spread"),
+    profile: Optional[str] = typer.Option(None, help="INT8 profile: cpu or trt (default: by target)"),
+    method: str = typer.Option("minmax", help="calibration method: minmax, entropy or percentile"),
+    max_miou_drop: Optional[float] = typer.Option(1.0, help="INT8 accuracy budget on the val split, mIoU points "
+                                                            "(negative: no budget loop)"),
+    eval_split: str = typer.Option("test", help="split the report's mIoU is measured on"),
+    eval_limit: Optional[int] = typer.Option(None, help="evaluate on the first N images only"),
+    precision: str = typer.Option("int8", help="engine precision for GPU targets: fp32, fp16, int8"),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime CPU threads (default: all cores)"),
+):
+    """Run the pipeline for one target: export, FP16, calibration, INT8, evaluation, engine or cross-build kit."""
+    from edgeseg.build import BuildConfig
+    from edgeseg.build import build as run_build
+
+    cfg = BuildConfig(model=model, target=target, weights=weights, out_dir=str(out) if out else None,
+                      size=parse_size(size), dataset=data, data_root=data_root, calib_count=calib_count,
+                      calib_strategy=calib_strategy, quant_profile=profile, quant_method=method,
+                      max_miou_drop=None if max_miou_drop is not None and max_miou_drop < 0 else max_miou_drop,
+                      eval_split=eval_split, eval_limit=eval_limit, engine_precision=precision, threads=threads)
+    run_build(cfg, log=console.print)
+
+
 @app.command("targets")
 def targets_command():
     """List deployment targets: compute capability, memory, DLA cores, precisions, TensorRT and power modes."""
@@ -182,8 +309,17 @@ def targets_command():
                   "installed one. Memory on a Jetson is shared by CPU and GPU.")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"edgeseg: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line and a non-zero exit for user errors, never a traceback."""
+    import warnings
+
+    warnings.showwarning = _one_line_warning
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         app(args=argv, standalone_mode=False, prog_name="edgeseg")
     except click.exceptions.Exit as exc:

@@ -129,7 +129,9 @@ def _quantize_once(prepared: Path, out_path: Path, reader, cfg: QuantizeConfig, 
               "percentile": CalibrationMethod.Percentile}[cfg.method]
     trt = cfg.profile == "trt"
     extra = {"ActivationSymmetric": trt, "WeightSymmetric": True, "CalibPercentile": cfg.percentile,
-             "CalibStridedMinMax": _stride(len(reader))}
+             "CalibStridedMinMax": _stride(len(reader)),
+             # TensorRT takes biases in float and folds them itself; int32 bias Q/DQ only gets in its way.
+             "QuantizeBias": not trt}
     quantize_static(
         str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ,
         op_types_to_quantize=list(TRT_QUANTIZED_OPS) if trt else None,

@@ -1,0 +1,1 @@
+"""Benchmark harness: latency, memory and accuracy per model x precision x backend."""

@@ -1,0 +1,65 @@
+"""Latency measurement: warm-up, then repeated runs until both a minimum count and a minimum time are reached.
+
+Statistics are of wall-clock milliseconds per call (time.perf_counter); the median (p50) is the figure to quote
+on shared, noisy machines.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    runs: int
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def stats_from_samples(samples_ms: list[float]) -> LatencyStats:
+    values = np.asarray(samples_ms, dtype=np.float64)
+    return LatencyStats(runs=len(values), mean_ms=float(values.mean()), p50_ms=float(np.percentile(values, 50)),
+                        p90_ms=float(np.percentile(values, 90)), p99_ms=float(np.percentile(values, 99)),
+                        std_ms=float(values.std()), min_ms=float(values.min()), max_ms=float(values.max()))
+
+
+def measure(call: Callable[[], object], warmup: int = 3, min_runs: int = 10, min_seconds: float = 2.0,
+            max_runs: int = 1000) -> LatencyStats:
+    for _ in range(warmup):
+        call()
+    samples = []
+    started = time.perf_counter()
+    while len(samples) < max_runs and (len(samples) < min_runs or time.perf_counter() - started < min_seconds):
+        begin = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - begin) * 1000)
+    return stats_from_samples(samples)
+
+
+def measure_interleaved(calls: dict[str, Callable[[], object]], warmup: int = 3, rounds: int = 10,
+                        per_round: int = 3) -> dict[str, LatencyStats]:
+    """Time several models side by side: round-robin A B C A B C ..., so machine drift hits all alike and
+    their ratios stay meaningful on a noisy machine."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            for _ in range(per_round):
+                begin = time.perf_counter()
+                call()
+                samples[name].append((time.perf_counter() - begin) * 1000)
+    return {name: stats_from_samples(values) for name, values in samples.items()}

@@ -1,0 +1,149 @@
+"""`edgeseg build`: the pipeline for one model and one target, composed from the stage functions.
+
+  export (model.onnx) -> fp16 (model.fp16.onnx) -> calibration set (calibration.json) -> int8 (model.int8.onnx)
+  -> evaluate + time every precision on ONNX Runtime CPU -> engine for the target, or a cross-build kit
+  -> manifest.json, report.json, report.md
+
+The bundle is assembled in `<out>.partial` and renamed onto `<out>` only when every stage succeeded, so an
+interrupted or failed build never leaves a bundle that looks complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgeseg.calibration import CalibConfig, make_calibration_set
+from edgeseg.errors import UsageError
+from edgeseg.export import ExportConfig, export_model
+from edgeseg.manifest import input_record, stage_manifest, write_json
+from edgeseg.quantize import QuantizeConfig, convert_fp16, quantize_int8
+from edgeseg.report import measure_precisions, write_reports
+
+PRECISION_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    model: str
+    target: str = "cpu"
+    weights: str | None = None
+    out_dir: str | None = None  # default: bundles/<model>-<target>
+    size: tuple[int, int] | None = None
+    dataset: str = "camvid"
+    data_root: str | None = None
+    calib_count: int = 200
+    calib_strategy: str = "class-balanced"
+    calib_split: str = "train"
+    quant_profile: str | None = None  # default: cpu for the cpu target, trt for GPU targets
+    quant_method: str = "minmax"
+    max_miou_drop: float | None = 1.0  # accuracy budget of the INT8 model on the held-out split (points)
+    budget_split: str = "val"
+    eval_split: str = "test"
+    eval_limit: int | None = None
+    engine_precision: str = "int8"
+    threads: int | None = None
+    latency_rounds: int = 8
+    extra: dict = field(default_factory=dict)  # recorded as is (e.g. pruning settings)
+
+
+def bundle_dir_for(cfg: BuildConfig, target_name: str) -> Path:
+    return Path(cfg.out_dir) if cfg.out_dir else Path("bundles") / f"{cfg.model}-{target_name}"
+
+
+def build(cfg: BuildConfig, log=print) -> Path:
+    from edgeseg.target_registry import load_target
+    from edgeseg.zoo.registry import get_entry
+    from edgeseg.zoo.weights import load_model
+
+    get_entry(cfg.model)  # fail on a typo before any work
+    target = load_target(cfg.target)
+    if target.kind != "cpu" and not target.supports(cfg.engine_precision):
+        raise UsageError(f"target {target.name} does not support {cfg.engine_precision}; "
+                         f"it supports {', '.join(target.precisions)}")
+    final_dir = bundle_dir_for(cfg, target.name)
+    work_dir = final_dir.with_name(final_dir.name + ".partial")
+    _prepare_dir(work_dir)
+    started = time.monotonic()
+    profile = cfg.quant_profile or ("cpu" if target.kind == "cpu" else "trt")
+    steps = 6
+    try:
+        log(f"[1/{steps}] export {cfg.model} to ONNX")
+        loaded = load_model(cfg.model, cfg.weights)
+        export = export_model(loaded, cfg.model,
+                              ExportConfig(size=cfg.size, dataset=cfg.dataset, data_root=cfg.data_root),
+                              work_dir / PRECISION_FILES["fp32"])
+        log(f"      parity with torch: argmax agreement {export.manifest['checks']['parity']['argmax_agreement']:.4%}")
+        log(f"[2/{steps}] FP16 graph (LayerNorm, Softmax and reductions kept in FP32)")
+        convert_fp16(export.path, work_dir / PRECISION_FILES["fp16"])
+        log(f"[3/{steps}] calibration set: {cfg.calib_count} {cfg.calib_strategy} images from {cfg.calib_split}")
+        preprocessing = loaded.preprocessing.with_size(cfg.size) if cfg.size else loaded.preprocessing
+        calibration = make_calibration_set(
+            preprocessing, CalibConfig(dataset=cfg.dataset, split=cfg.calib_split, data_root=cfg.data_root,
+                                       count=cfg.calib_count, strategy=cfg.calib_strategy),
+            work_dir / "calibration.json")
+        log(f"[4/{steps}] INT8 Q/DQ ({profile} profile, {cfg.quant_method})"
+            + (f", accuracy budget {cfg.max_miou_drop} points on {cfg.budget_split}" if cfg.max_miou_drop is not None
+               else ""))
+        quantized = quantize_int8(
+            export.path, calibration.path,
+            QuantizeConfig(profile=profile, method=cfg.quant_method, max_miou_drop=cfg.max_miou_drop,
+                           eval_dataset=cfg.dataset, eval_split=cfg.budget_split, data_root=cfg.data_root,
+                           threads=cfg.threads),
+            work_dir / PRECISION_FILES["int8"], log=lambda line: log("      " + line))
+        log(f"[5/{steps}] evaluate and time fp32 / fp16 / int8 on ONNX Runtime CPU ({cfg.eval_split} split)")
+        measured = measure_precisions({p: work_dir / f for p, f in PRECISION_FILES.items()}, cfg.dataset,
+                                      cfg.eval_split, cfg.data_root, cfg.eval_limit, cfg.threads,
+                                      cfg.latency_rounds, log=lambda line: log("      " + line))
+        log(f"[6/{steps}] engine for {target.name}")
+        engine = _engine_stage(work_dir, target, cfg, log)
+        manifest = stage_manifest(
+            "build",
+            inputs={"weights": input_record(loaded.checkpoint) if loaded.checkpoint else {"source": loaded.source},
+                    "calibration": {"path": "calibration.json", "count": calibration.manifest["count"]}},
+            settings={**asdict(cfg), "quant_profile": profile},
+            checks={"parity": export.manifest["checks"]["parity"],
+                    "int8_accuracy_budget": quantized.manifest["checks"].get("accuracy")},
+            libraries=("torch", "onnx", "onnxruntime", "onnxslim", "transformers", "torchvision",
+                       "segmentation-models-pytorch"))
+        manifest.update({"model": cfg.model, "target": target.name, "target_resolved_from": target.resolved_from,
+                         "artifacts": {p: _relative_record(work_dir / f) for p, f in PRECISION_FILES.items()},
+                         "layers_kept_float": quantized.manifest["layers_kept_float"], "engine": engine,
+                         "seconds": round(time.monotonic() - started, 1)})
+        write_json(work_dir / "manifest.json", manifest)
+        write_reports(work_dir, cfg.model, target.name, measured, manifest)
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)  # nothing half-built is left looking valid
+        raise
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    work_dir.rename(final_dir)
+    log(f"bundle ready in {final_dir} ({time.monotonic() - started:.0f} s)")
+    return final_dir
+
+
+def _prepare_dir(work_dir: Path) -> None:
+    try:
+        if work_dir.exists():
+            shutil.rmtree(work_dir)  # the leftover of an earlier interrupted build
+        work_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write the bundle in {work_dir.parent}: {exc.strerror}; choose another --out") \
+            from exc
+
+
+def _relative_record(path: Path) -> dict:
+    record = input_record(path)
+    record["path"] = path.name
+    return record
+
+
+def _engine_stage(work_dir: Path, target, cfg: BuildConfig, log) -> dict:
+    if target.kind == "cpu":
+        log("      cpu target: ONNX Runtime runs model.int8.onnx directly; no engine to build")
+        return {"engine": None, "reason": "cpu target runs ONNX Runtime"}
+    from edgeseg.engine.bundle import finish_for_target
+
+    return finish_for_target(work_dir, target, cfg.engine_precision, log=lambda line: log("      " + line))

@@ -1,0 +1,257 @@
+"""Build a TensorRT engine from a BuildPlan with the TensorRT Python API (imported lazily: the 'trt' extra).
+
+Every decision is already in the plan (engine.plan); this module only applies it, in the order
+`BuildPlan.to_api_calls()` lists, and records the result: the raw serialized engine (no bytes added, so trtexec
+and Polygraphy load it too) and its sidecar `<engine>.json` (engine.sidecar). Relative paths in the plan (the
+timing and calibration caches) are relative to `base_dir`, the bundle directory, so a bundle can move.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+from edgeseg.engine.calibrator import CalibrationFeed, make_trt_calibrator
+from edgeseg.engine.host import live_environment, primary_context
+from edgeseg.engine.onnx_facts import read_onnx_facts
+from edgeseg.engine.plan import BuildPlan, parse_tensorrt_version
+from edgeseg.engine.sidecar import SIDECAR_FORMAT, SIDECAR_SCHEMA, sidecar_path, summarize_inspector
+from edgeseg.errors import EdgesegError, UsageError
+from edgeseg.lazy import lazy_import
+from edgeseg.manifest import atomic_path, library_versions, now_utc, sha256_file, write_json
+
+
+class EngineBuildError(EdgesegError):
+    """TensorRT could not parse the ONNX model or build the engine."""
+
+
+def build_engine(plan: BuildPlan, onnx_path: str | os.PathLike, engine_path: str | os.PathLike,
+                 calibration: CalibrationFeed | None = None, log: Callable[[str], None] = print, *,
+                 calibration_manifest: str | os.PathLike | None = None,
+                 base_dir: str | os.PathLike | None = None) -> dict:
+    """Build the engine `plan` describes from `onnx_path`, write it to `engine_path` plus its sidecar, and return
+    the sidecar. `calibration` feeds the legacy INT8 calibrator when the plan has one; `calibration_manifest` is
+    the calibration set behind the build (recorded by sha256); `base_dir` defaults to the engine's folder."""
+    trt = lazy_import("tensorrt")
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    base = Path(base_dir) if base_dir is not None else engine_path.parent
+    installed = str(trt.__version__)
+    if parse_tensorrt_version(installed)[:2] != parse_tensorrt_version(plan.tensorrt_version)[:2]:
+        raise UsageError(f"the plan is for TensorRT {plan.tensorrt_version} but {installed} is installed; "
+                         "plan again for this TensorRT ('edgeseg engine build BUNDLE' does it)")
+    if plan.calibrator and calibration is None:
+        raise UsageError("this plan calibrates INT8 in TensorRT and needs the calibration images; give the "
+                         "calibration set (calibration.json and --data-root)")
+    facts = read_onnx_facts(onnx_path)
+    if facts.preprocessing is None:
+        raise UsageError(f"{onnx_path.name} carries no edgeseg preprocessing metadata; export it with 'edgeseg export'")
+    live = live_environment()
+    # The old sidecar goes first: an engine without one is refused by the runner, a stale one would mislead it.
+    sidecar_path(engine_path).unlink(missing_ok=True)
+
+    # pycuda allocates the calibration batches; it must use the context TensorRT uses (the primary one).
+    context = primary_context() if plan.calibrator else contextlib.nullcontext()
+    with context:
+        result = _build(trt, plan, onnx_path, engine_path, base, calibration, log)
+
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "schema": SIDECAR_SCHEMA,
+        "created": now_utc(),
+        "built_by": "edgeseg engine build",
+        "engine": {"path": engine_path.name, "sha256": sha256_file(engine_path),
+                   "bytes": engine_path.stat().st_size},
+        "target": plan.target,
+        "precision": plan.engine_precision,
+        "requested_precision": plan.requested_precision,
+        "tensorrt": installed,
+        "cuda": live["cuda"],
+        "gpu": live["gpu"],
+        "dla_core": plan.dla_core,
+        "model": facts.metadata.get("edgeseg.model"),
+        "preprocessing": facts.preprocessing,
+        "output": facts.output_kind,
+        "input": {"name": plan.input_name, "dtype": facts.input_dtype, "min_shape": list(plan.min_shape),
+                  "opt_shape": list(plan.opt_shape), "max_shape": list(plan.max_shape)},
+        "onnx": {"path": _relative(onnx_path, base), "sha256": sha256_file(onnx_path),
+                 "precision": plan.onnx_precision, "qdq": plan.onnx_has_qdq},
+        "calibration": _calibration_record(calibration_manifest, plan, base, result["calibration"]),
+        "layers": result["layers"],
+        "timing_cache": result["timing_cache"],
+        "build_seconds": result["seconds"],
+        "plan": plan.to_dict(),
+        "versions": library_versions("tensorrt", "pycuda", "numpy"),
+        "host": {"machine": platform.machine(), "node": platform.node()},
+    }
+    write_json(sidecar_path(engine_path), sidecar)
+    log(f"built {engine_path.name} in {result['seconds']:.0f} s: {plan.engine_precision} for {plan.target} "
+        f"with TensorRT {installed} on {live['gpu']['name']}")
+    return sidecar
+
+
+def _build(trt, plan: BuildPlan, onnx_path: Path, engine_path: Path, base: Path,
+           calibration: CalibrationFeed | None, log: Callable[[str], None]) -> dict:
+    logger = _logger(trt, log)
+    builder = trt.Builder(logger)
+    flags = 0
+    for name in plan.network_flags:
+        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [_one_line(parser.get_error(index)) for index in range(parser.num_errors)]
+        for error in errors:
+            log(f"ONNX parser: {error}")
+        raise EngineBuildError(f"TensorRT {trt.__version__} cannot parse {onnx_path.name} "
+                               f"({len(errors)} error{'s' * (len(errors) != 1)}); first: "
+                               f"{errors[0] if errors else 'no message'}")
+    profile = _check_input(builder, network, plan)
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mb << 20)
+    if plan.builder_optimization_level is not None:
+        config.builder_optimization_level = plan.builder_optimization_level
+    for flag in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    # DETAILED makes the engine inspector report each layer's precision for the sidecar (names only otherwise).
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if plan.dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = plan.dla_core
+    dla_capable = None
+    if plan.dla_core is not None:  # what the builder may place on the DLA, before it decides
+        dla_capable = sum(bool(config.can_run_on_DLA(network.get_layer(i))) for i in range(network.num_layers))
+    if profile is not None:
+        config.add_optimization_profile(profile)
+    timing_record = _load_timing_cache(config, _resolve(plan.timing_cache, base), log)
+    if plan.calibrator:
+        config.int8_calibrator = make_trt_calibrator(calibration)
+        if profile is not None:
+            config.set_calibration_profile(profile)
+
+    log(f"building {engine_path.name} ({plan.engine_precision}, TensorRT {trt.__version__}); this takes minutes")
+    started = time.monotonic()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = round(time.monotonic() - started, 1)
+    # A calibrator callback's exception is the real cause of a failed build: raise it before anything else.
+    calibration_summary = calibration.finish() if plan.calibrator and calibration is not None else None
+    if serialized is None:
+        detail = f": {logger.errors[-1]}" if getattr(logger, "errors", None) else "; see TensorRT's messages above"
+        raise EngineBuildError(f"TensorRT could not build the {plan.engine_precision} engine for {plan.target}{detail}")
+
+    with atomic_path(engine_path) as tmp:
+        tmp.write_bytes(serialized)  # IHostMemory exposes the buffer protocol: the bytes as TensorRT wrote them
+    if timing_record is not None:
+        timing_path = _resolve(plan.timing_cache, base)
+        with atomic_path(timing_path) as tmp:
+            tmp.write_bytes(config.get_timing_cache().serialize())
+        timing_record["saved"] = True
+    layers = _inspect(trt, logger, serialized)
+    if dla_capable is not None:
+        layers["network_layers_dla_capable"] = dla_capable
+        layers["network_layers"] = network.num_layers
+    return {"seconds": seconds, "layers": layers, "timing_cache": timing_record, "calibration": calibration_summary}
+
+
+def _logger(trt, log: Callable[[str], None]):
+    """A trt.ILogger that passes warnings and errors to `log` and keeps the errors for the failure message."""
+
+    class Logger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, message):
+            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                self.errors.append(_one_line(message))
+            if int(severity) <= int(trt.ILogger.Severity.WARNING):  # lower is more severe
+                log(f"TensorRT {severity.name.lower()}: {_one_line(message)}")
+
+    return Logger()
+
+
+def _check_input(builder, network, plan: BuildPlan):
+    """The optimization profile for a dynamic input (None for a static one, after checking it is the plan's)."""
+    if network.num_inputs != 1:
+        raise UsageError(f"the ONNX model has {network.num_inputs} inputs; edgeseg engines take one image batch")
+    tensor = network.get_input(0)
+    if tensor.name != plan.input_name:
+        raise UsageError(f"the ONNX input is named {tensor.name!r} but the plan says {plan.input_name!r}; plan again")
+    dims = tuple(tensor.shape)
+    if all(dim > 0 for dim in dims):
+        if dims != plan.min_shape or dims != plan.max_shape:
+            raise UsageError(f"the ONNX input is fixed at {'x'.join(map(str, dims))} but the plan asks for "
+                             f"{'x'.join(map(str, plan.opt_shape))}; export at that size or plan for the fixed one")
+        return None
+    profile = builder.create_optimization_profile()
+    profile.set_shape(plan.input_name, plan.min_shape, plan.opt_shape, plan.max_shape)
+    return profile
+
+
+def _load_timing_cache(config, path: Path | None, log: Callable[[str], None]) -> dict | None:
+    """Start the build from the saved timing cache (tactic timings) when there is one; it is saved again after."""
+    if path is None:
+        return None
+    blob = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    loaded = bool(blob)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        log(f"timing cache {path.name} comes from another GPU or TensorRT; starting a new one")
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+        loaded = False
+    elif loaded:
+        log(f"reusing timing cache {path.name}")
+    return {"path": path.name, "loaded": loaded, "saved": False}
+
+
+def _inspect(trt, logger, serialized) -> dict:
+    """Layer precisions and placement from the engine inspector; best effort: the build stands without it."""
+    try:
+        runtime = trt.Runtime(logger)
+        engine = runtime.deserialize_cuda_engine(serialized)
+        if engine is None:
+            return {"error": "the engine could not be deserialized for inspection"}
+        inspector = engine.create_engine_inspector()
+        return summarize_inspector(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    except Exception as exc:  # inspector formats and APIs differ between TensorRT versions
+        return {"error": f"{type(exc).__name__}: {_one_line(exc)}"}
+
+
+def _calibration_record(manifest: str | os.PathLike | None, plan: BuildPlan, base: Path,
+                        summary: dict | None) -> dict | None:
+    if manifest is None and plan.calibration_cache is None:
+        return None
+    record: dict = {"method": "entropy2 in TensorRT" if plan.calibrator else "Q/DQ in the ONNX graph"}
+    if manifest is not None and Path(manifest).is_file():
+        record.update(manifest=_relative(Path(manifest), base), sha256=sha256_file(manifest))
+    cache = _resolve(plan.calibration_cache, base)
+    if cache is not None and cache.is_file():
+        record.update(cache=plan.calibration_cache, cache_sha256=sha256_file(cache))
+    if summary:
+        record.update(summary)
+    return record
+
+
+def _resolve(path: str | None, base: Path) -> Path | None:
+    if not path:
+        return None
+    candidate = Path(path)
+    return candidate if candidate.is_absolute() else base / candidate
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return path.name
+
+
+def _one_line(value) -> str:
+    text = str(value).strip()
+    if not text and hasattr(value, "desc"):  # onnx parser errors: ParserError.desc()
+        text = str(value.desc()).strip()
+    return " ".join(text.split()) or type(value).__name__

@@ -1,0 +1,71 @@
+"""Accuracy and latency of each precision of a bundle, measured side by side, and the report files.
+
+report.json keeps one entry per precision with miou, miou_drop (points vs fp32), latency_p50_ms,
+latency_ratio (vs fp32, same run) and size_mb, so other tools can read it without knowing edgeseg.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeseg.manifest import write_json
+
+
+def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, data_root, limit, threads,
+                       latency_rounds: int, log=print) -> dict:
+    import numpy as np
+
+    from edgeseg.bench.latency import measure_interleaved
+    from edgeseg.data.datasets import open_dataset
+    from edgeseg.evaluate import evaluate
+    from edgeseg.runners.ort import OrtRunner
+
+    dataset = open_dataset(dataset_name, split, data_root)
+    runners = {precision: OrtRunner(path, device="cpu", threads=threads) for precision, path in paths.items()}
+    results: dict[str, dict] = {}
+    for precision, runner in runners.items():
+        scores = evaluate(runner.infer, dataset, runner.preprocessing, limit=limit, description=f"eval {precision}")
+        results[precision] = {"miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
+                              "per_class_iou": scores.to_dict(dataset.label_set.classes)["per_class_iou"],
+                              "size_mb": paths[precision].stat().st_size / 1e6}
+        log(f"{precision}: mIoU {scores.miou:.4f} on {min(len(dataset), limit or len(dataset))} images")
+    batch = np.zeros((1, 3, *next(iter(runners.values())).preprocessing.input_size), np.float32)
+    timings = measure_interleaved({p: (lambda r=r: r.infer(batch)) for p, r in runners.items()},
+                                  rounds=latency_rounds, per_round=2)
+    reference_miou, reference_ms = results["fp32"]["miou"], timings["fp32"].p50_ms
+    for precision, result in results.items():
+        result["miou_drop"] = (reference_miou - result["miou"]) * 100
+        result["latency_p50_ms"] = timings[precision].p50_ms
+        result["latency_ratio"] = timings[precision].p50_ms / reference_ms
+        result["latency"] = timings[precision].to_dict()
+        log(f"{precision}: p50 {result['latency_p50_ms']:.1f} ms ({result['latency_ratio']:.2f}x fp32), "
+            f"mIoU drop {result['miou_drop']:+.2f} points, {result['size_mb']:.1f} MB")
+    return {"dataset": dataset.name, "images": min(len(dataset), limit or len(dataset)), "backend": "ort-cpu",
+            "threads": threads, "latency_method": "interleaved rounds, batch 1, model only",
+            "precisions": results}
+
+
+def write_reports(bundle: Path, model: str, target: str, measured: dict, manifest: dict) -> None:
+    report = {"schema": 1, "model": model, "target": target, "eval": {"dataset": measured["dataset"],
+                                                                     "images": measured["images"]},
+              "latency_backend": measured["backend"], "threads": measured["threads"],
+              "latency_method": measured["latency_method"], "precisions": measured["precisions"],
+              "layers_kept_float": manifest.get("layers_kept_float", []),
+              "parity": manifest["checks"].get("parity"), "engine": manifest.get("engine")}
+    write_json(bundle / "report.json", report)
+    lines = [f"# {model} for {target}", "",
+             f"Accuracy on {measured['dataset']} ({measured['images']} images); latency on ONNX Runtime CPU, "
+             f"{measured['latency_method']}, measured side by side in one run.", "",
+             "| precision | mIoU | drop (points) | p50 latency (ms) | vs fp32 | size (MB) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for precision, result in measured["precisions"].items():
+        lines.append(f"| {precision} | {result['miou']:.4f} | {result['miou_drop']:+.2f} | "
+                     f"{result['latency_p50_ms']:.1f} | {result['latency_ratio']:.2f}x | {result['size_mb']:.1f} |")
+    kept = manifest.get("layers_kept_float") or []
+    lines += ["", f"INT8 layers kept in float: {', '.join(kept) if kept else 'none'}."]
+    engine = manifest.get("engine") or {}
+    if engine.get("engine"):
+        lines.append(f"TensorRT engine: {engine['engine']}.")
+    elif engine.get("reason"):
+        lines.append(f"Engine: not built here ({engine['reason']}).")
+    (bundle / "report.md").write_text("\n".join(lines) + "\n")

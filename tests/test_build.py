@@ -1,0 +1,66 @@
+"""`edgeseg build` on generated data: a complete bundle, a readable report, and no half-built bundle when it
+is interrupted."""
+
+import json
+
+import pytest
+
+from edgeseg.build import BuildConfig, build
+from edgeseg.errors import UsageError
+
+
+def tiny_build_config(data_root, out_dir, **overrides):
+    settings = dict(model="fcn-resnet18", target="cpu", weights="random", out_dir=str(out_dir), size=(48, 64),
+                    data_root=str(data_root), calib_count=4, calib_strategy="random", max_miou_drop=None,
+                    latency_rounds=2, threads=1)
+    settings.update(overrides)
+    return BuildConfig(**settings)
+
+
+@pytest.mark.slow
+def test_cpu_build_writes_a_complete_bundle(tmp_path, tiny_camvid):
+    lines = []
+    bundle = build(tiny_build_config(tiny_camvid, tmp_path / "bundle"), log=lines.append)
+    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "calibration.json", "manifest.json",
+                 "report.json", "report.md", "model.onnx.json", "model.int8.onnx.json"):
+        assert (bundle / name).is_file(), name
+    report = json.loads((bundle / "report.json").read_text())
+    for precision in ("fp32", "fp16", "int8"):
+        entry = report["precisions"][precision]
+        for key in ("miou", "miou_drop", "latency_p50_ms", "latency_ratio", "size_mb"):
+            assert isinstance(entry[key], float), (precision, key)
+    assert report["precisions"]["fp32"]["latency_ratio"] == 1.0
+    assert report["precisions"]["int8"]["size_mb"] < report["precisions"]["fp32"]["size_mb"] / 2
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["artifacts"]["int8"]["sha256"] and manifest["checks"]["parity"]["passed"]
+    assert [line.split("]")[0] for line in lines if line.startswith("[")] == [f"[{i}/6" for i in range(1, 7)]
+    assert not (tmp_path / "bundle.partial").exists()
+
+
+def test_interrupted_build_leaves_nothing_that_looks_valid(tmp_path, tiny_camvid):
+    def interrupt_at_quantization(line):
+        if line.startswith("[4/6]"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build(tiny_build_config(tiny_camvid, tmp_path / "bundle"), log=interrupt_at_quantization)
+    assert not (tmp_path / "bundle").exists()
+    assert not (tmp_path / "bundle.partial").exists()
+
+
+def test_bad_target_and_unknown_model_fail_before_any_work(tmp_path, tiny_camvid):
+    with pytest.raises(UsageError, match="unknown model"):
+        build(tiny_build_config(tiny_camvid, tmp_path / "b", model="segformer-b7"))
+    with pytest.raises(UsageError, match="jetson-orin-nanoo|unknown target|did you mean"):
+        build(tiny_build_config(tiny_camvid, tmp_path / "b", target="jetson-orin-nanoo"))
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.partial").exists()
+
+
+def test_cli_build_unwritable_output_is_one_line(tmp_path, tiny_camvid, capsys):
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli(["build", "--model", "fcn-resnet18", "--weights", "random", "--size", "48x64",
+                            "--data-root", str(tiny_camvid), "--out", str(blocker / "bundle")], capsys)
+    assert_one_line_error(code, err, "cannot write the bundle")
