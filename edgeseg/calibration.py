@@ -167,7 +167,7 @@ def load_calibration_set(path: str | os.PathLike, data_root: str | os.PathLike |
     manifest = read_json(path)
     if manifest.get("format") != CALIBRATION_FORMAT:
         raise UsageError(f"{path} is not an edgeseg calibration manifest")
-    if "images_dir" in manifest["source"] and data_root is None:
+    if "images_dir" in manifest["source"]:  # a plain image folder, recorded where it was sampled
         root = Path(manifest["source"]["images_dir"])
     else:
         root = resolve_data_root(data_root)

@@ -26,6 +26,11 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 SIZE_HELP = "input size HEIGHTxWIDTH, e.g. 360x480 (default: the model's own)"
 
 
+def _plain_log(line: str) -> None:
+    # Build logs carry TensorRT's own text and names like edgeseg[trt]: print them as they are, not as markup.
+    console.print(line, markup=False, highlight=False)
+
+
 def parse_size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -247,7 +252,7 @@ def quantize(
     cfg = QuantizeConfig(profile=profile, method=method, max_miou_drop=max_miou_drop, eval_dataset=data,
                          eval_split=eval_split, eval_limit=eval_limit, data_root=data_root,
                          keep_float=tuple(keep_float))
-    artifact = quantize_int8(onnx_model, calibration, cfg, out, log=console.print)
+    artifact = quantize_int8(onnx_model, calibration, cfg, out, log=_plain_log)
     kept = artifact.manifest["layers_kept_float"]
     console.print(f"wrote {artifact.path}; layers kept in float: {', '.join(kept) if kept else 'none'}")
 
@@ -281,7 +286,47 @@ def build(
                       calib_strategy=calib_strategy, quant_profile=profile, quant_method=method,
                       max_miou_drop=None if max_miou_drop is not None and max_miou_drop < 0 else max_miou_drop,
                       eval_split=eval_split, eval_limit=eval_limit, engine_precision=precision, threads=threads)
-    run_build(cfg, log=console.print)
+    run_build(cfg, log=_plain_log)
+
+
+@app.command()
+def demo(
+    model: str = typer.Option(..., "--model", "-m", help=".onnx model, TensorRT .engine or build bundle folder"),
+    source: str = typer.Option("0", "--source", "-s", help="camera index (0), /dev/videoN, video file, rtsp:// URL "
+                                                           "or image folder (played in name order)"),
+    show: bool = typer.Option(True, "--show/--no-show", help="open a window (q or Esc quits)"),
+    save: Optional[Path] = typer.Option(None, help="write the rendered video here (.mp4), finalised even on Ctrl-C"),
+    mode: str = typer.Option("overlay", help="overlay, mask or side-by-side"),
+    alpha: float = typer.Option(0.5, help="overlay opacity, 0 to 1"),
+    classes: Optional[str] = typer.Option(None, help="draw only these classes, comma-separated, e.g. Car,Pedestrian"),
+    effect: str = typer.Option("none", help="none or blur-background (keeps --classes, by default the road users, "
+                                            "sharp and blurs the rest)"),
+    realtime: bool = typer.Option(False, "--realtime", help="files and folders: play at their frame rate and drop "
+                                                            "frames to keep up, like a live camera"),
+    max_frames: Optional[int] = typer.Option(None, help="stop after N rendered frames"),
+    device: str = typer.Option("auto", help="auto, cuda or cpu (for ONNX models)"),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime CPU threads (default: all cores)"),
+    legend: bool = typer.Option(True, "--legend/--no-legend", help="draw the class colour legend"),
+    hud: bool = typer.Option(True, "--hud/--no-hud", help="draw FPS and per-stage milliseconds on the frame"),
+    reconnect_attempts: int = typer.Option(5, help="live sources: reconnect attempts when the stream drops "
+                                                   "(waits start at 0.5 s and double)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the run summary as JSON here"),
+):
+    """Real-time segmentation of a camera, stream, video file or image folder, with legend, HUD and --save."""
+    from edgeseg.demo.app import DemoConfig, format_summary, run_demo
+    from edgeseg.manifest import write_json
+
+    cfg = DemoConfig(model=model, source=source, show=show, save=str(save) if save else None, mode=mode, alpha=alpha,
+                     classes=tuple(name.strip() for name in (classes or "").split(",") if name.strip()),
+                     effect=effect, realtime=realtime, max_frames=max_frames, device=device, threads=threads,
+                     legend=legend, hud=hud, reconnect_attempts=reconnect_attempts)
+    summary = run_demo(cfg)
+    console.print(format_summary(summary), markup=False, highlight=False)
+    if json_out:
+        write_json(json_out, summary)
+        console.print(f"wrote {json_out}", markup=False, highlight=False)
+    if summary["stopped_by"] == "source-lost":
+        raise typer.Exit(1)  # the reconnect log already said why; scripts and supervisors see the failure
 
 
 @app.command("targets")
@@ -311,6 +356,52 @@ def targets_command():
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
     print(f"edgeseg: warning: {message}", file=sys.stderr)
+
+
+engine_app = typer.Typer(no_args_is_help=True,
+                         help="TensorRT engines: finish a bundle's engine on the device, check or record one.")
+app.add_typer(engine_app, name="engine")
+
+
+
+@engine_app.command("build")
+def engine_build(
+    bundle: Path = typer.Argument(..., help="the bundle folder (with plan.json and target.toml)"),
+    precision: Optional[str] = typer.Option(None, help="fp32, fp16 or int8 (default: the precision planned)"),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="build for this DLA core (Orin, Xavier)"),
+    workspace_mb: Optional[int] = typer.Option(None, "--workspace-mb", help="builder workspace in MiB"),
+    data_root: Optional[str] = typer.Option(None, "--data-root",
+                                            help="calibration images, for INT8 calibrated inside TensorRT"),
+):
+    """Build a bundle's TensorRT engine on this device, planned again for the TensorRT installed here."""
+    from edgeseg.engine.bundle import build_bundle
+
+    result = build_bundle(bundle, precision=precision, dla_core=dla_core, workspace_mb=workspace_mb,
+                          data_root=data_root, log=_plain_log)
+    _plain_log(f"wrote {bundle / result['engine']} and {result['sidecar']}")
+
+
+@engine_app.command("check")
+def engine_check(engine: Path = typer.Argument(..., help="an .engine file with its .json sidecar")):
+    """Say whether an engine runs here: its sidecar against this GPU and TensorRT."""
+    from edgeseg.engine.host import live_environment
+    from edgeseg.engine.sidecar import check_engine_compatibility, read_sidecar
+
+    sidecar = read_sidecar(engine)
+    gpu = sidecar.get("gpu") or {}
+    _plain_log(f"{engine.name}: {sidecar.get('precision')} for {sidecar.get('target')}, built with TensorRT "
+               f"{sidecar.get('tensorrt')} on {gpu.get('name')} (compute capability {gpu.get('compute_capability')})")
+    live = live_environment()
+    check_engine_compatibility(sidecar, live, bundle=str(engine.parent))
+    _plain_log(f"runs here: TensorRT {live['tensorrt']} on {live['gpu']['name']}")
+
+
+@engine_app.command("sidecar")
+def engine_sidecar(engine: Path = typer.Argument(..., help="the engine build_engine.sh (trtexec) wrote")):
+    """Record the sidecar of an engine trtexec built from a bundle's kit, on the device that built it."""
+    from edgeseg.engine.bundle import record_kit_engine
+
+    record_kit_engine(engine, log=_plain_log)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,12 +43,15 @@ def rank_sensitivity(fp32_path: Path, int8_path: Path, images: list[Path], prepr
     from edgeseg.runners.ort import ort_session
 
     fp32 = onnx.load(str(fp32_path), load_external_data=False)
-    int8_nodes = {node.name for node in onnx.load(str(int8_path), load_external_data=False).graph.node}
+    int8 = onnx.load(str(int8_path), load_external_data=False)
+    int8_nodes = {node.name for node in int8.graph.node}
+    int8_tensors = {out for node in int8.graph.node for out in node.output}
     producers = {out: node for node in fp32.graph.node for out in node.output}
-    # A node was quantized when its float inputs now come through DequantizeLinear in the INT8 graph.
-    candidates = [node for node in fp32.graph.node if node.op_type in QUANTIZABLE and node.name in int8_nodes]
-    tensors = sorted({node.output[0] for node in candidates} |
-                     {inp for node in candidates for inp in node.input if inp in producers})
+    # Quantized nodes keep their names in the Q/DQ graph; compare only tensors both graphs still have.
+    candidates = [node for node in fp32.graph.node if node.op_type in QUANTIZABLE and node.name in int8_nodes
+                  and node.output[0] in int8_tensors]
+    tensors = sorted(({node.output[0] for node in candidates} |
+                      {inp for node in candidates for inp in node.input if inp in producers}) & int8_tensors)
     errors = {name: 0.0 for name in tensors}
     with tempfile.TemporaryDirectory(prefix="edgeseg-sens-") as scratch:
         scratch = Path(scratch)

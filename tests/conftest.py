@@ -65,3 +65,17 @@ def make_camvid(root: Path, per_split: int = 4, size=(48, 64), seed: int = 0) ->
 @pytest.fixture()
 def tiny_camvid(tmp_path) -> Path:
     return make_camvid(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def toy_checkpoint(tmp_path_factory):
+    """A fcn-resnet18 trained for a few seconds on generated scenes: non-trivial predictions for quantization
+    and parity tests. Returns (data_root, checkpoint path)."""
+    from edgeseg.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("toy")
+    data = make_camvid(root / "data", per_split=8)
+    best = train(TrainConfig(model="fcn-resnet18", out_dir=str(root / "run"), data_root=str(data), epochs=5,
+                             batch_size=4, lr=3e-3, warmup_iters=2, crop_size=(48, 64), scale_range=(0.9, 1.1),
+                             eval_every=5, threads=1))
+    return data, best

@@ -163,23 +163,41 @@ def test_int8_graph_has_qdq_and_agrees_with_fp32(exported, tmp_path, profile):
     assert correlation > 0.95
 
 
-def test_accuracy_budget_keeps_layers_float_or_fails_clearly(exported, tmp_path):
-    artifact, data = exported
-    preprocessing = onnx_preprocessing(artifact.path)
-    calibration = make_calibration_set(preprocessing, CalibConfig(data_root=str(data), count=4, strategy="random"),
-                                       tmp_path / "calib.json")
-    # An impossible budget (the INT8 model must beat FP32 by 50 points) exercises the whole fallback loop.
+def test_accuracy_budget_rescues_a_bad_calibration_or_fails_clearly(toy_checkpoint, tmp_path):
+    """Calibrating on black frames saturates INT8; the budget loop must find the layers to keep in float."""
     from edgeseg.quantize import QuantizeError
 
-    with pytest.raises(QuantizeError, match="still exceeds --max-miou-drop"):
-        quantize_int8(artifact.path, calibration.path,
-                      QuantizeConfig(max_miou_drop=0.0, data_root=str(data), max_fallback_rounds=2,
-                                     keep_float=()), tmp_path / "never.onnx", log=lambda _: None)
+    data, checkpoint = toy_checkpoint
+    fp32 = export_model(load_model("fcn-resnet18", str(checkpoint)), "fcn-resnet18",
+                        ExportConfig(size=SIZE, data_root=str(data), parity_images=2), tmp_path / "model.onnx")
+    black = tmp_path / "black"
+    black.mkdir()
+    for index in range(4):
+        cv2.imwrite(str(black / f"{index}.png"), np.zeros((*SIZE, 3), np.uint8))
+    calibration = make_calibration_set(onnx_preprocessing(fp32.path),
+                                       CalibConfig(images_dir=str(black), count=4, strategy="random"),
+                                       tmp_path / "black.json")
+    with pytest.raises(QuantizeError, match="still exceeds --max-miou-drop 0.0 with 1 layers in float"):
+        quantize_int8(fp32.path, calibration.path,
+                      QuantizeConfig(max_miou_drop=0.0, data_root=str(data), max_fallback_rounds=1),
+                      tmp_path / "never.onnx", log=lambda _: None)
     assert not (tmp_path / "never.onnx").exists()
-    generous = quantize_int8(artifact.path, calibration.path, QuantizeConfig(max_miou_drop=100.0, data_root=str(data)),
-                             tmp_path / "ok.onnx", log=lambda _: None)
-    accuracy = generous.manifest["checks"]["accuracy"]
-    assert accuracy["met"] and accuracy["budget_points"] == 100.0 and "fp32_miou" in accuracy
+    rescued = quantize_int8(fp32.path, calibration.path,
+                            QuantizeConfig(max_miou_drop=2.0, data_root=str(data), max_fallback_rounds=8),
+                            tmp_path / "rescued.onnx", log=lambda _: None)
+    accuracy = rescued.manifest["checks"]["accuracy"]
+    assert accuracy["rounds"][0]["drop"] > 2.0  # black-frame calibration really broke INT8
+    assert accuracy["met"] and accuracy["drop_points"] <= 2.0
+    assert rescued.manifest["layers_kept_float"] == accuracy["kept_float"] and accuracy["kept_float"]
+    kept_counts = [r["kept_float"] for r in accuracy["rounds"]]
+    assert kept_counts == sorted(kept_counts) and kept_counts[-1] > 0
+    graph_nodes = {node.name: node for node in onnx.load(str(rescued.path)).graph.node}
+    quantized_inputs = {out for node in onnx.load(str(rescued.path)).graph.node if node.op_type == "DequantizeLinear"
+                        for out in node.output}
+    kept_convs = [graph_nodes[name] for name in accuracy["kept_float"]
+                  if name in graph_nodes and graph_nodes[name].op_type == "Conv"]
+    for node in kept_convs:  # a kept convolution computes with float weights
+        assert node.input[1] not in quantized_inputs, node.name
 
 
 def test_sensitivity_ranking_names_quantized_layers(exported, tmp_path):

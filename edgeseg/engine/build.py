@@ -1,6 +1,6 @@
 """Build a TensorRT engine from a BuildPlan with the TensorRT Python API (imported lazily: the 'trt' extra).
 
-Every decision is already in the plan (engine.plan); this module only applies it, in the order
+Every decision is already in the plan (engine.plan); this module only makes the calls
 `BuildPlan.to_api_calls()` lists, and records the result: the raw serialized engine (no bytes added, so trtexec
 and Polygraphy load it too) and its sidecar `<engine>.json` (engine.sidecar). Relative paths in the plan (the
 timing and calibration caches) are relative to `base_dir`, the bundle directory, so a bundle can move.
@@ -57,19 +57,61 @@ def build_engine(plan: BuildPlan, onnx_path: str | os.PathLike, engine_path: str
     context = primary_context() if plan.calibrator else contextlib.nullcontext()
     with context:
         result = _build(trt, plan, onnx_path, engine_path, base, calibration, log)
+    sidecar = compose_sidecar(plan, onnx_path, engine_path, base, live, built_by="edgeseg engine build",
+                              layers=result["layers"], timing_cache=result["timing_cache"],
+                              build_seconds=result["seconds"], calibration_manifest=calibration_manifest,
+                              calibration_summary=result["calibration"])
+    write_json(sidecar_path(engine_path), sidecar)
+    log(f"built {engine_path.name} in {result['seconds']:.0f} s: {plan.engine_precision} for {plan.target} "
+        f"with TensorRT {live['tensorrt']} on {live['gpu']['name']}")
+    return sidecar
 
-    sidecar = {
+
+def record_trtexec_engine(plan: BuildPlan, onnx_path: str | os.PathLike, engine_path: str | os.PathLike,
+                          log: Callable[[str], None] = print, *,
+                          calibration_manifest: str | os.PathLike | None = None,
+                          base_dir: str | os.PathLike | None = None) -> dict:
+    """Write the sidecar of an engine trtexec built from `plan` (build_engine.sh) on this machine: the engine
+    must load in this TensorRT, and the live GPU and TensorRT are what the sidecar records."""
+    trt = lazy_import("tensorrt")
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    base = Path(base_dir) if base_dir is not None else engine_path.parent
+    if not engine_path.is_file():
+        raise UsageError(f"{engine_path} does not exist; build it first (./build_engine.sh)")
+    facts = read_onnx_facts(onnx_path)
+    if facts.preprocessing is None:
+        raise UsageError(f"{onnx_path.name} carries no edgeseg preprocessing metadata; export it with 'edgeseg export'")
+    live = live_environment()
+    logger = _logger(trt, log)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
+    if engine is None:
+        raise EngineBuildError(f"{engine_path.name} does not load in TensorRT {trt.__version__} on this GPU; "
+                               "rebuild it here (./build_engine.sh or 'edgeseg engine build .')")
+    sidecar = compose_sidecar(plan, onnx_path, engine_path, base, live, built_by="trtexec (build_engine.sh)",
+                              layers=_inspect(trt, engine), timing_cache=None, build_seconds=None,
+                              calibration_manifest=calibration_manifest, calibration_summary=None)
+    write_json(sidecar_path(engine_path), sidecar)
+    log(f"wrote {sidecar_path(engine_path).name}: TensorRT {live['tensorrt']} on {live['gpu']['name']}")
+    return sidecar
+
+
+def compose_sidecar(plan: BuildPlan, onnx_path: Path, engine_path: Path, base: Path, live: dict, *, built_by: str,
+                    layers: dict, timing_cache: dict | None, build_seconds: float | None,
+                    calibration_manifest: str | os.PathLike | None, calibration_summary: dict | None) -> dict:
+    """The sidecar of a built engine (pure: everything measured is passed in)."""
+    facts = read_onnx_facts(onnx_path)
+    return {
         "format": SIDECAR_FORMAT,
         "schema": SIDECAR_SCHEMA,
         "created": now_utc(),
-        "built_by": "edgeseg engine build",
+        "built_by": built_by,
         "engine": {"path": engine_path.name, "sha256": sha256_file(engine_path),
                    "bytes": engine_path.stat().st_size},
         "target": plan.target,
         "precision": plan.engine_precision,
         "requested_precision": plan.requested_precision,
-        "tensorrt": installed,
-        "cuda": live["cuda"],
+        "tensorrt": live["tensorrt"],
+        "cuda": live.get("cuda"),
         "gpu": live["gpu"],
         "dla_core": plan.dla_core,
         "model": facts.metadata.get("edgeseg.model"),
@@ -79,18 +121,14 @@ def build_engine(plan: BuildPlan, onnx_path: str | os.PathLike, engine_path: str
                   "opt_shape": list(plan.opt_shape), "max_shape": list(plan.max_shape)},
         "onnx": {"path": _relative(onnx_path, base), "sha256": sha256_file(onnx_path),
                  "precision": plan.onnx_precision, "qdq": plan.onnx_has_qdq},
-        "calibration": _calibration_record(calibration_manifest, plan, base, result["calibration"]),
-        "layers": result["layers"],
-        "timing_cache": result["timing_cache"],
-        "build_seconds": result["seconds"],
+        "calibration": _calibration_record(calibration_manifest, plan, base, calibration_summary),
+        "layers": layers,
+        "timing_cache": timing_cache,
+        "build_seconds": build_seconds,
         "plan": plan.to_dict(),
         "versions": library_versions("tensorrt", "pycuda", "numpy"),
         "host": {"machine": platform.machine(), "node": platform.node()},
     }
-    write_json(sidecar_path(engine_path), sidecar)
-    log(f"built {engine_path.name} in {result['seconds']:.0f} s: {plan.engine_precision} for {plan.target} "
-        f"with TensorRT {installed} on {live['gpu']['name']}")
-    return sidecar
 
 
 def _build(trt, plan: BuildPlan, onnx_path: Path, engine_path: Path, base: Path,
@@ -143,6 +181,9 @@ def _build(trt, plan: BuildPlan, onnx_path: Path, engine_path: Path, base: Path,
         detail = f": {logger.errors[-1]}" if getattr(logger, "errors", None) else "; see TensorRT's messages above"
         raise EngineBuildError(f"TensorRT could not build the {plan.engine_precision} engine for {plan.target}{detail}")
 
+    engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)  # proves the bytes load before they are kept
+    if engine is None:
+        raise EngineBuildError(f"TensorRT built {engine_path.name} but cannot load it back; see its messages above")
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(serialized)  # IHostMemory exposes the buffer protocol: the bytes as TensorRT wrote them
     if timing_record is not None:
@@ -150,7 +191,7 @@ def _build(trt, plan: BuildPlan, onnx_path: Path, engine_path: Path, base: Path,
         with atomic_path(timing_path) as tmp:
             tmp.write_bytes(config.get_timing_cache().serialize())
         timing_record["saved"] = True
-    layers = _inspect(trt, logger, serialized)
+    layers = _inspect(trt, engine)
     if dla_capable is not None:
         layers["network_layers_dla_capable"] = dla_capable
         layers["network_layers"] = network.num_layers
@@ -208,13 +249,9 @@ def _load_timing_cache(config, path: Path | None, log: Callable[[str], None]) ->
     return {"path": path.name, "loaded": loaded, "saved": False}
 
 
-def _inspect(trt, logger, serialized) -> dict:
+def _inspect(trt, engine) -> dict:
     """Layer precisions and placement from the engine inspector; best effort: the build stands without it."""
     try:
-        runtime = trt.Runtime(logger)
-        engine = runtime.deserialize_cuda_engine(serialized)
-        if engine is None:
-            return {"error": "the engine could not be deserialized for inspection"}
         inspector = engine.create_engine_inspector()
         return summarize_inspector(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     except Exception as exc:  # inspector formats and APIs differ between TensorRT versions

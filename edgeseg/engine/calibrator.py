@@ -96,6 +96,23 @@ class CalibrationFeed:
         self.cache_written = True
         self.log(f"wrote the INT8 calibration cache {self.cache_path.name} ({self.batches_served} batches)")
 
+    # --- TensorRT's callbacks, one to one (the trt subclass only adds the copy to the GPU) ------------------
+
+    def get_batch(self, to_device: Callable[[np.ndarray], list[int]]) -> list[int] | None:
+        """get_batch: the next batch, copied by `to_device` (which returns the device pointers); None when the
+        images are used up or after a kept exception, which ends calibration."""
+        def work():
+            batch = self.next_batch()
+            return None if batch is None else to_device(batch)
+
+        return self.guarded("get_batch", work, None)
+
+    def read_calibration_cache(self) -> bytes | None:
+        return self.guarded("read_calibration_cache", self.read_cache, None)
+
+    def write_calibration_cache(self, cache) -> None:
+        self.guarded("write_calibration_cache", lambda: self.write_cache(bytes(cache)), None)
+
     # --- exception keeping ------------------------------------------------------------------------------------
 
     def guarded(self, callback: str, work: Callable[[], object], failed: object = None) -> object:
@@ -171,23 +188,20 @@ def make_trt_calibrator(feed: CalibrationFeed):
         def get_batch_size(self):
             return feed.batch_size
 
-        def get_batch(self, names):  # -> list of device pointers, one per input, or None when done
-            def copy_to_device():
-                batch = feed.next_batch()
-                if batch is None:
-                    return None
-                if self.device_batch is None:
-                    self.device_batch = cuda.mem_alloc(batch.nbytes)
-                cuda.memcpy_htod(self.device_batch, batch)
-                return [int(self.device_batch)] * len(names)  # edgeseg models have one input
+        def get_batch(self, names):  # -> one device pointer per input, or None when done
+            return feed.get_batch(lambda batch: self._to_device(batch, len(names)))
 
-            return feed.guarded("get_batch", copy_to_device, None)
+        def _to_device(self, batch, inputs: int) -> list[int]:
+            if self.device_batch is None:
+                self.device_batch = cuda.mem_alloc(batch.nbytes)
+            cuda.memcpy_htod(self.device_batch, batch)
+            return [int(self.device_batch)] * inputs  # edgeseg models have one input
 
         def read_calibration_cache(self):
-            return feed.guarded("read_calibration_cache", feed.read_cache, None)
+            return feed.read_calibration_cache()
 
         def write_calibration_cache(self, cache):
-            feed.guarded("write_calibration_cache", lambda: feed.write_cache(bytes(cache)), None)
+            feed.write_calibration_cache(cache)
 
     return EntropyCalibrator2()
 

@@ -37,7 +37,8 @@ def read_sidecar(engine_path: str | Path) -> dict:
         raise UsageError(f"{engine_path} does not exist")
     if not path.is_file():
         raise UsageError(f"{engine_path} has no sidecar {path.name}, so nothing says which GPU and TensorRT built "
-                         f"it; rebuild it with 'edgeseg engine build {_bundle_hint(engine_path)}'")
+                         f"it; rebuild it with 'edgeseg engine build {_bundle_hint(engine_path)}' (after "
+                         f"build_engine.sh: 'edgeseg engine sidecar {engine_path}' on the device that built it)")
     sidecar = read_json(path)
     if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
         raise UsageError(f"{path} is not an edgeseg engine sidecar; rebuild the engine with "

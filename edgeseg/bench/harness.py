@@ -1,0 +1,440 @@
+"""`edgeseg bench`: plan the rows of a suite (model x precision x backend x size), check everything a row will
+need before the first one runs, then run each row in its own subprocess (edgeseg.bench.worker) and record it.
+
+Order matters for accuracy: every row is compared with the FP32 torch predictions of its reference model, so
+those rows run first (and are added, marked role = "reference", when the suite's backends leave torch out).
+A row that cannot run (a missing backend, an export that fails, a crash, a timeout) is recorded with status
+"unsupported" or "error" and its reason; the rest run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgeseg.bench.artifacts import (ArtifactCache, ResolvedWeights, backend_unavailable, bundle_file,
+                                     default_cache_dir, onnx_param_count, onnx_precision, resolve_weights)
+from edgeseg.bench.suite import BACKENDS, PRECISIONS, ModelSpec, Suite
+from edgeseg.bench.worker import RESULT_MARKER, WorkerJob
+from edgeseg.errors import EdgesegError, UsageError
+
+# Reference candidates, best first: the FP32 torch predictions, else the FP32 ONNX Runtime CPU ones.
+REFERENCE_BACKENDS = ("torch", "torch-cuda", "ort-cpu")
+
+
+class GateFailure(EdgesegError):
+    """A --max-miou-drop or --fail-under-miou gate failed (the results are written)."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class PlannedRow:
+    model: ModelSpec
+    precision: str
+    backend: str
+    size: tuple[int, int]
+    optional: bool = False
+    role: str | None = None  # "reference": added only to serve as the accuracy reference
+
+    @property
+    def id(self) -> str:
+        return f"{self.model.label}/{self.precision}/{self.backend}/{self.size[0]}x{self.size[1]}"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    out_dir: str | None = None  # default: benchmarks/results/<machine>
+    machine: str | None = None  # default: from the hardware (cpu-<model>-<N>c, gpu-<name>, jetson-<board>)
+    cache_dir: str | None = None  # exported/quantized ONNX and engines, reused across runs
+    with_optional: bool = False  # also measure the suite's optional precisions
+    plots: bool = True
+
+
+@dataclass
+class BenchRun:
+    out_dir: Path
+    env: dict
+    rows: list[dict] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Planning
+
+def plan_rows(suite: Suite, with_optional: bool = False) -> list[PlannedRow]:
+    precisions = list(dict.fromkeys(suite.precisions + (suite.optional_precisions if with_optional else ())))
+    optional = set(suite.optional_precisions) - set(suite.precisions)
+    precisions.sort(key=PRECISIONS.index)
+    backends = sorted(suite.backends, key=BACKENDS.index)  # torch first: it is the reference
+    models = _references_first(suite.models)
+    rows = []
+    for size in suite.sizes:
+        planned = [PlannedRow(model, precision, backend, size, optional=precision in optional)
+                   for model in models for backend in backends for precision in precisions]
+        references = []
+        for model in models:
+            reference = _model_by_label(suite, model.reference) if model.reference else model
+            has_torch_row = any(r.model == reference and r.backend == "torch" and r.precision == "fp32"
+                                for r in planned + references)
+            if reference.zoo_name and not has_torch_row:
+                references.append(PlannedRow(reference, "fp32", "torch", size, role="reference"))
+        rows += references + planned
+    return rows
+
+
+def planned_unsupported(row: PlannedRow) -> str | None:
+    """Why a row cannot run whatever the machine (reported as 'unsupported', never silently changed)."""
+    if row.backend.startswith("torch"):
+        if row.precision != "fp32":
+            return (f"{row.backend} runs FP32 only here; {row.precision.upper()} is measured on the ONNX Runtime "
+                    f"and TensorRT rows")
+        if row.model.is_artifact:
+            return f"{row.model.path} is a prebuilt model without a torch model; add its zoo model for torch rows"
+        return None
+    if row.model.is_artifact:
+        path = Path(row.model.path)
+        if path.is_file():
+            if row.backend == "trt":
+                return f"{path.name} is an ONNX file; give a bundle with a built engine for trt rows"
+            own = onnx_precision(path)
+            if own != row.precision:
+                return f"{path.name} is an {own} model; it has no {row.precision} variant"
+        elif bundle_file(path, row.precision, row.backend) is None:
+            if row.backend == "trt":
+                return (f"bundle {path} has no {row.precision} engine; build it on this machine with "
+                        f"'edgeseg engine build {path}'")
+            return f"bundle {path} has no {row.precision} ONNX model"
+    return None
+
+
+def _references_first(models: tuple[ModelSpec, ...]) -> list[ModelSpec]:
+    referenced = {m.reference for m in models if m.reference}
+    return sorted(models, key=lambda m: 0 if m.label in referenced else 1)
+
+
+def _model_by_label(suite: Suite, label: str) -> ModelSpec:
+    return next(model for model in suite.models if model.label == label)
+
+
+def check_before_running(suite: Suite, rows: list[PlannedRow]) -> None:
+    """What every row needs that can be checked cheaply: the datasets and the calibration split's size."""
+    from edgeseg.data.datasets import open_dataset
+
+    dataset = open_dataset(suite.dataset, suite.split, suite.data_root)
+    if any(row.precision == "int8" and row.model.zoo_name and not row.backend.startswith("torch")
+           and planned_unsupported(row) is None for row in rows):
+        calibration = open_dataset(suite.dataset, suite.calib_split, suite.data_root)
+        if suite.calib_count > len(calibration):
+            raise UsageError(f"calib_count {suite.calib_count} is more than the {len(calibration)} images of "
+                             f"{calibration.name}; lower calib_count (suite) or use another calib_split")
+    if len(dataset) < 1:
+        raise UsageError(f"{dataset.name} has no images to evaluate")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running
+
+def run_bench(suite: Suite, options: BenchOptions = BenchOptions(), log: Callable[[str], None] = print) -> BenchRun:
+    from edgeseg.bench.env import collect_env, machine_name, slug
+    from edgeseg.bench.outputs import ResultsWriter
+
+    rows = plan_rows(suite, options.with_optional)
+    check_before_running(suite, rows)
+    cache_dir = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_dir()
+    weights = {model.label: resolve_weights(model, cache_dir) for model in suite.models if model.zoo_name}
+    env = collect_env(suite.threads)
+    machine = slug(options.machine, 60) if options.machine else machine_name(env)
+    env["machine_name"] = machine
+    out_dir = Path(options.out_dir) if options.out_dir else Path("benchmarks") / "results" / machine
+    _check_writable(out_dir)
+    writer = ResultsWriter(out_dir, env, {**suite.to_dict(), "with_optional": options.with_optional})
+    runner = _RowRunner(suite, ArtifactCache(cache_dir, suite, log), weights, log)
+    log(f"bench {suite.name}: {len(rows)} rows on {machine}; results in {out_dir}")
+    for warning in env["warnings"]:
+        log(f"warning: {warning}")
+    try:
+        for index, planned in enumerate(rows, 1):
+            record = runner.run(planned)
+            writer.add(record)
+            log(f"[{index}/{len(rows)}] {row_summary(record)}")
+        writer.finish()
+    finally:
+        runner.cleanup()
+    run = BenchRun(out_dir, env, writer.rows)
+    if options.plots:
+        from edgeseg.bench.plots import write_plots
+
+        run.plots = write_plots(writer.rows, out_dir, f"{suite.name} on {machine}")
+    return run
+
+
+class _RowRunner:
+    """Runs rows one by one, remembering finished rows (and their predictions) as references for later ones."""
+
+    def __init__(self, suite: Suite, cache: ArtifactCache, weights: dict[str, ResolvedWeights], log):
+        self.suite, self.cache, self.weights, self.log = suite, cache, weights, log
+        self.scratch = Path(tempfile.mkdtemp(prefix="edgeseg-bench-"))
+        self.finished: dict[str, tuple[dict, Path]] = {}
+        self._backend_problems: dict[str, str | None] = {}
+        self._stats: dict[tuple, tuple[float | None, float | None]] = {}
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def run(self, row: PlannedRow) -> dict:
+        started = time.monotonic()
+        record = {"id": row.id, "model": row.model.label, "precision": row.precision, "backend": row.backend,
+                  "size": list(row.size), "status": "ok", "reason": None, "optional": row.optional,
+                  "role": row.role, "batch": self.suite.batch,
+                  "weights": self.weights[row.model.label].source if row.model.zoo_name else row.model.path}
+        reason = planned_unsupported(row) or self._backend_problem(row.backend)
+        if reason:
+            return {**record, "status": "unsupported", "reason": reason}
+        try:
+            artifact = self._artifact(row)
+        except Exception as exc:  # an export or quantization that fails belongs to this row only
+            return {**record, "status": "error", "reason": f"preparing the model failed: {_one_line(exc)}"}
+        record["artifact"] = _file_record(artifact) if artifact else self._weights_record(row)
+        record["params_m"], record["gflops"] = self._model_stats(row, artifact)
+        predictions = self.scratch / f"{len(self.finished):03d}"
+        load_before = _load_average()
+        result = self._run_worker(row, artifact, predictions)
+        record.update(result)
+        record["load_avg_1m"] = {"before": load_before, "after": _load_average()}
+        if record["status"] == "ok":
+            self._compare(row, record, predictions)
+            record["warnings"] = row_warnings(record)
+        record["seconds"] = round(time.monotonic() - started, 1)
+        self.finished[row.id] = (record, predictions)
+        return record
+
+    def _backend_problem(self, backend: str) -> str | None:
+        if backend not in self._backend_problems:
+            self._backend_problems[backend] = backend_unavailable(backend)
+        return self._backend_problems[backend]
+
+    def _artifact(self, row: PlannedRow) -> Path | None:
+        if row.backend.startswith("torch"):
+            return None
+        if row.model.is_artifact:
+            return bundle_file(Path(row.model.path), row.precision, row.backend)
+        weights = self.weights[row.model.label]
+        if row.backend == "trt":
+            onnx_files = {"fp32": self.cache.onnx_for(row.model, weights, row.size, "fp32")}
+            if row.precision != "fp32":
+                # TensorRT takes symmetric INT8 Q/DQ (the trt profile), not ONNX Runtime CPU's uint8 graph.
+                onnx_files[row.precision] = self.cache.onnx_for(row.model, weights, row.size, row.precision,
+                                                                profile="trt")
+            return self.cache.engine_for(onnx_files, row.precision)
+        return self.cache.onnx_for(row.model, weights, row.size, row.precision, profile="cpu")
+
+    def _run_worker(self, row: PlannedRow, artifact: Path | None, predictions: Path) -> dict:
+        suite = self.suite
+        weights = self.weights.get(row.model.label)
+        job = WorkerJob(row_id=row.id, backend=row.backend, precision=row.precision, size=row.size,
+                        dataset=suite.dataset, split=suite.split, data_root=suite.data_root,
+                        eval_limit=suite.eval_limit, threads=suite.threads, batch=suite.batch, warmup=suite.warmup,
+                        min_runs=suite.min_runs, min_seconds=suite.min_seconds,
+                        artifact=str(artifact) if artifact else None, model=row.model.zoo_name,
+                        weights=weights.spec if weights else None, predictions_dir=str(predictions))
+        return run_worker(job, timeout_s=suite.row_timeout_s)
+
+    def _compare(self, row: PlannedRow, record: dict, predictions: Path) -> None:
+        from edgeseg.bench.compare import accuracy_against, prediction_agreement
+
+        reference = self._reference(row)
+        accuracy = record["accuracy"]
+        if reference is None:
+            accuracy.update({"reference": None, "miou_drop": None, "agreement_miou": None, "pixel_agreement": None,
+                             "per_class_iou_change": None})
+            record.setdefault("warnings_reference", "no FP32 reference row ran; drop and agreement are missing")
+            return
+        reference_record, reference_predictions = reference
+        accuracy["reference"] = reference_record["id"]
+        accuracy.update(accuracy_against(accuracy, reference_record["accuracy"]))
+        agreement = None
+        if reference_record["id"] != row.id:
+            agreement = prediction_agreement(predictions, reference_predictions,
+                                             len(accuracy["per_class_iou"]))
+        accuracy["agreement_miou"] = agreement["agreement_miou"] if agreement else None
+        accuracy["pixel_agreement"] = agreement["pixel_agreement"] if agreement else None
+
+    def _reference(self, row: PlannedRow) -> tuple[dict, Path] | None:
+        label = row.model.reference or row.model.label
+        size = f"{row.size[0]}x{row.size[1]}"
+        candidates = [f"{label}/fp32/{backend}/{size}" for backend in REFERENCE_BACKENDS]
+        candidates.insert(2, f"{label}/fp32/{row.backend}/{size}")
+        if row.id in candidates[:2]:  # the torch FP32 row is its own reference
+            return None if row.id not in self.finished else self.finished[row.id]
+        for candidate in candidates:
+            if candidate == row.id:
+                return None  # nothing better ran before this row; it is not compared with itself
+            found = self.finished.get(candidate)
+            if found and found[0]["status"] == "ok":
+                return found
+        return None
+
+    def _weights_record(self, row: PlannedRow) -> dict | None:
+        weights = self.weights.get(row.model.label)
+        if weights and Path(weights.spec).is_file():
+            return _file_record(Path(weights.spec))
+        return None
+
+    def _model_stats(self, row: PlannedRow, artifact: Path | None) -> tuple[float | None, float | None]:
+        key = (row.model.label, row.size)
+        if key not in self._stats:
+            self._stats[key] = _model_stats(row, artifact)
+        return self._stats[key]
+
+
+def _model_stats(row: PlannedRow, artifact: Path | None) -> tuple[float | None, float | None]:
+    """(params in millions, GFLOPs) of the architecture at the row's size; ONNX initializers for a prebuilt
+    model (GFLOPs unknown there)."""
+    if row.model.zoo_name:
+        try:
+            import torch
+
+            from edgeseg.zoo.registry import get_entry
+            from edgeseg.zoo.stats import count_params_and_gflops
+
+            entry = get_entry(row.model.zoo_name)
+            with torch.device("meta"):  # no memory, no weights: only shapes are counted
+                model = entry.builder(entry.label_set.num_classes)
+            params, gflops = count_params_and_gflops(model, row.size)
+            return params / 1e6, gflops
+        except Exception:  # counting is a nicety; a model the counter cannot trace still gets benchmarked
+            return None, None
+    source = Path(row.model.path)
+    fp32 = source if source.is_file() else source / "model.onnx"
+    if fp32.is_file() and onnx_precision(fp32) == "fp32":
+        params = onnx_param_count(fp32)
+        return (params / 1e6 if params else None), None
+    return None, None
+
+
+def run_worker(job: WorkerJob, timeout_s: float) -> dict:
+    """Run one row in a fresh Python process and return its result dict (status error when it dies)."""
+    import edgeseg
+
+    environment = dict(os.environ)
+    package_root = str(Path(edgeseg.__file__).resolve().parent.parent)
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
+    try:
+        completed = subprocess.run([sys.executable, "-m", "edgeseg.bench.worker"], input=job.to_json(),
+                                   capture_output=True, text=True, timeout=timeout_s, env=environment, check=False)
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "reason": f"the row did not finish within {timeout_s:g} s (row_timeout_s)"}
+    for line in reversed(completed.stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            import json
+
+            return json.loads(line[len(RESULT_MARKER):])
+    last = [line for line in completed.stderr.splitlines() if line.strip()]
+    how = f"exit code {completed.returncode}" if completed.returncode >= 0 else f"signal {-completed.returncode}"
+    return {"status": "error", "reason": f"the row's process died ({how})" + (f": {last[-1].strip()}" if last else "")}
+
+
+def row_warnings(record: dict) -> list[str]:
+    """Why a row's latency may not be publishable: a busy machine, or spread-out timings."""
+    warnings = []
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = (record.get("load_avg_1m") or {}).get("before")
+    if load is not None and load > 0.5 * usable:
+        warnings.append(f"busy machine: load average {load} on {usable} cores before the row")
+    latency = record.get("latency_ms") or {}
+    if latency.get("mean_ms") and latency["std_ms"] > 0.25 * latency["mean_ms"]:
+        warnings.append(f"noisy latency: std is {latency['std_ms'] / latency['mean_ms']:.0%} of the mean")
+    if record.pop("warnings_reference", None):
+        warnings.append("no FP32 reference row ran: drop and agreement are missing")
+    return warnings
+
+
+def row_summary(record: dict) -> str:
+    if record["status"] != "ok":
+        return f"{record['id']}: {record['status']}: {record['reason']}"
+    accuracy, memory = record["accuracy"], record["memory"]
+    drop = accuracy.get("miou_drop")
+    return (f"{record['id']}: p50 {record['latency_ms']['p50_ms']:.2f} ms, end-to-end "
+            f"{record['e2e_latency_ms']['p50_ms']:.2f} ms, mIoU {accuracy['miou']:.4f}"
+            + (f" (drop {drop:+.2f})" if drop is not None else "")
+            + f", peak RSS {memory['peak_rss_mb']:.0f} MB")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gates
+
+def gate_violations(rows: list[dict], max_miou_drop: float | None, fail_under_miou: float | None) -> list[str]:
+    """One message per failed gate, naming its rows. With any gate set, a row that errored fails too (it could
+    not be checked); 'unsupported' rows are not judged."""
+    if max_miou_drop is None and fail_under_miou is None:
+        return []
+    messages = []
+    errored = [row["id"] for row in rows if row["status"] == "error"]
+    if errored:
+        messages.append(f"{len(errored)} row(s) failed and could not be checked: {', '.join(errored)}")
+    measured = [row for row in rows if row["status"] == "ok"]
+    if max_miou_drop is not None:
+        over = [f"{row['id']} ({row['accuracy']['miou_drop']:+.2f})" for row in measured
+                if row["accuracy"].get("miou_drop") is not None and row["accuracy"]["miou_drop"] > max_miou_drop]
+        unchecked = [row["id"] for row in measured if row["accuracy"].get("miou_drop") is None]
+        if over:
+            messages.append(f"mIoU drop above {max_miou_drop:g} points: {', '.join(over)}")
+        if unchecked:
+            messages.append(f"no FP32 reference to check the drop of: {', '.join(unchecked)}")
+    if fail_under_miou is not None:
+        under = [f"{row['id']} ({row['accuracy']['miou']:.4f})" for row in measured
+                 if row["accuracy"]["miou"] < fail_under_miou]
+        if under:
+            messages.append(f"mIoU under {fail_under_miou:g}: {', '.join(under)}")
+    return messages
+
+
+def check_gates(rows: list[dict], max_miou_drop: float | None, fail_under_miou: float | None) -> None:
+    messages = gate_violations(rows, max_miou_drop, fail_under_miou)
+    if messages:
+        raise GateFailure("gate failed: " + "; ".join(messages))
+
+
+def check_gate_values(max_miou_drop: float | None, fail_under_miou: float | None) -> None:
+    if fail_under_miou is not None and not 0 <= fail_under_miou <= 1:
+        raise UsageError(f"--fail-under-miou {fail_under_miou:g}: give mIoU as a fraction, e.g. 0.65 for 65%")
+    if max_miou_drop is not None and max_miou_drop < 0:
+        raise UsageError(f"--max-miou-drop {max_miou_drop:g}: give the allowed drop in mIoU points, e.g. 1.0")
+
+
+def _check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the results folder {out_dir}: {exc.strerror}; choose another with --out") \
+            from exc
+    if not os.access(out_dir, os.W_OK):
+        raise UsageError(f"results folder {out_dir} is not writable; choose another with --out")
+
+
+def _file_record(path: Path) -> dict:
+    return {"path": str(path), "mb": path.stat().st_size / 1e6}
+
+
+def _load_average() -> float | None:
+    from edgeseg.bench.env import load_average
+
+    return load_average()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def replace_suite(suite: Suite, **changes) -> Suite:
+    return dataclasses.replace(suite, **changes)

@@ -1,0 +1,296 @@
+"""The demo's threads and bookkeeping: capture -> inference -> rendering, with the stats the HUD and summary show.
+
+Capture and inference run in worker threads so a slow camera read and a slow model overlap instead of adding up.
+Rendering, display and video writing stay on the caller's (main) thread: that is where Ctrl-C arrives as
+KeyboardInterrupt, and where GUI toolkits want imshow.
+
+Live sources hand frames over through a 1-slot `LatestSlot`: a new frame replaces one not yet taken (counted as
+dropped), so the model always works on the newest frame and latency stays at about one frame. Files and folders
+use a bounded queue instead: every frame is processed, the reader just waits when it is ahead.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from edgeseg.zoo.contract import Preprocessing
+
+STAGES = ("capture", "preprocess", "infer", "render")
+_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "bicubic": cv2.INTER_CUBIC,
+                  "area": cv2.INTER_AREA}
+_POLL_S = 0.1  # how often blocked threads look at the stop flag
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    index: int  # position in the source (dropped frames leave gaps)
+    image: np.ndarray  # BGR uint8, as read
+    captured_at: float  # time.perf_counter() when the read returned
+    capture_ms: float
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    frame: Frame
+    labels: np.ndarray  # HxW uint8 at the model's resolution
+    preprocess_ms: float
+    infer_ms: float  # includes the argmax: it is the model's post-processing
+
+
+class ChannelClosed(Exception):
+    """The producer has finished and nothing is left to take."""
+
+
+class LatestSlot:
+    """A 1-slot buffer for live sources: put() replaces an item not yet taken and counts it in `dropped`."""
+
+    def __init__(self):
+        self._ready = threading.Condition()
+        self._item = None
+        self._full = False
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, item) -> bool:
+        """Store item (never blocks); False once the slot is closed."""
+        with self._ready:
+            if self._closed:
+                return False
+            if self._full:
+                self.dropped += 1
+            self._item, self._full = item, True
+            self._ready.notify()
+            return True
+
+    def get(self, timeout: float | None = None):
+        """The newest item; queue.Empty after `timeout`, ChannelClosed once closed and empty."""
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._full or self._closed, timeout):
+                raise queue.Empty
+            if not self._full:
+                raise ChannelClosed
+            item, self._item, self._full = self._item, None, False
+            return item
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+
+class BoundedChannel:
+    """A FIFO of at most `capacity` items for files: put() waits for room, so nothing is dropped."""
+
+    dropped = 0
+
+    def __init__(self, capacity: int):
+        self._items: collections.deque = collections.deque()
+        self._capacity = capacity
+        self._changed = threading.Condition()
+        self._closed = False
+
+    def put(self, item) -> bool:
+        """Append item, waiting while full; False once closed (the consumer has gone)."""
+        with self._changed:
+            self._changed.wait_for(lambda: len(self._items) < self._capacity or self._closed)
+            if self._closed:
+                return False
+            self._items.append(item)
+            self._changed.notify_all()
+            return True
+
+    def get(self, timeout: float | None = None):
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._items or self._closed, timeout):
+                raise queue.Empty
+            if not self._items:
+                raise ChannelClosed
+            item = self._items.popleft()
+            self._changed.notify_all()
+            return item
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+
+def preprocess(image_bgr: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """BGR frame -> the model's 1x3xHxW input: resize first (cheaper on fewer pixels), then RGB and normalise."""
+    height, width = preprocessing.input_size
+    if image_bgr.shape[:2] != (height, width):
+        image_bgr = cv2.resize(image_bgr, (width, height),
+                               interpolation=_INTERPOLATION.get(preprocessing.interpolation, cv2.INTER_LINEAR))
+    return preprocessing.normalize(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
+
+
+def labels_from_output(output: np.ndarray, output_kind: str) -> np.ndarray:
+    """Model output -> HxW uint8 labels at the model's resolution. The argmax runs before any upscaling: resizing
+    K channels of logits to the frame costs K times more than resizing one label map."""
+    output = np.asarray(output)
+    if output_kind == "labels":
+        return np.ascontiguousarray(output.reshape(output.shape[-2:]).astype(np.uint8, copy=False))
+    return output[0].argmax(axis=0).astype(np.uint8)
+
+
+class DemoStats:
+    """Per-frame timings: a rolling window for the HUD and full history for the summary."""
+
+    def __init__(self, window: int = 30):
+        self.latencies_ms: list[float] = []
+        self.stage_totals_ms = dict.fromkeys(STAGES, 0.0)
+        self.recent_ms = {stage: collections.deque(maxlen=window) for stage in STAGES}
+        self.rendered_at: collections.deque = collections.deque(maxlen=window)
+        self.first_rendered_at: float | None = None
+        self.frames = 0
+
+    def record(self, prediction: Prediction, render_ms: float, rendered_at: float) -> None:
+        stage_ms = {"capture": prediction.frame.capture_ms, "preprocess": prediction.preprocess_ms,
+                    "infer": prediction.infer_ms, "render": render_ms}
+        for stage, value in stage_ms.items():
+            self.stage_totals_ms[stage] += value
+            self.recent_ms[stage].append(value)
+        self.latencies_ms.append((rendered_at - prediction.frame.captured_at) * 1000.0)
+        self.rendered_at.append(rendered_at)
+        self.first_rendered_at = self.first_rendered_at or rendered_at
+        self.frames += 1
+
+    def recent_fps(self) -> float:
+        if len(self.rendered_at) < 2:
+            return 0.0
+        return (len(self.rendered_at) - 1) / max(self.rendered_at[-1] - self.rendered_at[0], 1e-9)
+
+    def recent_stage_ms(self) -> dict[str, float]:
+        return {stage: float(np.mean(values)) if values else 0.0 for stage, values in self.recent_ms.items()}
+
+    def summary(self) -> dict:
+        """frames, mean FPS (rendered frames over the time between the first and last one shown, so model
+        loading and warm-up do not count), p50/p99 capture->rendered latency and mean per-stage times."""
+        latencies = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        span = (self.rendered_at[-1] - self.first_rendered_at) if self.frames > 1 else 0.0
+        return {
+            "frames": self.frames,
+            "mean_fps": round((self.frames - 1) / span, 2) if span > 0 else 0.0,
+            "latency_ms": {"p50": round(float(np.percentile(latencies, 50)), 2),
+                           "p99": round(float(np.percentile(latencies, 99)), 2)},
+            "stage_ms": {stage: round(total / max(self.frames, 1), 2) for stage, total in self.stage_totals_ms.items()},
+        }
+
+
+class Pipeline:
+    """Runs capture and inference threads and yields predictions to the caller's thread.
+
+    The capture thread owns the source and closes it: releasing an OpenCV capture while another thread is inside
+    read() can crash FFmpeg."""
+
+    def __init__(self, source, runner, *, stop_event: threading.Event, keep_latest_only: bool,
+                 pace_fps: float | None = None, queue_size: int = 2):
+        self.source = source
+        self.runner = runner
+        self.stop_event = stop_event
+        self.pace_fps = pace_fps  # --realtime for files: read at the file's own rate
+        self.frames_in = LatestSlot() if keep_latest_only else BoundedChannel(queue_size)
+        # With live sources a slow renderer must not let predictions pile up: one in hand is enough.
+        self.predictions_out = BoundedChannel(1 if keep_latest_only else queue_size)
+        self.captured = 0
+        self.error: BaseException | None = None
+        self._threads = [
+            threading.Thread(target=self._guarded(self._capture_loop), name="edgeseg-demo-capture", daemon=True),
+            threading.Thread(target=self._guarded(self._inference_loop), name="edgeseg-demo-infer", daemon=True),
+        ]
+
+    @property
+    def dropped(self) -> int:
+        return self.frames_in.dropped
+
+    def start(self) -> "Pipeline":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def predictions(self) -> Iterator[Prediction]:
+        """Predictions in order until the source ends, a worker fails or stop() is called."""
+        while True:
+            try:
+                item = self.predictions_out.get(timeout=_POLL_S)
+            except queue.Empty:
+                if self.stop_event.is_set():
+                    return
+                continue
+            except ChannelClosed:
+                return
+            yield item
+
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """Ask the threads to finish and wait for them; False when one is still stuck (e.g. in a stream read)."""
+        self.stop_event.set()
+        self.frames_in.close()
+        self.predictions_out.close()
+        deadline = time.perf_counter() + timeout_s
+        for thread in self._threads:
+            if thread.ident is not None:  # started
+                thread.join(max(0.0, deadline - time.perf_counter()))
+        return not any(thread.is_alive() for thread in self._threads)
+
+    def _guarded(self, loop: Callable[[], None]) -> Callable[[], None]:
+        def run():
+            try:
+                loop()
+            except BaseException as exc:  # noqa: BLE001 (handed to the main thread, which re-raises it)
+                self.error = self.error or exc
+                self.stop_event.set()
+                self.frames_in.close()
+                self.predictions_out.close()
+
+        return run
+
+    def _capture_loop(self) -> None:
+        try:
+            started = time.perf_counter()
+            while not self.stop_event.is_set():
+                if self.pace_fps:
+                    due = started + self.captured / self.pace_fps
+                    if self.stop_event.wait(max(0.0, due - time.perf_counter())):
+                        break
+                read_from = time.perf_counter()
+                image = self.source.read()
+                read_at = time.perf_counter()
+                if image is None:
+                    break
+                frame = Frame(self.captured, image, read_at, (read_at - read_from) * 1000.0)
+                self.captured += 1
+                if not self.frames_in.put(frame):
+                    break
+        finally:
+            self.frames_in.close()
+            self.source.close()
+
+    def _inference_loop(self) -> None:
+        preprocessing = self.runner.preprocessing
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    frame = self.frames_in.get(timeout=_POLL_S)
+                except queue.Empty:
+                    continue
+                except ChannelClosed:
+                    break
+                started = time.perf_counter()
+                batch = preprocess(frame.image, preprocessing)
+                preprocessed = time.perf_counter()
+                labels = labels_from_output(self.runner.infer(batch), self.runner.output_kind)
+                inferred = time.perf_counter()
+                prediction = Prediction(frame, labels, (preprocessed - started) * 1000.0,
+                                        (inferred - preprocessed) * 1000.0)
+                if not self.predictions_out.put(prediction):
+                    break
+        finally:
+            self.predictions_out.close()
