@@ -329,6 +329,102 @@ def demo(
         raise typer.Exit(1)  # the reconnect log already said why; scripts and supervisors see the failure
 
 
+@app.command("bench")
+def bench_command(
+    suite: Optional[str] = typer.Option(None, "--suite", help="suite TOML file, or a name under benchmarks/suites "
+                                                              "(e.g. cpu)"),
+    models: list[str] = typer.Option([], "--models", "-m", help="zoo model, bundle folder or .onnx; comma-separated "
+                                                                "or repeated (replaces the suite's models)"),
+    weights: Optional[str] = typer.Option(None, help="weights spec for the zoo models (e.g. random, a checkpoint)"),
+    precisions: list[str] = typer.Option([], help="fp32, fp16, int8; comma-separated or repeated"),
+    backends: list[str] = typer.Option([], help="torch, torch-cuda, ort-cpu, ort-cuda, trt; comma-separated"),
+    size: list[str] = typer.Option([], help="input size HEIGHTxWIDTH (repeatable; default: the suite's or 360x480)"),
+    with_optional: bool = typer.Option(False, "--with-optional", help="also measure the suite's optional precisions"),
+    data: Optional[str] = typer.Option(None, help="dataset (default: the suite's, camvid)"),
+    split: Optional[str] = typer.Option(None, help="split accuracy is measured on (default: the suite's, test)"),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
+    limit: Optional[int] = typer.Option(None, help="evaluate on the first N images only"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch and ONNX Runtime (default: theirs)"),
+    batch: Optional[int] = typer.Option(None, help="the larger batch throughput is measured at (default 4)"),
+    min_seconds: Optional[float] = typer.Option(None, help="time each latency figure at least this long"),
+    calib_count: Optional[int] = typer.Option(None, help="INT8 calibration images"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="results folder (default: "
+                                                                 "benchmarks/results/<machine>)"),
+    machine: Optional[str] = typer.Option(None, help="machine name for the results folder (default: from the "
+                                                     "hardware, e.g. cpu-xeon-platinum-8375c-8c)"),
+    cache_dir: Optional[Path] = typer.Option(None, help="where exported ONNX and engines are cached and reused "
+                                                        "(default: ~/.cache/edgeseg/bench)"),
+    max_miou_drop: Optional[float] = typer.Option(None, help="fail (after writing results) when a row's mIoU drop "
+                                                             "vs FP32 torch exceeds this many points"),
+    fail_under_miou: Optional[float] = typer.Option(None, help="fail (after writing results) when a row's mIoU is "
+                                                               "under this fraction, e.g. 0.6"),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="write latency-vs-mIoU and per-class charts"),
+):
+    """Benchmark models x precisions x backends x sizes: latency, throughput, memory, accuracy; JSON/CSV/MD/PNG."""
+    from edgeseg.bench.harness import BenchOptions, check_gate_values, check_gates, run_bench
+    from edgeseg.bench.outputs import terminal_table
+    from edgeseg.bench.suite import suite_for_run
+
+    check_gate_values(max_miou_drop, fail_under_miou)
+    chosen = suite_for_run(suite, models=models, weights=weights, precisions=precisions, backends=backends,
+                           sizes=size, dataset=data, split=split, data_root=data_root, eval_limit=limit,
+                           threads=threads, batch=batch, min_seconds=min_seconds, calib_count=calib_count)
+    options = BenchOptions(out_dir=str(out) if out else None, machine=machine,
+                           cache_dir=str(cache_dir) if cache_dir else None, with_optional=with_optional, plots=plots)
+    result = run_bench(chosen, options, log=_plain_log)
+    console.print(terminal_table(result.rows, f"edgeseg bench {chosen.name} on {result.env['machine_name']}"))
+    for path in [result.out_dir / "results.json", result.out_dir / "results.csv", result.out_dir / "results.md",
+                 *result.plots]:
+        console.print(f"wrote {path}", markup=False, highlight=False)
+    check_gates(result.rows, max_miou_drop, fail_under_miou)
+
+
+@app.command("prune")
+def prune_command(
+    model: str = typer.Option(..., "--model", "-m", help="zoo model name"),
+    weights: Optional[str] = typer.Option(None, help="weights spec (default: the bundled CamVid checkpoint)"),
+    ratio: float = typer.Option(..., help="fraction of channels to remove, between 0 and 1, e.g. 0.3"),
+    out: Path = typer.Option(..., "--out", "-o", help="pruned checkpoint to write (.safetensors + .json sidecar)"),
+    importance: str = typer.Option("l1", help="channel ranking: l1, l2, bn-scale or taylor (gradients on images)"),
+    global_pruning: bool = typer.Option(False, "--global", help="rank all layers together instead of the same "
+                                                                "ratio in every layer"),
+    iterative_steps: int = typer.Option(1, help="reach the ratio in N steps (re-ranking in between)"),
+    round_to: int = typer.Option(8, help="keep channel counts multiples of this (fast kernels); 1: no rounding"),
+    ignore: list[str] = typer.Option([], help="layer name whose outputs keep all channels (repeatable)"),
+    sparsity: Optional[str] = typer.Option(None, help="2:4 semi-structured sparsity on top (Ampere+ TensorRT)"),
+    size: Optional[str] = typer.Option(None, help="size to trace, count GFLOPs, time and evaluate at "
+                                                  "(default: the model's own)"),
+    data: str = typer.Option("camvid", help="dataset for taylor gradients, mIoU and fine-tuning"),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
+    eval_split: str = typer.Option("test", help="split the mIoU before/after is measured on"),
+    eval_limit: Optional[int] = typer.Option(None, help="evaluate on the first N images only"),
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="time both models in ONNX Runtime (CPU)"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch and ONNX Runtime"),
+    finetune_epochs: int = typer.Option(0, help="recovery fine-tune for N epochs after pruning (0: none)"),
+    finetune_lr: float = typer.Option(1e-3, help="peak learning rate of the fine-tune"),
+    batch_size: int = typer.Option(8, help="fine-tune batch size"),
+    distill: bool = typer.Option(False, help="distil from the unpruned model while fine-tuning"),
+    device: str = typer.Option("auto", help="fine-tune device: auto, cpu or cuda"),
+):
+    """Prune channels (Torch-Pruning DepGraph), optionally 2:4-sparsify and fine-tune; report GFLOPs, latency, mIoU."""
+    from edgeseg.prune import PruneConfig
+    from edgeseg.prune import prune as run_prune
+
+    cfg = PruneConfig(model=model, weights=weights, ratio=ratio, importance=importance, global_pruning=global_pruning,
+                      iterative_steps=iterative_steps, round_to=round_to, ignore=tuple(ignore), sparsity=sparsity,
+                      size=parse_size(size), dataset=data, data_root=data_root, eval_split=eval_split,
+                      eval_limit=eval_limit, measure_latency=latency, threads=threads, finetune_epochs=finetune_epochs,
+                      finetune_lr=finetune_lr, finetune_batch_size=batch_size, distill=distill, device=device)
+    artifact = run_prune(cfg, out, log=lambda message: console.print(message, markup=False, highlight=False))
+    metrics = artifact.manifest["metrics"]
+    summary = f"wrote {artifact.path}: GFLOPs -{metrics['gflops_reduction']:.0%}"
+    if "latency_reduction" in metrics:
+        summary += f", ONNX Runtime CPU latency -{metrics['latency_reduction']:.0%}"
+    if "miou_drop" in metrics:
+        summary += f", mIoU drop {metrics['miou_drop']:.2f} points"
+    console.print(summary, markup=False, highlight=False)
+
+
 @app.command("targets")
 def targets_command():
     """List deployment targets: compute capability, memory, DLA cores, precisions, TensorRT and power modes."""

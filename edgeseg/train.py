@@ -147,6 +147,11 @@ def train(cfg: TrainConfig) -> Path:
     val_set = open_dataset(cfg.dataset, "val", cfg.data_root)
     loaded = load_model(cfg.model, str(last_path) if resuming else cfg.weights, label_set=train_set.label_set)
     model, preprocessing = loaded.model.to(device), loaded.preprocessing
+    sparsity = (loaded.spec or {}).get("sparsity")
+    if sparsity:  # a 2:4-sparse checkpoint (edgeseg prune --sparsity 2:4) stays 2:4: re-mask after every step
+        from edgeseg.sparsity import current_2to4_masks, reapply_2to4
+
+        sparse_masks = current_2to4_masks(model)
 
     # Decode the training split once: with 367 CamVid images this is ~190 MB and saves a PNG decode per step.
     images, masks = zip(*(train_set.load(i) for i in range(len(train_set))))
@@ -187,7 +192,8 @@ def train(cfg: TrainConfig) -> Path:
     def save(path: Path, metrics: dict, epoch: int):
         save_checkpoint(model, path, model_name=cfg.model, preprocessing=preprocessing,
                         label_set=train_set.label_set.name, recipe=recipe, metrics=metrics,
-                        extra={"epoch": epoch, "spec": loaded.spec} if loaded.spec else {"epoch": epoch})
+                        extra={"epoch": epoch, "spec": loaded.spec, "sparsity": sparsity} if loaded.spec
+                        else {"epoch": epoch})
 
     with make_progress() as progress:
         task = progress.add_task(f"train {cfg.model}", total=total_iters, completed=iteration, info="")
@@ -213,6 +219,8 @@ def train(cfg: TrainConfig) -> Path:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if sparsity:
+                    reapply_2to4(model, sparse_masks)
                 iteration += 1
                 loss_value = loss.item()
                 epoch_loss += loss_value

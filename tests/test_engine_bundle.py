@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from edgeseg.cli import main
+from tests.test_cli import run_cli
 from edgeseg.engine.build import EngineBuildError
 from edgeseg.engine.bundle import (KIT_FILES, build_bundle, build_options, choose_onnx, finish_for_target,
                                    load_kit_target, options_from_plan, plan_changes, read_kit_plan)
@@ -65,16 +65,6 @@ def no_tensorrt():
 
 def quiet(lines: list[str]):
     return lines.append
-
-
-def run_cli(args, capsys):
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exit_info:
-        code = 0 if exit_info.code is None else exit_info.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def fake_trtexec(tmp_path: Path) -> tuple[Path, dict]:

@@ -81,7 +81,8 @@ def _save_random_weights(name: str, path: Path) -> None:
 
 def cache_key(model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int], suite: Suite) -> str:
     settings = {"weights": weights.sha256 or weights.spec, "size": list(size), "dynamic_batch": suite.dynamic_batch,
-                "dataset": suite.dataset, "calib": [suite.calib_count, suite.calib_strategy, suite.calib_split]}
+                "dataset": suite.dataset, "calib": [suite.calib_count, suite.calib_strategy, suite.calib_split],
+                "quant": [suite.quant_method, suite.quant_max_miou_drop]}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return f"{model.zoo_name}-{size[0]}x{size[1]}-{digest}"
 
@@ -117,10 +118,10 @@ class ArtifactCache:
 
             self.log(f"  int8 graph of {model.label} at {size[0]}x{size[1]} ({profile} profile, "
                      f"{self.suite.calib_count} {self.suite.calib_strategy} calibration images)")
-            quantize_int8(fp32, calibration, QuantizeConfig(profile=profile, data_root=self.suite.data_root,
-                                                            eval_dataset=self.suite.dataset,
-                                                            threads=self.suite.threads),
-                          out, log=lambda line: self.log("    " + line))
+            settings = QuantizeConfig(profile=profile, method=self.suite.quant_method,
+                                      max_miou_drop=self.suite.quant_max_miou_drop, eval_dataset=self.suite.dataset,
+                                      data_root=self.suite.data_root, threads=self.suite.threads)
+            quantize_int8(fp32, calibration, settings, out, log=lambda line: self.log("    " + line))
         return out
 
     def _export(self, model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int], folder: Path) -> None:

@@ -9,7 +9,6 @@ A row that cannot run (a missing backend, an export that fails, a crash, a timeo
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -25,9 +24,6 @@ from edgeseg.bench.artifacts import (ArtifactCache, ResolvedWeights, backend_una
 from edgeseg.bench.suite import BACKENDS, PRECISIONS, ModelSpec, Suite
 from edgeseg.bench.worker import RESULT_MARKER, WorkerJob
 from edgeseg.errors import EdgesegError, UsageError
-
-# Reference candidates, best first: the FP32 torch predictions, else the FP32 ONNX Runtime CPU ones.
-REFERENCE_BACKENDS = ("torch", "torch-cuda", "ort-cpu")
 
 
 class GateFailure(EdgesegError):
@@ -148,9 +144,10 @@ def run_bench(suite: Suite, options: BenchOptions = BenchOptions(), log: Callabl
     from edgeseg.bench.outputs import ResultsWriter
 
     rows = plan_rows(suite, options.with_optional)
-    check_before_running(suite, rows)
     cache_dir = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_dir()
+    # Everything a row needs is checked here, before the first row: weights, datasets, the results folder.
     weights = {model.label: resolve_weights(model, cache_dir) for model in suite.models if model.zoo_name}
+    check_before_running(suite, rows)
     env = collect_env(suite.threads)
     machine = slug(options.machine, 60) if options.machine else machine_name(env)
     env["machine_name"] = machine
@@ -211,8 +208,7 @@ class _RowRunner:
         record.update(result)
         record["load_avg_1m"] = {"before": load_before, "after": _load_average()}
         if record["status"] == "ok":
-            self._compare(row, record, predictions)
-            record["warnings"] = row_warnings(record)
+            record["warnings"] = row_warnings(record) + self._compare(row, record, predictions)
         record["seconds"] = round(time.monotonic() - started, 1)
         self.finished[row.id] = (record, predictions)
         return record
@@ -248,36 +244,38 @@ class _RowRunner:
                         weights=weights.spec if weights else None, predictions_dir=str(predictions))
         return run_worker(job, timeout_s=suite.row_timeout_s)
 
-    def _compare(self, row: PlannedRow, record: dict, predictions: Path) -> None:
+    def _compare(self, row: PlannedRow, record: dict, predictions: Path) -> list[str]:
+        """Fill in drop, per-class change and agreement against the reference row; returns warnings."""
         from edgeseg.bench.compare import accuracy_against, prediction_agreement
 
-        reference = self._reference(row)
         accuracy = record["accuracy"]
+        reference = self._reference(row)
         if reference is None:
-            accuracy.update({"reference": None, "miou_drop": None, "agreement_miou": None, "pixel_agreement": None,
-                             "per_class_iou_change": None})
-            record.setdefault("warnings_reference", "no FP32 reference row ran; drop and agreement are missing")
-            return
+            accuracy.update({"reference": None, "miou_drop": None, "per_class_iou_change": None,
+                             "agreement_miou": None, "pixel_agreement": None})
+            return ["no FP32 reference row ran: drop and agreement are missing"]
+        if reference == "self":  # this row is the reference of its model
+            accuracy.update({"reference": row.id, **accuracy_against(accuracy, accuracy), "agreement_miou": None,
+                             "pixel_agreement": None})
+            return []
         reference_record, reference_predictions = reference
         accuracy["reference"] = reference_record["id"]
         accuracy.update(accuracy_against(accuracy, reference_record["accuracy"]))
-        agreement = None
-        if reference_record["id"] != row.id:
-            agreement = prediction_agreement(predictions, reference_predictions,
-                                             len(accuracy["per_class_iou"]))
+        agreement = prediction_agreement(predictions, reference_predictions, len(accuracy["per_class_iou"]))
         accuracy["agreement_miou"] = agreement["agreement_miou"] if agreement else None
         accuracy["pixel_agreement"] = agreement["pixel_agreement"] if agreement else None
+        return [] if agreement else ["the reference row predicted other images: agreement is missing"]
 
-    def _reference(self, row: PlannedRow) -> tuple[dict, Path] | None:
+    def _reference(self, row: PlannedRow):
+        """The finished row whose FP32 predictions this row is compared with: the reference model's torch row,
+        else its FP32 row on this row's backend, else on ONNX Runtime CPU; "self" when this row is the best
+        there is; None when none ran."""
         label = row.model.reference or row.model.label
         size = f"{row.size[0]}x{row.size[1]}"
-        candidates = [f"{label}/fp32/{backend}/{size}" for backend in REFERENCE_BACKENDS]
-        candidates.insert(2, f"{label}/fp32/{row.backend}/{size}")
-        if row.id in candidates[:2]:  # the torch FP32 row is its own reference
-            return None if row.id not in self.finished else self.finished[row.id]
-        for candidate in candidates:
+        backends = ("torch", "torch-cuda", row.backend, "ort-cpu")
+        for candidate in dict.fromkeys(f"{label}/fp32/{backend}/{size}" for backend in backends):
             if candidate == row.id:
-                return None  # nothing better ran before this row; it is not compared with itself
+                return "self"
             found = self.finished.get(candidate)
             if found and found[0]["status"] == "ok":
                 return found
@@ -353,8 +351,6 @@ def row_warnings(record: dict) -> list[str]:
     latency = record.get("latency_ms") or {}
     if latency.get("mean_ms") and latency["std_ms"] > 0.25 * latency["mean_ms"]:
         warnings.append(f"noisy latency: std is {latency['std_ms'] / latency['mean_ms']:.0%} of the mean")
-    if record.pop("warnings_reference", None):
-        warnings.append("no FP32 reference row ran: drop and agreement are missing")
     return warnings
 
 
@@ -434,7 +430,3 @@ def _load_average() -> float | None:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def replace_suite(suite: Suite, **changes) -> Suite:
-    return dataclasses.replace(suite, **changes)

@@ -64,16 +64,27 @@ def flat_row(row: dict) -> dict:
     return {name: read(row) for name, read in CSV_COLUMNS}
 
 
-def summary_cells(row: dict) -> list[str]:
+# The terminal's narrower subset (a 160-column log stays readable); reasons are in the log lines above it.
+TERMINAL_COLUMNS = (
+    ("model", "model", "{}"), ("prec.", "precision", "{}"), ("backend", "backend", "{}"), ("input", "size", "{}"),
+    ("status", "status", "{}"), ("p50 ms", "latency_p50_ms", "{:.2f}"), ("e2e p50 ms", "e2e_p50_ms", "{:.2f}"),
+    ("FPS b=1", "fps_batch_1", "{:.1f}"), ("FPS b=N", "fps_batch_n", "{:.1f}"), ("mIoU", "miou", "{:.4f}"),
+    ("drop", "miou_drop", "{:+.2f}"), ("agree", "agreement_miou", "{:.4f}"), ("RSS MB", "peak_rss_mb", "{:.0f}"),
+    ("MB", "artifact_mb", "{:.1f}"),
+)
+
+
+def summary_cells(row: dict, columns=SUMMARY_COLUMNS) -> list[str]:
     """The row's Markdown/terminal cells; a row that did not run shows its status in the number columns."""
     flat = flat_row(row)
     cells = []
-    for header, column, fmt in SUMMARY_COLUMNS:
+    for header, column, fmt in columns:
         value = flat[column]
         if column == "fps_batch_n" and value is not None:
             cells.append(f"{value:.1f} (b={flat['batch']})")
         elif value is None:
-            cells.append(row["status"] if column == "latency_p50_ms" and row["status"] != "ok" else "-")
+            shows_status = column == "latency_p50_ms" and row["status"] != "ok" and columns is SUMMARY_COLUMNS
+            cells.append(row["status"] if shows_status else "-")
         else:
             cells.append(fmt.format(value))
     return cells
@@ -171,12 +182,12 @@ def terminal_table(rows: list[dict], title: str):
     from rich.table import Table
 
     table = Table(title=title)
-    for header, column, _ in SUMMARY_COLUMNS:
-        table.add_column(header, justify="left" if column in ("model", "precision", "backend", "size") else "right",
-                         overflow="fold")
+    for header, column, _ in TERMINAL_COLUMNS:
+        table.add_column(header, justify="left" if column in ("model", "precision", "backend", "size", "status")
+                         else "right", overflow="fold")
     style = {"ok": None, "unsupported": "dim", "error": "red"}
     for row in rows:
-        table.add_row(*summary_cells(row), style=style.get(row["status"]))
+        table.add_row(*summary_cells(row, TERMINAL_COLUMNS), style=style.get(row["status"]))
     return table
 
 

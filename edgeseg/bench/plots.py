@@ -66,6 +66,7 @@ def plot_latency_vs_miou(rows: list[dict], path: Path, title: str) -> Path | Non
     latencies = [p["latency_ms"] for p in points]
     if max(latencies) / max(min(latencies), 1e-9) > 20:
         axes.set_xscale("log")
+    axes.margins(x=0.2, y=0.1)  # room for the labels of the outermost points
     axes.set_xlabel("model-only latency, p50 (ms, batch 1; fastest backend of each)")
     axes.set_ylabel("mIoU (%)")
     axes.set_title(title, fontsize=10)

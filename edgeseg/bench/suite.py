@@ -73,6 +73,10 @@ class Suite:
     calib_count: int = 200
     calib_strategy: str = "class-balanced"
     calib_split: str = "train"
+    quant_method: str = "minmax"
+    # INT8 accuracy budget (mIoU points on the val split), as 'edgeseg build' applies it: the most sensitive
+    # layers stay in float until the drop fits. None: plain INT8, every quantizable layer quantized.
+    quant_max_miou_drop: float | None = None
     row_timeout_s: float = 3600.0  # a row's subprocess is stopped (and the row reported) after this long
 
     def to_dict(self) -> dict:
@@ -142,13 +146,13 @@ def suite_from_dict(data: dict[str, Any], where: str, default_name: str = "custo
     if "sizes" in data:
         values["sizes"] = tuple(parse_size(_typed(item, str, where, "sizes"))
                                 for item in _typed(data["sizes"], list, where, "sizes"))
-    for key in ("description", "dataset", "split", "data_root", "calib_strategy", "calib_split"):
+    for key in ("description", "dataset", "split", "data_root", "calib_strategy", "calib_split", "quant_method"):
         if key in data:
             values[key] = _typed(data[key], str, where, key)
     for key in ("eval_limit", "threads", "batch", "warmup", "min_runs", "calib_count"):
         if key in data:
             values[key] = _typed(data[key], int, where, key)
-    for key in ("min_seconds", "row_timeout_s"):
+    for key in ("min_seconds", "row_timeout_s", "quant_max_miou_drop"):
         if key in data:
             values[key] = float(_typed(data[key], (int, float), where, key))
     if "dynamic_batch" in data:
@@ -172,8 +176,8 @@ def check_suite(suite: Suite, where: str = "edgeseg bench") -> Suite:
         for value in getattr(suite, key):
             if value not in allowed:
                 kind = key.rstrip("s").replace("optional_", "")
-                hint = _hint(value, allowed)
-                raise UsageError(f"{where}: unknown {kind} {value!r}{hint}; choose from {', '.join(allowed)}")
+                hint = _hint(value, allowed) or f"; choose from {', '.join(allowed)}"
+                raise UsageError(f"{where}: unknown {kind} {value!r}{hint}")
     if not suite.precisions and not suite.optional_precisions:
         raise UsageError(f"{where}: no precisions to measure; give at least one of {', '.join(PRECISIONS)}")
     if not suite.backends:

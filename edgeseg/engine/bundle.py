@@ -181,7 +181,7 @@ def finish_for_target(bundle_dir: str | os.PathLike, target: Target, precision: 
                 "plan": plan.to_dict(), "tensorrt": sidecar["tensorrt"], "build_seconds": sidecar["build_seconds"]}
 
     written = write_kit(bundle, target, plan, precision)
-    log(f"engine not built here: {reason}; wrote {', '.join(written)} to {bundle}: finish on the {target.name} "
+    log(f"engine not built here: {reason}; wrote {', '.join(written)} into the bundle: finish on the {target.name} "
         "with 'edgeseg engine build .' (or ./build_engine.sh)")
     return {"engine": None, "reason": reason, "plan": plan.to_dict(),
             "trtexec": shlex.join(plan.to_trtexec(engine_name(precision))), "kit": written}
