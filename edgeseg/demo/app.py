@@ -146,12 +146,14 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = log_to_stderr,
         except KeyboardInterrupt:
             stopped_by = "interrupt"
         finally:
-            if not pipeline.stop():
-                log("demo: a worker thread did not stop in time (blocked in a stream read?); exiting anyway")
-            if writer:
-                saved = writer.close()
-            if window:
-                window.close()
+            try:
+                if not pipeline.stop():
+                    log("demo: a worker thread did not stop in time (blocked in a stream read?); exiting anyway")
+            finally:  # even if a second Ctrl-C lands while the threads stop, the video is finalised
+                if writer:
+                    saved = writer.close()
+                if window:
+                    window.close()
         if pipeline.error is not None:
             raise pipeline.error
 

@@ -46,7 +46,8 @@ class AtomicVideoWriter:
                                  f"there; check the folder is writable")
             self._size = (width, height)
         if (width, height) != self._size:
-            raise ValueError(f"frame size {width}x{height} differs from the video's {self._size[0]}x{self._size[1]}")
+            # A camera can come back from a reconnect at another resolution; a video has one frame size.
+            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
         self._writer.write(np.ascontiguousarray(image))
         self.frames += 1
 

@@ -8,6 +8,7 @@ Wi-Fi cameras drop; files and folders simply end.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 import threading
@@ -119,9 +120,19 @@ def _quiet_opencv():
         cv_logging.setLogLevel(previous)
 
 
+STREAM_TIMEOUT_MS = 5000  # a dead network stream fails a read in 5 s (FFmpeg's default wait is far longer)
+
+
 def opencv_capture(target: int | str) -> Capture:
     with _quiet_opencv():
-        capture = cv2.VideoCapture(target)
+        if isinstance(target, str) and target.lower().startswith(STREAM_SCHEMES):
+            # RTSP over TCP: UDP loses packets on Wi-Fi and the frames smear; an explicit OPENCV_FFMPEG_CAPTURE_OPTIONS
+            # from the user still wins.
+            os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+            capture = cv2.VideoCapture(target, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
+                                                                cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS])
+        else:
+            capture = cv2.VideoCapture(target)
     if capture.isOpened() and (isinstance(target, int) or str(target).startswith("/dev/video")):
         # A driver-side queue of old frames is latency; ask for one buffered frame (ignored where unsupported).
         capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
