@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -20,6 +19,8 @@ from edgeseg.bench.harness import PlannedRow, gate_violations, plan_rows, planne
 from edgeseg.bench.outputs import ResultsWriter
 from edgeseg.bench.suite import ModelSpec, Suite, load_suite
 from edgeseg.cli import main
+from edgeseg.zoo.registry import list_models
+from edgeseg.zoo.weights import bundled_weights
 from tests.conftest import REPO, make_camvid
 from tests.test_cli import assert_one_line_error, run_cli
 
@@ -73,6 +74,7 @@ def bench_run(tmp_path_factory):
                            out=out, err=err, report=report, rows=rows)
 
 
+@pytest.mark.slow
 def test_tiny_suite_writes_json_csv_markdown_and_plots(bench_run):
     report = bench_run.report
     assert report["schema"] == 1 and report["complete"] is True
@@ -104,6 +106,7 @@ def test_tiny_suite_writes_json_csv_markdown_and_plots(bench_run):
         assert (bench_run.results / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
+@pytest.mark.slow
 def test_rows_that_cannot_run_are_isolated(bench_run):
     torch_int8 = bench_run.rows[f"{MODEL}/int8/torch/48x64"]
     assert torch_int8["status"] == "unsupported" and "FP32 only" in torch_int8["reason"]
@@ -115,6 +118,7 @@ def test_rows_that_cannot_run_are_isolated(bench_run):
         assert bench_run.rows[f"{MODEL}/{precision}/ort-cpu/48x64"]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_accuracy_is_compared_with_the_fp32_torch_predictions(bench_run):
     reference_id = f"{MODEL}/fp32/torch/48x64"
     reference = bench_run.rows[reference_id]["accuracy"]
@@ -128,6 +132,7 @@ def test_accuracy_is_compared_with_the_fp32_torch_predictions(bench_run):
     assert int8["images"] == 2
 
 
+@pytest.mark.slow
 def test_peak_rss_is_measured_in_a_fresh_process_per_row(bench_run):
     measured = [row for row in bench_run.rows.values() if row["status"] == "ok"]
     pids = [row["runtime"]["pid"] for row in measured]
@@ -139,6 +144,7 @@ def test_peak_rss_is_measured_in_a_fresh_process_per_row(bench_run):
     assert bench_run.rows[f"{MODEL}/int8/ort-cpu/48x64"]["memory"]["peak_rss_mb"] < torch_rss
 
 
+@pytest.mark.slow
 def test_failed_gate_exits_non_zero_after_writing_and_names_the_rows(bench_run):
     assert bench_run.code == 1
     last = [line for line in bench_run.err.splitlines() if line.strip()][-1]
@@ -149,6 +155,7 @@ def test_failed_gate_exits_non_zero_after_writing_and_names_the_rows(bench_run):
     assert bench_run.report["complete"] is True
 
 
+@pytest.mark.slow
 def test_cached_onnx_prebuilt_model_and_passing_gates(bench_run, tmp_path, capsys):
     """A second run reuses the cached ONNX files, benchmarks a prebuilt .onnx against its zoo model's reference,
     adds the torch reference row the backends left out, and passes its gates."""
@@ -196,13 +203,13 @@ def test_bad_suite_fails_before_any_row(tmp_path, tiny_camvid, capsys, change, p
     suite = tmp_path / "bad.toml"
     suite.write_text(TINY_SUITE.replace(*change))
     code, _, err = run_cli(["bench", "--suite", str(suite), "--data-root", str(tiny_camvid),
-                            "--out", str(tmp_path / "results")], capsys)
+                            "--out", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache")], capsys)
     assert_one_line_error(code, err, pattern)
     assert not (tmp_path / "results").exists()
 
 
 def test_bad_options_and_missing_data_fail_before_any_row(tmp_path, tiny_camvid, capsys):
-    out = ["--out", str(tmp_path / "results")]
+    out = ["--out", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache")]
     code, _, err = run_cli(["bench", "--models", MODEL, "--weights", "random", "--backends", "ort-gpu",
                             "--data-root", str(tiny_camvid), *out], capsys)
     assert_one_line_error(code, err, "unknown backend 'ort-gpu'; did you mean 'ort-cpu' or 'ort-cuda'?")
@@ -211,9 +218,13 @@ def test_bad_options_and_missing_data_fail_before_any_row(tmp_path, tiny_camvid,
     assert_one_line_error(code, err, "does not exist")
     code, _, err = run_cli(["bench", "--models", MODEL, "--fail-under-miou", "65", *out], capsys)
     assert_one_line_error(code, err, "give mIoU as a fraction")
-    assert not (tmp_path / "results").exists()
+    unbundled = next(entry.name for entry in list_models() if bundled_weights(entry.name) is None)
+    code, _, err = run_cli(["bench", "--models", unbundled, "--data-root", str(tiny_camvid), *out], capsys)
+    assert_one_line_error(code, err, "no bundled CamVid checkpoint")
+    assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_planning_marks_rows_that_cannot_run_and_adds_the_reference(bench_run):
     suite = Suite(name="t", models=(ModelSpec(MODEL, zoo_name=MODEL, weights="random"),),
                   precisions=("fp32", "fp16"), backends=("ort-cpu", "torch"), sizes=((48, 64),))
@@ -252,6 +263,7 @@ def test_results_are_written_after_each_row(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["complete"] is True
 
 
+@pytest.mark.slow
 def test_readme_table_is_generated_between_markers(bench_run, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\nbefore\n\n<!-- bench-table:start -->\nold table\n<!-- bench-table:end -->\n\nafter\n")

@@ -43,14 +43,12 @@ def resolve_weights(model: ModelSpec, cache_dir: Path) -> ResolvedWeights:
 
     'random' is drawn once with a fixed seed and saved as a checkpoint in the cache: an unseeded draw per process
     would make the torch reference and the ONNX rows different models."""
-    from edgeseg.zoo.weights import BUNDLED_DIR, bundled_weights
+    from edgeseg.zoo.weights import bundled_weights
 
     name, spec = model.zoo_name, model.weights
     if spec in (None, "", "default"):
+        check_default_weights(model)
         bundled = bundled_weights(name)
-        if bundled is None:
-            raise UsageError(f"model {name} has no bundled CamVid checkpoint yet (expected {BUNDLED_DIR}/{name}"
-                             f".safetensors); give weights = \"...\" in the suite or --weights")
         return ResolvedWeights(str(bundled), sha256_file(bundled), "bundled")
     if spec == "random":
         path = cache_dir / "weights" / f"{name}-random-seed{RANDOM_SEED}.safetensors"
@@ -64,6 +62,16 @@ def resolve_weights(model: ModelSpec, cache_dir: Path) -> ResolvedWeights:
         weight_file = next((p for p in (path / "model.safetensors", path / "pytorch_model.bin") if p.is_file()), None)
         return ResolvedWeights(str(path), sha256_file(weight_file) if weight_file else None, spec)
     return ResolvedWeights(spec, None, spec)  # a hub id or named weight: downloaded and cached by its library
+
+
+def check_default_weights(model: ModelSpec) -> None:
+    """A zoo model without a weights spec needs its bundled checkpoint (cheap: only looks for the file)."""
+    from edgeseg.zoo.weights import BUNDLED_DIR, bundled_weights
+
+    if model.zoo_name and model.weights in (None, "", "default") and bundled_weights(model.zoo_name) is None:
+        raise UsageError(f"model {model.zoo_name} has no bundled CamVid checkpoint yet (expected "
+                         f"{BUNDLED_DIR}/{model.zoo_name}.safetensors); give weights = \"...\" in the suite or "
+                         f"--weights")
 
 
 def _save_random_weights(name: str, path: Path) -> None:

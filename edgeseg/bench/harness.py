@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from edgeseg.bench.artifacts import (ArtifactCache, ResolvedWeights, backend_unavailable, bundle_file,
-                                     default_cache_dir, onnx_param_count, onnx_precision, resolve_weights)
+                                     check_default_weights, default_cache_dir, onnx_param_count, onnx_precision,
+                                     resolve_weights)
 from edgeseg.bench.suite import BACKENDS, PRECISIONS, ModelSpec, Suite
 from edgeseg.bench.worker import RESULT_MARKER, WorkerJob
 from edgeseg.errors import EdgesegError, UsageError
@@ -146,8 +147,10 @@ def run_bench(suite: Suite, options: BenchOptions = BenchOptions(), log: Callabl
     rows = plan_rows(suite, options.with_optional)
     cache_dir = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_dir()
     # Everything a row needs is checked here, before the first row: weights, datasets, the results folder.
-    weights = {model.label: resolve_weights(model, cache_dir) for model in suite.models if model.zoo_name}
+    for model in suite.models:
+        check_default_weights(model)
     check_before_running(suite, rows)
+    weights = {model.label: resolve_weights(model, cache_dir) for model in suite.models if model.zoo_name}
     env = collect_env(suite.threads)
     machine = slug(options.machine, 60) if options.machine else machine_name(env)
     env["machine_name"] = machine
