@@ -4,7 +4,8 @@
 every coupled layer consistent: Torch-Pruning traces the autograd graph once and groups the parameters that must
 lose the same channels (a conv's outputs, its BatchNorm, the next convs' inputs, both sides of a residual add or
 a concat). Channel counts are rounded to multiples of `round_to` (default 8) so tensor cores and SIMD kernels
-stay efficient. The classifier (the layer(s) producing the num_classes logits) keeps its outputs; its inputs
+stay efficient; Torch-Pruning rounds the kept count *down*, so narrow layers lose more than the ratio (32 channels
+at 0.3 keep 16) and iterative steps compound it: the report gives the GFLOPs actually removed. The classifier (the layer(s) producing the num_classes logits) keeps its outputs; its inputs
 follow the layer before it.
 
 CNNs (torchvision FCN/DeepLabV3/LR-ASPP, smp U-Net/DeepLabV3+, edgeseg's fcn-resnet18) need nothing special.
@@ -16,8 +17,9 @@ rules written by hand where the trace is not enough:
     as `num_heads`, so the same head dimensions are removed in every head (head-dim pruning, not whole heads:
     b0's first stage has a single head and 1/2/5/8 heads are too coarse for ratios of 0.3-0.5). Afterwards each
     attention module's `head_dim` (transformers 5.x; `attention_head_size`/`all_head_size` in 4.x) is set from
-    q_proj's new width, since the forward reshapes with it. `scaling` keeps its trained value: the logits the
-    kept dimensions produce are unchanged, which pruning low-magnitude dimensions relies on.
+    q_proj's new width, since the forward reshapes with it. `scaling` (5.x) keeps its trained value, so every
+    kept dimension adds to the attention logits exactly what it added before (4.x derives the scale from
+    attention_head_size, so there it follows the new head size).
   * Efficient-attention reduction (the strided `sequence_reduction`/`sr` conv + LayerNorm): HF reshapes that
     conv's output with the channel count of its *input* (a Python int the autograd trace cannot see), so its
     output width must equal its input width. Hand-written rule: the conv's output and everything coupled to its
@@ -132,14 +134,14 @@ def prune_model(loaded, model_name: str, cfg: PruneConfig, example_size: tuple[i
 
     user_ignored = resolve_layer_names(model, cfg.ignore)
     graph = _trace(tp, model, example, model_name)
-    classifiers = find_classifiers(tp, graph, model, num_classes, model_name)
+    classifiers = find_classifiers(graph, model, num_classes, model_name)
     attention = attention_projections(model)
     modules = dict(model.named_modules())
-    fixed_width = fixed_width_layers(tp, graph, model)
+    fixed_width = fixed_width_layers(graph, model)
     ignored = [modules[name] for name in (*user_ignored, *classifiers, *fixed_width)]
     ignored += [module for module, qkv in attention.items() if qkv is None]  # attention we cannot patch: leave it
     ignored = list({sub: None for layer in ignored for sub in layer.modules()})  # a named block: all its layers
-    _check_prunable(tp, graph, ignored, cfg, model_name)
+    _check_prunable(graph, ignored, cfg, model_name)
 
     num_heads = {layer: module.num_attention_heads for module, qkv in attention.items() if qkv for layer in qkv}
     try:
@@ -213,9 +215,11 @@ def resolve_layer_names(model, names: Sequence[str]) -> list[str]:
         elif f"model.{name}" in known:
             resolved.append(f"model.{name}")
         else:
-            close = closest_names(name, [n for n in known if n])
-            hint = f"; did you mean {', '.join(close)}?" if close else "; list them with print(model)"
-            raise UsageError(f"--ignore {name!r}: the model has no layer of that name{hint}")
+            close = closest_names(name, [n for n in known if n]) or closest_names(
+                f"model.{name}", [n for n in known if n])
+            shallow = [n for n in known if n and n.count(".") <= 1][:8]  # where the names start, for orientation
+            hint = f"did you mean {', '.join(close)}?" if close else f"its layers start {', '.join(shallow)}, ..."
+            raise UsageError(f"--ignore {name!r}: the model has no layer of that name; {hint}")
     return resolved
 
 
@@ -238,11 +242,11 @@ def _prunable_types():
     return (nn.modules.conv._ConvNd, nn.Linear)
 
 
-def _groups(tp, graph, ignored):
+def _groups(graph, ignored):
     return list(graph.get_all_groups(ignored_layers=list(ignored), root_module_types=list(_prunable_types())))
 
 
-def find_classifiers(tp, graph, model, num_classes: int, model_name: str) -> list[str]:
+def find_classifiers(graph, model, num_classes: int, model_name: str) -> list[str]:
     """Names of the layers whose outputs are the logits: num_classes outputs that no other conv/linear reads
     (FCN-8s and LR-ASPP add several such score layers; all are left their outputs)."""
     prunable = _prunable_types()
@@ -282,15 +286,17 @@ def attention_projections(model) -> dict:
     return found
 
 
-def fixed_width_layers(tp, graph, model) -> list[str]:
+def fixed_width_layers(graph, model) -> list[str]:
     """Hand-written rule for efficient attention (SegFormer/PVT): a conv inside an attention module (the sequence
     reduction) has its output reshaped with its *input's* channel count, which the trace cannot see. Keep its output
     width, and keep every layer whose outputs are coupled to its input (the stage's residual stream)."""
+    from torch import nn
+
     names = {module: name for name, module in model.named_modules()}
     fixed: set[str] = set()
     for attention in [m for m in model.modules() if is_attention(m)]:
         for conv in attention.modules():
-            if not isinstance(conv, _prunable_types()[0]) or conv not in graph.module2node:
+            if not isinstance(conv, nn.modules.conv._ConvNd) or conv not in graph.module2node:
                 continue
             fixed.add(names[conv])
             pruner = graph.get_pruner_of_module(conv)
@@ -300,10 +306,10 @@ def fixed_width_layers(tp, graph, model) -> list[str]:
     return sorted(fixed)
 
 
-def _check_prunable(tp, graph, ignored, cfg: PruneConfig, model_name: str) -> None:
+def _check_prunable(graph, ignored, cfg: PruneConfig, model_name: str) -> None:
     from torch import nn
 
-    groups = _groups(tp, graph, ignored)
+    groups = _groups(graph, ignored)
     if not groups:
         raise PruneError(f"Torch-Pruning found nothing to prune in {model_name}: no conv or linear layer with "
                          f"prunable outputs was traced (a forward pass that detaches or runs without autograd "
@@ -378,6 +384,10 @@ def prune(cfg: PruneConfig, out_path: str | Path, log: Callable[[str], None] | N
     if out_path.suffix != ".safetensors":
         raise UsageError(f"--out {out_path}: a pruned checkpoint is a .safetensors file (plus its .json sidecar)")
     get_entry(cfg.model)
+    if cfg.finetune_epochs:  # fail before the work, not after it
+        from edgeseg.data.datasets import open_dataset
+
+        open_dataset(cfg.dataset, "train", cfg.data_root)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
