@@ -46,7 +46,18 @@ class BuildConfig:
     engine_precision: str = "int8"
     threads: int | None = None
     latency_rounds: int = 8
-    extra: dict = field(default_factory=dict)  # recorded as is (e.g. pruning settings)
+    prune_ratio: float | None = None  # prune first (edgeseg.prune), then build the pruned model
+    prune_importance: str = "l1"
+    finetune_epochs: int = 0  # recovery fine-tune of the pruned model, distilled from the unpruned one
+    extra: dict = field(default_factory=dict)  # recorded as is
+
+    def __post_init__(self):
+        if self.prune_ratio is not None and not 0 < self.prune_ratio < 1:
+            raise UsageError(f"--prune must be between 0 and 1 (exclusive), e.g. 0.3; got {self.prune_ratio}")
+        if self.finetune_epochs and not self.prune_ratio:
+            raise UsageError("--finetune-epochs recovers a pruned model; add --prune RATIO")
+        if self.calib_count < 1:
+            raise UsageError("--calib-count must be at least 1")
 
 
 def bundle_dir_for(cfg: BuildConfig, target_name: str) -> Path:
@@ -68,23 +79,29 @@ def build(cfg: BuildConfig, log=print) -> Path:
     _prepare_dir(work_dir)
     started = time.monotonic()
     profile = cfg.quant_profile or ("cpu" if target.kind == "cpu" else "trt")
-    steps = 6
+    steps = 7 if cfg.prune_ratio else 6
+    step = iter(range(1, steps + 1))
     try:
-        log(f"[1/{steps}] export {cfg.model} to ONNX")
-        loaded = load_model(cfg.model, cfg.weights)
+        weights = cfg.weights
+        if cfg.prune_ratio:
+            log(f"[{next(step)}/{steps}] prune {cfg.model} (ratio {cfg.prune_ratio}, {cfg.prune_importance})"
+                + (f", {cfg.finetune_epochs}-epoch distilled recovery fine-tune" if cfg.finetune_epochs else ""))
+            weights = str(_prune_stage(cfg, work_dir, log))
+        log(f"[{next(step)}/{steps}] export {cfg.model} to ONNX")
+        loaded = load_model(cfg.model, weights)
         export = export_model(loaded, cfg.model,
                               ExportConfig(size=cfg.size, dataset=cfg.dataset, data_root=cfg.data_root),
                               work_dir / PRECISION_FILES["fp32"])
         log(f"      parity with torch: argmax agreement {export.manifest['checks']['parity']['argmax_agreement']:.4%}")
-        log(f"[2/{steps}] FP16 graph (LayerNorm, Softmax and reductions kept in FP32)")
+        log(f"[{next(step)}/{steps}] FP16 graph (LayerNorm, Softmax and reductions kept in FP32)")
         convert_fp16(export.path, work_dir / PRECISION_FILES["fp16"])
-        log(f"[3/{steps}] calibration set: {cfg.calib_count} {cfg.calib_strategy} images from {cfg.calib_split}")
+        log(f"[{next(step)}/{steps}] calibration set: {cfg.calib_count} {cfg.calib_strategy} images from {cfg.calib_split}")
         preprocessing = loaded.preprocessing.with_size(cfg.size) if cfg.size else loaded.preprocessing
         calibration = make_calibration_set(
             preprocessing, CalibConfig(dataset=cfg.dataset, split=cfg.calib_split, data_root=cfg.data_root,
                                        count=cfg.calib_count, strategy=cfg.calib_strategy),
             work_dir / "calibration.json")
-        log(f"[4/{steps}] INT8 Q/DQ ({profile} profile, {cfg.quant_method})"
+        log(f"[{next(step)}/{steps}] INT8 Q/DQ ({profile} profile, {cfg.quant_method})"
             + (f", accuracy budget {cfg.max_miou_drop} points on {cfg.budget_split}" if cfg.max_miou_drop is not None
                else ""))
         quantized = quantize_int8(
@@ -93,12 +110,12 @@ def build(cfg: BuildConfig, log=print) -> Path:
                            eval_dataset=cfg.dataset, eval_split=cfg.budget_split, data_root=cfg.data_root,
                            threads=cfg.threads),
             work_dir / PRECISION_FILES["int8"], log=lambda line: log("      " + line))
-        log(f"[5/{steps}] evaluate and time fp32 / fp16 / int8 on ONNX Runtime CPU ({cfg.eval_split} split)")
+        log(f"[{next(step)}/{steps}] evaluate and time fp32 / fp16 / int8 on ONNX Runtime CPU ({cfg.eval_split} split)")
         measured = measure_precisions({p: work_dir / f for p, f in PRECISION_FILES.items()}, cfg.dataset,
                                       cfg.eval_split, cfg.data_root, cfg.eval_limit, cfg.threads,
                                       cfg.latency_rounds, log=lambda line: log("      " + line))
-        log(f"[6/{steps}] engine for {target.name}")
-        engine = _engine_stage(work_dir, target, cfg, log)
+        log(f"[{next(step)}/{steps}] engine for {target.name}")
+        engine = _engine_stage(work_dir, target, cfg, loaded.spec, log)
         manifest = stage_manifest(
             "build",
             inputs={"weights": input_record(loaded.checkpoint) if loaded.checkpoint else {"source": loaded.source},
@@ -140,10 +157,29 @@ def _relative_record(path: Path) -> dict:
     return record
 
 
-def _engine_stage(work_dir: Path, target, cfg: BuildConfig, log) -> dict:
+def _prune_stage(cfg: BuildConfig, work_dir: Path, log) -> Path:
+    from edgeseg.prune import PruneConfig, prune
+
+    pruned = prune(PruneConfig(model=cfg.model, weights=cfg.weights, ratio=cfg.prune_ratio,
+                               importance=cfg.prune_importance, size=cfg.size, dataset=cfg.dataset,
+                               data_root=cfg.data_root, eval_split=cfg.budget_split, eval_limit=cfg.eval_limit,
+                               threads=cfg.threads, finetune_epochs=cfg.finetune_epochs,
+                               distill=cfg.finetune_epochs > 0),
+                   work_dir / "pruned.safetensors", log=lambda line: log("      " + line))
+    return pruned.path
+
+
+def _engine_stage(work_dir: Path, target, cfg: BuildConfig, spec: dict | None, log) -> dict:
     if target.kind == "cpu":
         log("      cpu target: ONNX Runtime runs model.int8.onnx directly; no engine to build")
         return {"engine": None, "reason": "cpu target runs ONNX Runtime"}
     from edgeseg.engine.bundle import finish_for_target
 
-    return finish_for_target(work_dir, target, cfg.engine_precision, log=lambda line: log("      " + line))
+    options = {}
+    if spec and spec.get("sparsity") == "2:4":
+        if target.sparsity:  # the weights were pruned 2:4: let TensorRT pick sparse tensor-core kernels
+            options["sparse_weights"] = True
+        else:
+            log(f"      the weights are 2:4 sparse but {target.name} has no sparse tensor cores; built dense")
+    return finish_for_target(work_dir, target, cfg.engine_precision, options=options,
+                             log=lambda line: log("      " + line))

@@ -276,6 +276,8 @@ def build(
     eval_limit: Optional[int] = typer.Option(None, help="evaluate on the first N images only"),
     precision: str = typer.Option("int8", help="engine precision for GPU targets: fp32, fp16, int8"),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime CPU threads (default: all cores)"),
+    prune: Optional[float] = typer.Option(None, "--prune", help="prune this fraction of channels first (0-1)"),
+    finetune_epochs: int = typer.Option(0, help="recovery fine-tune epochs after --prune (distilled)"),
 ):
     """Run the pipeline for one target: export, FP16, calibration, INT8, evaluation, engine or cross-build kit."""
     from edgeseg.build import BuildConfig
@@ -285,7 +287,8 @@ def build(
                       size=parse_size(size), dataset=data, data_root=data_root, calib_count=calib_count,
                       calib_strategy=calib_strategy, quant_profile=profile, quant_method=method,
                       max_miou_drop=None if max_miou_drop is not None and max_miou_drop < 0 else max_miou_drop,
-                      eval_split=eval_split, eval_limit=eval_limit, engine_precision=precision, threads=threads)
+                      eval_split=eval_split, eval_limit=eval_limit, engine_precision=precision, threads=threads,
+                      prune_ratio=prune, finetune_epochs=finetune_epochs)
     run_build(cfg, log=_plain_log)
 
 

@@ -64,3 +64,23 @@ def test_cli_build_unwritable_output_is_one_line(tmp_path, tiny_camvid, capsys):
     code, _, err = run_cli(["build", "--model", "fcn-resnet18", "--weights", "random", "--size", "48x64",
                             "--data-root", str(tiny_camvid), "--out", str(blocker / "bundle")], capsys)
     assert_one_line_error(code, err, "cannot write the bundle")
+
+
+@pytest.mark.slow
+def test_pruned_model_goes_through_build_unchanged(tmp_path, tiny_camvid):
+    bundle = build(tiny_build_config(tiny_camvid, tmp_path / "pruned", prune_ratio=0.3), log=lambda _: None)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["inputs"]["weights"]["path"].endswith("pruned.safetensors")
+    pruned = json.loads((bundle / "pruned.safetensors.json").read_text())
+    assert pruned["spec"] and pruned["metrics"]["gflops_reduction"] > 0.2
+    export = json.loads((bundle / "model.onnx.json").read_text())
+    assert export["spec"] == pruned["spec"] and export["checks"]["parity"]["passed"]
+    report = json.loads((bundle / "report.json").read_text())
+    assert set(report["precisions"]) == {"fp32", "fp16", "int8"}
+
+
+def test_prune_settings_are_checked_first(tmp_path, tiny_camvid):
+    with pytest.raises(UsageError, match="--prune must be between 0 and 1"):
+        tiny_build_config(tiny_camvid, tmp_path / "b", prune_ratio=1.5)
+    with pytest.raises(UsageError, match="add --prune"):
+        tiny_build_config(tiny_camvid, tmp_path / "b", finetune_epochs=2)
