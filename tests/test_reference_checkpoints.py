@@ -1,0 +1,57 @@
+"""The bundled CamVid references: they load by default, predict CamVid well, export with parity, and the numbers
+the README shows are the ones their sidecars record."""
+
+import json
+
+import pytest
+
+from edgeseg.checkpoint import read_checkpoint_sidecar
+from edgeseg.zoo.weights import bundled_weights
+from tests.conftest import REPO
+
+RESULTS = REPO / "benchmarks" / "results" / "reference_checkpoints.json"
+REFERENCES = ("segformer-b0", "deeplabv3plus-mobilenetv2")
+
+
+def _bundled(name):
+    path = bundled_weights(name)
+    if path is None:
+        pytest.skip(f"no bundled checkpoint for {name} yet")
+    return path
+
+
+@pytest.mark.parametrize("name", REFERENCES)
+def test_bundled_checkpoint_is_small_fp16_and_documented(name):
+    path = _bundled(name)
+    sidecar = read_checkpoint_sidecar(path)
+    assert sidecar["dtype"] == "float16" and sidecar["label_set"] == "camvid"
+    assert path.stat().st_size < 12e6
+    assert sidecar["recipe"]["loss"] and sidecar["recipe"]["epochs"]
+    published = json.loads(RESULTS.read_text())["checkpoints"][name]
+    assert published["test_miou"] == pytest.approx(sidecar["metrics"]["camvid_test"]["miou"])
+    assert f"| `{name}` | {published['test_miou']:.4f}" in (REPO / "README.md").read_text()
+
+
+@pytest.mark.camvid
+@pytest.mark.parametrize("name", REFERENCES)
+def test_bundled_checkpoint_segments_camvid(name, real_data):
+    from edgeseg.evaluate import EvalConfig, evaluate_model
+
+    _bundled(name)
+    report = evaluate_model(EvalConfig(model=name, split="test", data_root=str(real_data), limit=12))
+    assert report["weights"].endswith(f"{name}.safetensors")
+    assert report["miou"] > 0.3  # far above chance (~0.09 for 11 classes); the full-split figure is in the README
+    assert report["per_class_iou"]["Road"] > 0.8
+
+
+@pytest.mark.camvid
+@pytest.mark.slow
+def test_fp32_onnx_parity_on_real_images(real_data, tmp_path):
+    from edgeseg.export import ExportConfig, export_model
+    from edgeseg.zoo.weights import load_model
+
+    _bundled("segformer-b0")
+    artifact = export_model(load_model("segformer-b0"), "segformer-b0",
+                            ExportConfig(data_root=str(real_data), parity_images=4), tmp_path / "model.onnx")
+    parity = artifact.manifest["checks"]["parity"]
+    assert parity["source"].startswith("camvid/val") and parity["argmax_agreement"] >= 0.999
