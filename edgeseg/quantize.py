@@ -8,6 +8,7 @@ TensorRT 11 take it from there; the same graphs run on ONNX Runtime.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -132,12 +133,18 @@ def _quantize_once(prepared: Path, out_path: Path, reader, cfg: QuantizeConfig, 
              "CalibStridedMinMax": _stride(len(reader)),
              # TensorRT takes biases in float and folds them itself; int32 bias Q/DQ only gets in its way.
              "QuantizeBias": not trt}
-    quantize_static(
-        str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(TRT_QUANTIZED_OPS) if trt else None,
-        per_channel=cfg.per_channel, reduce_range=False,
-        activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
-        nodes_to_exclude=exclude, calibrate_method=method, extra_options=extra, calibration_cache_path=str(cache))
+    # ORT logs a root-logger warning per 1-D weight (LayerNorm) it cannot quantize per channel: expected, noise.
+    logging.disable(logging.WARNING)
+    try:
+        quantize_static(
+            str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(TRT_QUANTIZED_OPS) if trt else None,
+            per_channel=cfg.per_channel, reduce_range=False,
+            activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude, calibrate_method=method, extra_options=extra,
+            calibration_cache_path=str(cache))
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _stride(count: int) -> int:
