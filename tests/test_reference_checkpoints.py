@@ -40,8 +40,11 @@ def test_bundled_checkpoint_segments_camvid(name, real_data):
     _bundled(name)
     report = evaluate_model(EvalConfig(model=name, split="test", data_root=str(real_data), limit=12))
     assert report["weights"].endswith(f"{name}.safetensors")
-    assert report["miou"] > 0.3  # far above chance (~0.09 for 11 classes); the full-split figure is in the README
-    assert report["per_class_iou"]["Road"] > 0.8
+    # On the first 12 test frames (the hard 0001TP drive) both measured 0.35-0.42 mIoU and 0.69-0.75 pixel
+    # accuracy; chance is ~0.09 mIoU. The full-split figures are in the README.
+    assert report["miou"] > 0.3
+    assert report["pixel_accuracy"] > 0.6
+    assert report["per_class_iou"]["Sky"] > 0.75
 
 
 @pytest.mark.camvid
