@@ -3,7 +3,6 @@ errors from the stages (EdgesegError) become one line on stderr and a non-zero e
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional

@@ -278,16 +278,21 @@ def parse_target(data: dict, where: str) -> Target:
     return Target(**values, source=where)
 
 
-def load_target_file(path: str | os.PathLike) -> Target:
-    """Read one target file. Its `name` must match the file name, which is how it is asked for."""
-    path = Path(path)
+def read_target_toml(path: Path, missing: str, where: str | None = None) -> Target:
+    """Parse and validate a target file; `missing` is the message when it does not exist."""
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise UsageError(f"target file {path} does not exist; see 'edgeseg targets' for the built-in ones") from None
+        raise UsageError(missing) from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"target file {path} is not valid TOML: {exc}") from None
-    target = parse_target(data, str(path))
+    return parse_target(data, where or str(path))
+
+
+def load_target_file(path: str | os.PathLike) -> Target:
+    """Read one target file. Its `name` must match the file name, which is how it is asked for."""
+    path = Path(path)
+    target = read_target_toml(path, f"target file {path} does not exist; see 'edgeseg targets' for the built-in ones")
     if target.name != path.stem:
         raise _fail(str(path), f"name {target.name!r} does not match the file name; rename one of them")
     return target

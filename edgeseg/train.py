@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import queue
 import threading
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.checkpoint import read_checkpoint_sidecar, save_checkpoint
+from edgeseg.checkpoint import save_checkpoint
 from edgeseg.data.datasets import IGNORE, SegmentationDataset, open_dataset
 from edgeseg.data.transforms import AugmentConfig, augment
 from edgeseg.errors import UsageError

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +28,7 @@ from edgeseg.engine.sidecar import sidecar_path
 from edgeseg.errors import UsageError
 from edgeseg.lazy import lazy_import
 from edgeseg.manifest import atomic_path, read_json, write_json
-from edgeseg.target_registry import (Target, installed_tensorrt, parse_target, probe_cuda_device,
+from edgeseg.target_registry import (Target, installed_tensorrt, probe_cuda_device, read_target_toml,
                                      target_from_device)
 
 ONNX_FOR_PRECISION = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
@@ -237,14 +236,8 @@ def build_in_bundle(bundle: Path, plan: BuildPlan, data_root: str | os.PathLike 
 
 def load_kit_target(bundle: Path, plan: BuildPlan) -> Target:
     """The target from the kit's target.toml (its name need not match the file name, unlike load_target)."""
-    path = bundle / TARGET_FILE
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{bundle} has no {TARGET_FILE}; prepare the bundle for a target first") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path} is not valid TOML: {exc}") from None
-    target = parse_target(data, TARGET_FILE)
+    target = read_target_toml(bundle / TARGET_FILE,
+                              f"{bundle} has no {TARGET_FILE}; prepare the bundle for a target first", TARGET_FILE)
     if target.from_device:  # 'cuda': whatever GPU this machine has
         return target_from_device(target, probe_cuda_device(), installed_tensorrt())
     return dataclasses.replace(target, resolved_from=plan.resolved_from)

@@ -109,7 +109,7 @@ def _load_file(entry: ModelEntry, path: Path, label_set: LabelSet | None) -> Loa
         if classes is not None and classes != labels.num_classes:
             preprocessing = _numbered_preprocessing(entry, classes)
     if spec:
-        from edgeseg.prune import build_from_spec  # pruned architectures
+        from edgeseg.arch_spec import build_from_spec  # pruned architectures
 
         model = build_from_spec(entry.name, spec)
     else:
