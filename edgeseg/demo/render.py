@@ -96,7 +96,8 @@ def labels_to_frame(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def colourise(labels: np.ndarray, style: RenderStyle) -> np.ndarray:
-    return style.colours[labels]
+    # np.take on the 256-row table is ~2x faster than fancy indexing for a frame-sized label map.
+    return np.take(style.colours, labels, axis=0)
 
 
 def overlay(frame: np.ndarray, labels: np.ndarray, style: RenderStyle) -> np.ndarray:
@@ -142,7 +143,7 @@ def _darken(image: np.ndarray, top: int, left: int, bottom: int, right: int, amo
     """Dim a box in place so white text reads on any scene."""
     top, left = max(top, 0), max(left, 0)
     region = image[top:bottom, left:right]
-    region[:] = (region * (1.0 - amount)).astype(np.uint8)
+    region[:] = cv2.convertScaleAbs(region, alpha=1.0 - amount)  # uint8 in, uint8 out: no float64 copy
 
 
 def draw_legend(image: np.ndarray, entries: Sequence[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
@@ -178,6 +179,10 @@ def draw_hud(image: np.ndarray, lines: Sequence[str]) -> np.ndarray:
     return image
 
 
+# Short stage names keep the HUD inside a 480-pixel-wide frame.
+HUD_STAGE_NAMES = {"capture": "cap", "preprocess": "pre", "infer": "infer", "postprocess": "post", "render": "draw"}
+
+
 def hud_lines(fps: float, stage_ms: dict[str, float], backend: str, dropped: int) -> list[str]:
-    stages = "  ".join(f"{name} {value:.1f}" for name, value in stage_ms.items())
+    stages = "  ".join(f"{HUD_STAGE_NAMES.get(name, name)} {value:.1f}" for name, value in stage_ms.items())
     return [f"{fps:5.1f} FPS  {backend}  dropped {dropped}", f"ms: {stages}"]
