@@ -6,6 +6,9 @@ numbers in benchmarks/results/reference_checkpoints.json (the README's checkpoin
 
     EDGESEG_DATA=../shared/data python benchmarks/publish_reference.py runs/segformer-b0 --model segformer-b0 \
         --note "50-epoch schedule shortened to 35 at epoch 7"
+
+A run that started from another run's checkpoint (a second schedule, `--weights runs/a/best.safetensors`) names
+that run with --previous-run, so epochs and CPU hours count both and the table shows the stages (e.g. 30+25).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def render_checkpoint_table(results: dict) -> str:
         recipe = entry["recipe"]
         lines.append(
             f"| `{name}` | {entry['test_miou']:.4f} | {entry['test_pixel_accuracy']:.4f} | "
-            f"{entry['val_miou']:.4f} | {entry['epochs_run']} ({entry['best_epoch']}) | {entry['train_hours_cpu']} | "
+            f"{entry['val_miou']:.4f} | {_epochs(entry)} | {entry['train_hours_cpu']} | "
             f"{entry['bytes'] / 1e6:.1f} MB | {recipe['loss']}, AdamW {recipe['lr']}, batch {recipe['batch_size']}, "
             f"crop {'x'.join(map(str, recipe['crop_size']))}, scale {recipe['scale_range'][0]}-{recipe['scale_range'][1]} |")
     classes = list(next(iter(results["checkpoints"].values()))["per_class_iou"])
@@ -44,6 +47,18 @@ def render_checkpoint_table(results: dict) -> str:
         values = [entry["per_class_iou"][c] for c in classes]
         lines.append(f"| `{name}` | " + " | ".join("-" if v is None else f"{v:.2f}" for v in values) + " |")
     return "\n".join(lines)
+
+
+def _epochs(entry: dict) -> str:
+    """'30 (30)', or '30+25 (55)' for a run continued from another; the best epoch counts from the first stage."""
+    stages = entry.get("stages") or []
+    if len(stages) < 2:
+        return f"{entry['epochs_run']} ({entry['best_epoch']})"
+    return f"{'+'.join(str(stage['epochs']) for stage in stages)} ({entry['best_epoch']})"
+
+
+def _run_log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
 def update_readme(results: dict) -> None:
@@ -62,12 +77,23 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="best.safetensors")
     parser.add_argument("--note", default="")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--previous-run", type=Path, action="append", default=[],
+                        help="a run this one continued from (its best checkpoint was --weights); repeatable, oldest first")
     args = parser.parse_args()
 
     source = args.run_dir / args.checkpoint
     sidecar = read_checkpoint_sidecar(source)
     report = evaluate_model(EvalConfig(model=args.model, weights=str(source), split="test", threads=args.threads))
-    log = [json.loads(line) for line in (args.run_dir / "log.jsonl").read_text().splitlines()]
+    log = _run_log(args.run_dir)
+    stages = []
+    for run_dir in [*args.previous_run, args.run_dir]:
+        run_log = _run_log(run_dir)
+        run_recipe = read_checkpoint_sidecar(run_dir / "last.safetensors")["recipe"]
+        stages.append({"run": run_dir.name, "epochs": run_log[-1]["epoch"], "lr": run_recipe.get("lr"),
+                       "loss": run_recipe.get("loss"), "hours": round(sum(r["epoch_seconds"] for r in run_log) / 3600, 2)})
+    epochs_before = sum(stage["epochs"] for stage in stages[:-1])
+    total_epochs = epochs_before + log[-1]["epoch"]
+    total_seconds = sum(stage["hours"] for stage in stages) * 3600
     loaded = load_model(args.model, str(source))
     target = BUNDLED_DIR / f"{args.model}.safetensors"
     metrics = {"camvid_test": {k: report[k] for k in ("miou", "pixel_accuracy", "mean_class_accuracy",
@@ -75,15 +101,15 @@ def main() -> None:
                "camvid_val": sidecar["metrics"].get("val"), "epoch": sidecar.get("epoch")}
     save_checkpoint(loaded.model, target, model_name=args.model, preprocessing=loaded.preprocessing,
                     label_set="camvid", recipe={**sidecar["recipe"], "note": args.note,
-                                                "epochs_run": log[-1]["epoch"],
-                                                "train_seconds": sum(r["epoch_seconds"] for r in log)},
+                                                "epochs_run": total_epochs, "stages": stages,
+                                                "train_seconds": round(total_seconds)},
                     metrics=metrics, half=True)
     results = read_json(RESULTS) if RESULTS.is_file() else {"schema": 1, "checkpoints": {}}
     results["checkpoints"][args.model] = {
         "test_miou": report["miou"], "test_pixel_accuracy": report["pixel_accuracy"],
-        "per_class_iou": report["per_class_iou"], "best_epoch": sidecar.get("epoch"),
-        "val_miou": (sidecar["metrics"].get("val") or {}).get("miou"), "epochs_run": log[-1]["epoch"],
-        "train_hours_cpu": round(sum(r["epoch_seconds"] for r in log) / 3600, 2),
+        "per_class_iou": report["per_class_iou"], "best_epoch": epochs_before + (sidecar.get("epoch") or 0),
+        "val_miou": (sidecar["metrics"].get("val") or {}).get("miou"), "epochs_run": total_epochs,
+        "stages": stages, "train_hours_cpu": round(total_seconds / 3600, 2),
         "recipe": {k: sidecar["recipe"].get(k) for k in ("epochs", "batch_size", "lr", "crop_size", "scale_range",
                                                           "loss", "weight_decay", "warmup_iters")},
         "note": args.note, "bytes": target.stat().st_size}

@@ -10,7 +10,8 @@ from edgeseg.zoo.weights import bundled_weights
 from tests.conftest import REPO
 
 RESULTS = REPO / "benchmarks" / "results" / "reference_checkpoints.json"
-REFERENCES = ("segformer-b0", "deeplabv3plus-mobilenetv2")
+REFERENCES = ("segformer-b0", "deeplabv3plus-mobilenetv2", "unet-mobilenetv2")
+BUNDLE_BUDGET_BYTES = 31e6  # all bundled checkpoints together: they ship in every install
 
 
 def _bundled(name):
@@ -25,11 +26,17 @@ def test_bundled_checkpoint_is_small_fp16_and_documented(name):
     path = _bundled(name)
     sidecar = read_checkpoint_sidecar(path)
     assert sidecar["dtype"] == "float16" and sidecar["label_set"] == "camvid"
-    assert path.stat().st_size < 12e6
+    assert path.stat().st_size < 14e6
     assert sidecar["recipe"]["loss"] and sidecar["recipe"]["epochs"]
     published = json.loads(RESULTS.read_text())["checkpoints"][name]
     assert published["test_miou"] == pytest.approx(sidecar["metrics"]["camvid_test"]["miou"])
     assert f"| `{name}` | {published['test_miou']:.4f}" in (REPO / "README.md").read_text()
+
+
+def test_bundled_checkpoints_stay_within_the_size_budget():
+    paths = [path for path in map(bundled_weights, REFERENCES) if path is not None]
+    assert paths, "no bundled checkpoint found"
+    assert sum(path.stat().st_size for path in paths) < BUNDLE_BUDGET_BYTES
 
 
 @pytest.mark.camvid
