@@ -393,3 +393,27 @@ print('no torch')
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "2 frames" in result.stdout and "no torch" in result.stdout
+
+
+def test_demo_fps_script_reports_the_median_round(demo_model, synthetic_clip, tmp_path):
+    """benchmarks/demo_fps.py: alternating rounds, every round's ratio recorded, the headline is their median."""
+    import json
+
+    out = tmp_path / "fps.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "demo_fps.py"), "--model", str(demo_model),
+                             "--source", str(synthetic_clip), "--frames", "6", "--warmup", "1", "--rounds", "3",
+                             "--threads", "1", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.read_text())
+    ratios = record["demo_over_model_fps_rounds"]
+    assert len(ratios) == len(record["rounds"]) == 3
+    assert record["demo_over_model_fps"] == sorted(ratios)[1]
+    assert record["demo"]["frames"] == 6 and record["model_only"]["iterations"] == 6
+    assert set(record["demo"]["stage_ms"]) == {"capture", "preprocess", "infer", "postprocess", "render"}
+
+
+def test_demo_fps_script_refuses_a_camera(demo_model):
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "demo_fps.py"), "--model", str(demo_model),
+                             "--source", "0"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "camera's rate caps" in result.stderr and "Traceback" not in result.stderr
