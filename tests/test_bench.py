@@ -242,13 +242,14 @@ def test_planning_marks_rows_that_cannot_run_and_adds_the_reference(bench_run):
 
 def test_cpu_suite_file():
     suite = load_suite("cpu")
-    assert [model.label for model in suite.models] == ["segformer-b0", "deeplabv3plus-mobilenetv2"]
+    # The suite benchmarks every bundled CamVid reference.
+    assert [model.label for model in suite.models] == ["segformer-b0", "deeplabv3plus-mobilenetv2", "unet-mobilenetv2"]
     assert suite.precisions == ("fp32", "int8") and suite.optional_precisions == ("fp16",)
     assert suite.backends == ("torch", "ort-cpu") and suite.sizes == ((360, 480),)
     assert (suite.dataset, suite.split) == ("camvid", "test")
     rows = plan_rows(suite, with_optional=True)
     assert {row.precision for row in rows if row.optional} == {"fp16"}
-    assert len(rows) == 2 * 3 * 2
+    assert len(rows) == 3 * 3 * 2
 
 
 def test_results_are_written_after_each_row(tmp_path):
