@@ -62,7 +62,8 @@ def update_readme(readme: str | Path, result_paths: list[str | Path], check: boo
     text = readme.read_text() if readme.is_file() else None
     if text is None:
         raise UsageError(f"{readme} does not exist")
-    body = render_tables([(str(path), read_results(path)) for path in result_paths])
+    # Name the sources relative to the README, so the generated text does not depend on where the checkout lives.
+    body = render_tables([(_relative_to(path, readme.parent), read_results(path)) for path in result_paths])
     updated = replace_between_markers(text, body, str(readme))
     if updated == text:
         return False
@@ -70,3 +71,10 @@ def update_readme(readme: str | Path, result_paths: list[str | Path], check: boo
         with atomic_path(readme) as tmp:
             tmp.write_text(updated)
     return True
+
+
+def _relative_to(path: str | Path, folder: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:  # outside the README's folder: keep it as given
+        return str(path)
