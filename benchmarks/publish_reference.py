@@ -84,7 +84,6 @@ def main() -> None:
     source = args.run_dir / args.checkpoint
     sidecar = read_checkpoint_sidecar(source)
     report = evaluate_model(EvalConfig(model=args.model, weights=str(source), split="test", threads=args.threads))
-    log = _run_log(args.run_dir)
     stages = []
     for run_dir in [*args.previous_run, args.run_dir]:
         run_log = _run_log(run_dir)
@@ -92,7 +91,7 @@ def main() -> None:
         stages.append({"run": run_dir.name, "epochs": run_log[-1]["epoch"], "lr": run_recipe.get("lr"),
                        "loss": run_recipe.get("loss"), "hours": round(sum(r["epoch_seconds"] for r in run_log) / 3600, 2)})
     epochs_before = sum(stage["epochs"] for stage in stages[:-1])
-    total_epochs = epochs_before + log[-1]["epoch"]
+    total_epochs = epochs_before + stages[-1]["epochs"]
     total_seconds = sum(stage["hours"] for stage in stages) * 3600
     loaded = load_model(args.model, str(source))
     target = BUNDLED_DIR / f"{args.model}.safetensors"

@@ -16,6 +16,7 @@ from edgeseg.data.datasets import SegmentationDataset
 from edgeseg.data.transforms import resize_pair
 from edgeseg.metrics import ConfusionMatrix, SegmentationScores
 from edgeseg.progress import track
+from edgeseg.runners.labels import labels_from_logits
 from edgeseg.zoo.contract import Preprocessing
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -31,7 +32,7 @@ def labels_at(output: np.ndarray, size: tuple[int, int]) -> np.ndarray:
             hwc = np.ascontiguousarray(logits.transpose(1, 2, 0).astype(np.float32))
             resized = cv2.resize(hwc, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
             logits = resized.reshape(size[0], size[1], -1).transpose(2, 0, 1)
-        return logits.argmax(axis=0).astype(np.uint8)
+        return labels_from_logits(logits)
     labels = output[0] if output.ndim == 3 else output
     if labels.shape != tuple(size):
         labels = cv2.resize(labels.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
