@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.checkpoint import save_checkpoint
+from edgeseg.checkpoint import read_checkpoint_sidecar, save_checkpoint
 from edgeseg.data.datasets import IGNORE, SegmentationDataset, open_dataset
 from edgeseg.data.transforms import AugmentConfig, augment
 from edgeseg.errors import UsageError
 from edgeseg.evaluate import evaluate, torch_predictor
-from edgeseg.manifest import atomic_path
+from edgeseg.manifest import atomic_path, sha256_file
 from edgeseg.progress import make_progress
 
 
@@ -167,14 +167,16 @@ def train(cfg: TrainConfig) -> Path:
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
-    teacher = None
+    teacher, teacher_record = None, None
     if cfg.distill_from:
-        teacher = load_model(cfg.model if not loaded.spec else cfg.model, cfg.distill_from,
-                             label_set=train_set.label_set).model.to(device).eval()
+        loaded_teacher = load_model(cfg.model, cfg.distill_from, label_set=train_set.label_set)
+        teacher = loaded_teacher.model.to(device).eval()
+        teacher_record = weights_record(cfg.distill_from, loaded_teacher)
 
     start_epoch, iteration, best_miou = 0, 0, -1.0
     if resuming:
         state = torch.load(state_path, map_location=device, weights_only=True)
+        _check_same_teacher(state.get("teacher_sha256"), teacher_record, out_dir)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, iteration, best_miou = state["epoch"], state["iteration"], state["best_miou"]
@@ -184,6 +186,10 @@ def train(cfg: TrainConfig) -> Path:
     total_iters = cfg.epochs * iters_per_epoch
     recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out_dir", "data_root", "resume")}
     recipe["class_weights"] = weights.tolist() if weights is not None else None
+    # Specs such as "default" move when the bundled weights are replaced: record the files they meant.
+    recipe["weights_resolved"] = (_initial_weights_record(last_path) if resuming
+                                  else weights_record(cfg.weights, loaded))
+    recipe["distill_teacher"] = teacher_record
     started = time.monotonic()
     mean = torch.tensor(preprocessing.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(preprocessing.std, device=device).view(1, 3, 1, 1)
@@ -240,7 +246,8 @@ def train(cfg: TrainConfig) -> Path:
             save(last_path, {"val_miou": record.get("val_miou")}, epoch + 1)
             with atomic_path(state_path) as tmp:
                 torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
-                            "iteration": iteration, "best_miou": best_miou}, tmp)
+                            "iteration": iteration, "best_miou": best_miou,
+                            "teacher_sha256": (teacher_record or {}).get("sha256")}, tmp)
             with open(out_dir / "log.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
             progress.console.print(_describe(record, best_miou))
@@ -248,6 +255,29 @@ def train(cfg: TrainConfig) -> Path:
                 print(f"stopping after {cfg.max_minutes} minutes at epoch {epoch + 1}; continue with --resume")
                 break
     return best_path if best_path.is_file() else last_path
+
+
+def weights_record(spec: str | None, loaded) -> dict:
+    """What a --weights spec resolved to: the source and, for a file, its sha256."""
+    record = {"spec": spec or "default", "source": loaded.source}
+    if loaded.checkpoint is not None:
+        record["sha256"] = sha256_file(loaded.checkpoint)
+    return record
+
+
+def _initial_weights_record(last_path: Path) -> dict | None:
+    """A resumed run's starting weights, as its first session recorded them."""
+    sidecar = read_checkpoint_sidecar(last_path) or {}
+    return sidecar.get("recipe", {}).get("weights_resolved")
+
+
+def _check_same_teacher(saved_sha256: str | None, teacher_record: dict | None, out_dir: Path) -> None:
+    """A resumed distillation must learn from the same teacher file, not whatever its spec points at today."""
+    current = (teacher_record or {}).get("sha256")
+    if saved_sha256 and current and saved_sha256 != current:
+        raise UsageError(f"the teacher {teacher_record['spec']!r} is not the file the run in {out_dir} started "
+                         f"with (sha256 {saved_sha256[:12]}, now {current[:12]}); pass that checkpoint as "
+                         f"--distill-from or start a new --out")
 
 
 def _distillation_loss(student_logits, teacher, pixels, target, cfg: TrainConfig):

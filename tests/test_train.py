@@ -66,3 +66,20 @@ def test_bad_settings_are_refused():
         TrainConfig(model="fcn-resnet18", out_dir="x", epochs=0)
     with pytest.raises(UsageError, match="scale-range"):
         TrainConfig(model="fcn-resnet18", out_dir="x", scale_range=(1.5, 0.5))
+
+
+def test_distillation_records_its_teacher_and_resume_refuses_another(tmp_path):
+    from tests.conftest import make_camvid
+
+    data = make_camvid(tmp_path / "data", per_split=4)
+    teacher_a = train(tiny_config(data, tmp_path / "a", epochs=1, eval_every=0))
+    teacher_b = train(tiny_config(data, tmp_path / "b", epochs=1, eval_every=0, seed=1))
+    student = tmp_path / "student"
+    train(tiny_config(data, student, epochs=2, eval_every=0, distill_from=str(teacher_a), max_minutes=0.0))
+    recipe = read_checkpoint_sidecar(student / "last.safetensors")["recipe"]
+    assert recipe["distill_teacher"]["sha256"] == read_checkpoint_sidecar(teacher_a)["sha256"]
+    assert recipe["weights_resolved"] == {"spec": "random", "source": "random"}
+    # The spec now names another file: resuming would silently distil from a different teacher.
+    teacher_b.replace(teacher_a)
+    with pytest.raises(UsageError, match="not the file the run"):
+        train(tiny_config(data, student, epochs=2, eval_every=0, distill_from=str(teacher_a), resume=True))
