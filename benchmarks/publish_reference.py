@@ -39,7 +39,8 @@ def render_checkpoint_table(results: dict) -> str:
             f"| `{name}` | {entry['test_miou']:.4f} | {entry['test_pixel_accuracy']:.4f} | "
             f"{entry['val_miou']:.4f} | {_epochs(entry)} | {entry['train_hours_cpu']} | "
             f"{entry['bytes'] / 1e6:.1f} MB | {recipe['loss']}, AdamW {recipe['lr']}, batch {recipe['batch_size']}, "
-            f"crop {'x'.join(map(str, recipe['crop_size']))}, scale {recipe['scale_range'][0]}-{recipe['scale_range'][1]} |")
+            f"crop {'x'.join(map(str, recipe['crop_size']))}, scale {recipe['scale_range'][0]}-{recipe['scale_range'][1]}"
+            f"{_distillation(recipe)} |")
     classes = list(next(iter(results["checkpoints"].values()))["per_class_iou"])
     lines += ["", "Per-class test IoU:", "",
               "| model | " + " | ".join(classes) + " |", "| --- |" + " --- |" * len(classes)]
@@ -47,6 +48,15 @@ def render_checkpoint_table(results: dict) -> str:
         values = [entry["per_class_iou"][c] for c in classes]
         lines.append(f"| `{name}` | " + " | ".join("-" if v is None else f"{v:.2f}" for v in values) + " |")
     return "\n".join(lines)
+
+
+def _distillation(recipe: dict) -> str:
+    """', distilled from <teacher> (weight 0.5, T 2.0)' when the last stage learned from a teacher too."""
+    if not recipe.get("distill_from"):
+        return ""
+    teacher = recipe.get("distill_teacher") or {}
+    named = teacher.get("note") or recipe["distill_from"]
+    return f", distilled from {named} (weight {recipe.get('distill_weight')}, T {recipe.get('distill_temperature')})"
 
 
 def _epochs(entry: dict) -> str:
@@ -89,7 +99,8 @@ def main() -> None:
         run_log = _run_log(run_dir)
         run_recipe = read_checkpoint_sidecar(run_dir / "last.safetensors")["recipe"]
         stages.append({"run": run_dir.name, "epochs": run_log[-1]["epoch"], "lr": run_recipe.get("lr"),
-                       "loss": run_recipe.get("loss"), "hours": round(sum(r["epoch_seconds"] for r in run_log) / 3600, 2)})
+                       "loss": run_recipe.get("loss"), "distill_from": run_recipe.get("distill_from"),
+                       "hours": round(sum(r["epoch_seconds"] for r in run_log) / 3600, 2)})
     epochs_before = sum(stage["epochs"] for stage in stages[:-1])
     total_epochs = epochs_before + stages[-1]["epochs"]
     total_seconds = sum(stage["hours"] for stage in stages) * 3600
@@ -110,7 +121,9 @@ def main() -> None:
         "val_miou": (sidecar["metrics"].get("val") or {}).get("miou"), "epochs_run": total_epochs,
         "stages": stages, "train_hours_cpu": round(total_seconds / 3600, 2),
         "recipe": {k: sidecar["recipe"].get(k) for k in ("epochs", "batch_size", "lr", "crop_size", "scale_range",
-                                                          "loss", "weight_decay", "warmup_iters")},
+                                                          "loss", "weight_decay", "warmup_iters", "distill_from",
+                                                          "distill_weight", "distill_temperature",
+                                                          "distill_teacher", "weights_resolved")},
         "note": args.note, "bytes": target.stat().st_size}
     write_json(RESULTS, results)
     update_readme(results)

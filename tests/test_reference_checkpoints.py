@@ -65,3 +65,35 @@ def test_fp32_onnx_parity_on_real_images(real_data, tmp_path):
                             ExportConfig(data_root=str(real_data), parity_images=4), tmp_path / "model.onnx")
     parity = artifact.manifest["checks"]["parity"]
     assert parity["source"].startswith("camvid/val") and parity["argmax_agreement"] >= 0.999
+
+
+def _publish_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("publish_reference", REPO / "benchmarks" / "publish_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_checkpoint_table_is_the_rendered_results():
+    publish = _publish_module()
+    results = json.loads(RESULTS.read_text())
+    assert publish.render_checkpoint_table(results) in (REPO / "README.md").read_text()
+
+
+def test_checkpoint_table_names_stages_and_distillation():
+    publish = _publish_module()
+    entry = {"test_miou": 0.41, "test_pixel_accuracy": 0.75, "val_miou": 0.5, "train_hours_cpu": 3.7,
+             "bytes": 7.5e6, "best_epoch": 80, "epochs_run": 80, "per_class_iou": {"Sky": 0.9, "Pole": None},
+             "stages": [{"epochs": 30}, {"epochs": 25}, {"epochs": 25}],
+             "recipe": {"loss": "ce", "lr": 6e-4, "batch_size": 8, "crop_size": [256, 320],
+                        "scale_range": [0.75, 1.5], "distill_from": "default", "distill_weight": 0.5,
+                        "distill_temperature": 2.0,
+                        "distill_teacher": {"note": "the previous bundled segformer-b0"}}}
+    table = publish.render_checkpoint_table({"checkpoints": {"segformer-b0": entry}})
+    assert "| `segformer-b0` | 0.4100 | 0.7500 | 0.5000 | 30+25+25 (80) | 3.7 | 7.5 MB | ce, AdamW 0.0006" in table
+    assert "distilled from the previous bundled segformer-b0 (weight 0.5, T 2.0) |" in table
+    assert "| `segformer-b0` | 0.90 | - |" in table
+    entry["recipe"]["distill_from"] = None
+    assert "distilled" not in publish.render_checkpoint_table({"checkpoints": {"segformer-b0": entry}})
