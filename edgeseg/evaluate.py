@@ -41,6 +41,12 @@ def labels_at(output: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def evaluate(predict: Predictor, dataset: SegmentationDataset, preprocessing: Preprocessing,
              limit: int | None = None, description: str = "eval") -> SegmentationScores:
+    return confusion_on(predict, dataset, preprocessing, limit, description).scores()
+
+
+def confusion_on(predict: Predictor, dataset: SegmentationDataset, preprocessing: Preprocessing,
+                 limit: int | None = None, description: str = "eval") -> ConfusionMatrix:
+    """The confusion matrix of `predict` over the dataset; matrices of disjoint parts merge into the whole's."""
     confusion = ConfusionMatrix(dataset.label_set.num_classes)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     for index in track(range(count), description, total=count):
@@ -48,7 +54,7 @@ def evaluate(predict: Predictor, dataset: SegmentationDataset, preprocessing: Pr
         resized, _ = resize_pair(image, None, preprocessing.input_size)
         output = predict(preprocessing.normalize(resized))
         confusion.update(mask, labels_at(output, mask.shape))
-    return confusion.scores()
+    return confusion
 
 
 def torch_predictor(model, device: str = "cpu") -> Predictor:

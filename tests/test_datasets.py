@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeseg.data.datasets import IGNORE, camvid, folder, open_dataset, resolve_data_root
+from edgeseg.data.datasets import IGNORE, camvid, drive_of, folder, open_dataset, resolve_data_root
 from edgeseg.data.palettes import CAMVID
 from edgeseg.data.transforms import AugmentConfig, augment
 from edgeseg.errors import DataError, UsageError
@@ -16,6 +16,16 @@ def test_camvid_layout_loads_and_maps_void_to_ignore(tiny_camvid):
     assert mask.shape == (48, 64)
     assert mask[0, 0] == IGNORE  # stored value 11 (void)
     assert set(np.unique(mask)) <= {0, 1, 3, 8, IGNORE}
+
+
+def test_subset_keeps_the_label_mapping(tiny_camvid):
+    dataset = camvid(tiny_camvid, "train")
+    part = dataset.subset([3, 1], name="camvid/train-part")
+    assert len(part) == 2 and len(dataset) == 4 and part.name == "camvid/train-part"
+    assert part.samples == [dataset.samples[3], dataset.samples[1]]
+    assert np.array_equal(part.load(0)[1], dataset.load(3)[1])  # void still maps to IGNORE
+    with pytest.raises(DataError, match="no samples"):
+        dataset.subset([])
 
 
 def test_data_root_from_environment(tiny_camvid, monkeypatch):
@@ -91,3 +101,7 @@ def test_real_camvid_splits(real_data):
     assert sizes == {"train": 367, "val": 101, "test": 233}
     image, mask = camvid(real_data, "test").load(0)
     assert image.shape == (360, 480, 3) and mask.shape == (360, 480)
+    # The drives behind the splits (docs/TRAINING.md): test mixes a trained-on drive with an unseen one.
+    drives = {split: sorted({drive_of(s.image) for s in camvid(real_data, split).samples})
+              for split in ("train", "val", "test")}
+    assert drives == {"train": ["0001TP", "0006R0", "0016E5"], "val": ["0016E5"], "test": ["0001TP", "Seq05VD"]}

@@ -6,6 +6,7 @@ and metrics need to know only one ignore index.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,15 @@ class SegmentationDataset:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def subset(self, indices, name: str | None = None) -> "SegmentationDataset":
+        """The same dataset restricted to `indices` (e.g. one drive of CamVid), with the same label mapping."""
+        part = copy.copy(self)
+        part.samples = [self.samples[i] for i in indices]
+        part.name = name or self.name
+        if not part.samples:
+            raise DataError(f"subset {part.name} of {self.name} has no samples")
+        return part
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.samples[index]
@@ -138,6 +148,11 @@ def camvid(root: Path, split: str) -> SegmentationDataset:
             raise DataError(f"image {image} has no mask (expected {mask})")
         samples.append(Sample(image, mask))
     return SegmentationDataset(f"camvid/{split}", samples, CAMVID, void_value=11)
+
+
+def drive_of(image: Path) -> str:
+    """The recording a CamVid frame comes from: the file name up to the first '_' (0001TP, Seq05VD, ...)."""
+    return Path(image).name.split("_", 1)[0]
 
 
 def cityscapes(root: Path, split: str) -> SegmentationDataset:
