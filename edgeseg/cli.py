@@ -502,6 +502,19 @@ def engine_sidecar(engine: Path = typer.Argument(..., help="the engine build_eng
     record_kit_engine(engine, log=_plain_log)
 
 
+def _click_exception_types() -> tuple[tuple, tuple, tuple]:
+    """(Exit, ClickException, Abort) classes. Typer up to 0.2x raises click's own; later typer raises those of
+    a vendored copy (typer._click) that are not click's, so both must be caught."""
+    usage_errors = {click.ClickException}
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+    except ImportError:
+        pass
+    else:
+        usage_errors.add(VendoredClickException)
+    return ((click.exceptions.Exit, typer.Exit), tuple(usage_errors), (click.exceptions.Abort, typer.Abort))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line and a non-zero exit for user errors, never a traceback."""
     import warnings
@@ -509,14 +522,15 @@ def main(argv: list[str] | None = None) -> None:
     warnings.showwarning = _one_line_warning
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    exits, usage_errors, aborts = _click_exception_types()
     try:
         app(args=argv, standalone_mode=False, prog_name="edgeseg")
-    except click.exceptions.Exit as exc:
+    except exits as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except usage_errors as exc:  # unknown option, missing or malformed value: click's own one-line message
         exc.show()
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (*aborts, KeyboardInterrupt):
         print("edgeseg: interrupted", file=sys.stderr)
         sys.exit(130)
     except EdgesegError as exc:

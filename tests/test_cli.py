@@ -42,6 +42,24 @@ def test_models_prints_the_zoo_table(capsys):
     assert "transformers" in out and "segmentation-models-pytorch" in out
 
 
+def test_unknown_option_and_missing_value_are_one_line_usage_errors(capsys):
+    for args, message in ((["eval", "--model", "segformer-b0", "--threads", "1"], "No such option: --threads"),
+                          (["train", "--out", "x"], "Missing option"),
+                          (["eval", "--model"], "requires an argument")):
+        code, _, err = run_cli(args, capsys)
+        assert code == 2, err
+        assert "Traceback" not in err and message in err, err
+        assert [line for line in err.splitlines() if line.startswith("Error:")] == [
+            next(line for line in err.splitlines() if message in line)]
+
+
+def test_unknown_option_from_the_console_script_has_no_traceback():
+    result = subprocess.run([sys.executable, "-m", "edgeseg", "eval", "--bogus", "1"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "No such option: --bogus" in result.stderr
+
+
 def test_unknown_model(capsys, tiny_camvid):
     code, _, err = run_cli(["eval", "--model", "segformer-b9", "--data-root", str(tiny_camvid)], capsys)
     assert_one_line_error(code, err, "unknown model 'segformer-b9'")
