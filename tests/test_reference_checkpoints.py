@@ -97,3 +97,14 @@ def test_checkpoint_table_names_stages_and_distillation():
     assert "| `segformer-b0` | 0.90 | - |" in table
     entry["recipe"]["distill_from"] = None
     assert "distilled" not in publish.render_checkpoint_table({"checkpoints": {"segformer-b0": entry}})
+
+
+def test_readme_per_drive_table_matches_its_results():
+    results = json.loads((REPO / "benchmarks" / "results" / "camvid_by_drive.json").read_text())["models"]
+    readme = (REPO / "README.md").read_text()
+    for name, entry in results.items():
+        val, test = entry["splits"]["val"], entry["splits"]["test"]
+        cells = [val["drives"]["0016E5"]["miou"], test["drives"]["0001TP"]["miou"],
+                 test["drives"]["Seq05VD"]["miou"], test["miou"]]
+        assert f"| `{name}` | " + " | ".join(f"{v:.3f}" for v in cells) + " |" in readme
+        assert test["images"] == 233 and val["images"] == 101
