@@ -118,7 +118,7 @@ def build(cfg: BuildConfig, log=print) -> Path:
         engine = _engine_stage(work_dir, target, cfg, loaded.spec, log)
         manifest = stage_manifest(
             "build",
-            inputs={"weights": input_record(loaded.checkpoint) if loaded.checkpoint else {"source": loaded.source},
+            inputs={"weights": loaded.input_record(),
                     "calibration": {"path": "calibration.json", "count": calibration.manifest["count"]}},
             settings={**asdict(cfg), "quant_profile": profile},
             checks={"parity": export.manifest["checks"]["parity"],

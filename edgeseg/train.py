@@ -25,7 +25,7 @@ from edgeseg.data.datasets import IGNORE, SegmentationDataset, open_dataset
 from edgeseg.data.transforms import AugmentConfig, augment
 from edgeseg.errors import UsageError
 from edgeseg.evaluate import evaluate, torch_predictor
-from edgeseg.manifest import atomic_path, sha256_file
+from edgeseg.manifest import atomic_path
 from edgeseg.progress import make_progress
 
 
@@ -171,12 +171,12 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.distill_from:
         loaded_teacher = load_model(cfg.model, cfg.distill_from, label_set=train_set.label_set)
         teacher = loaded_teacher.model.to(device).eval()
-        teacher_record = weights_record(cfg.distill_from, loaded_teacher)
+        teacher_record = {"spec": cfg.distill_from, **loaded_teacher.input_record()}
 
     start_epoch, iteration, best_miou = 0, 0, -1.0
     if resuming:
         state = torch.load(state_path, map_location=device, weights_only=True)
-        _check_same_teacher(state.get("teacher_sha256"), teacher_record, out_dir)
+        _check_same_teacher(_recorded(last_path, "distill_teacher"), teacher_record, out_dir)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, iteration, best_miou = state["epoch"], state["iteration"], state["best_miou"]
@@ -187,8 +187,8 @@ def train(cfg: TrainConfig) -> Path:
     recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out_dir", "data_root", "resume")}
     recipe["class_weights"] = weights.tolist() if weights is not None else None
     # Specs such as "default" move when the bundled weights are replaced: record the files they meant.
-    recipe["weights_resolved"] = (_initial_weights_record(last_path) if resuming
-                                  else weights_record(cfg.weights, loaded))
+    recipe["weights_resolved"] = (_recorded(last_path, "weights_resolved") if resuming
+                                  else {"spec": cfg.weights or "default", **loaded.input_record()})
     recipe["distill_teacher"] = teacher_record
     started = time.monotonic()
     mean = torch.tensor(preprocessing.mean, device=device).view(1, 3, 1, 1)
@@ -246,8 +246,7 @@ def train(cfg: TrainConfig) -> Path:
             save(last_path, {"val_miou": record.get("val_miou")}, epoch + 1)
             with atomic_path(state_path) as tmp:
                 torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
-                            "iteration": iteration, "best_miou": best_miou,
-                            "teacher_sha256": (teacher_record or {}).get("sha256")}, tmp)
+                            "iteration": iteration, "best_miou": best_miou}, tmp)
             with open(out_dir / "log.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
             progress.console.print(_describe(record, best_miou))
@@ -257,23 +256,15 @@ def train(cfg: TrainConfig) -> Path:
     return best_path if best_path.is_file() else last_path
 
 
-def weights_record(spec: str | None, loaded) -> dict:
-    """What a --weights spec resolved to: the source and, for a file, its sha256."""
-    record = {"spec": spec or "default", "source": loaded.source}
-    if loaded.checkpoint is not None:
-        record["sha256"] = sha256_file(loaded.checkpoint)
-    return record
-
-
-def _initial_weights_record(last_path: Path) -> dict | None:
-    """A resumed run's starting weights, as its first session recorded them."""
+def _recorded(last_path: Path, key: str) -> dict | None:
+    """What a run's first session recorded in its recipe (resolved --weights, teacher), read back on resume."""
     sidecar = read_checkpoint_sidecar(last_path) or {}
-    return sidecar.get("recipe", {}).get("weights_resolved")
+    return sidecar.get("recipe", {}).get(key)
 
 
-def _check_same_teacher(saved_sha256: str | None, teacher_record: dict | None, out_dir: Path) -> None:
+def _check_same_teacher(saved: dict | None, teacher_record: dict | None, out_dir: Path) -> None:
     """A resumed distillation must learn from the same teacher file, not whatever its spec points at today."""
-    current = (teacher_record or {}).get("sha256")
+    saved_sha256, current = (saved or {}).get("sha256"), (teacher_record or {}).get("sha256")
     if saved_sha256 and current and saved_sha256 != current:
         raise UsageError(f"the teacher {teacher_record['spec']!r} is not the file the run in {out_dir} started "
                          f"with (sha256 {saved_sha256[:12]}, now {current[:12]}); pass that checkpoint as "

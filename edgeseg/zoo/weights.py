@@ -19,6 +19,7 @@ from pathlib import Path
 from edgeseg.checkpoint import read_checkpoint_sidecar
 from edgeseg.data.palettes import LABEL_SETS, LabelSet, generic_palette
 from edgeseg.errors import WeightsError
+from edgeseg.manifest import input_record
 from edgeseg.zoo.contract import Preprocessing
 from edgeseg.zoo.registry import ModelEntry, get_entry
 
@@ -33,6 +34,10 @@ class LoadedModel:
     source: str  # what the weights were, for manifests
     spec: dict | None = None  # architecture spec of a pruned model
     checkpoint: Path | None = None  # the file the weights came from, if any
+
+    def input_record(self) -> dict:
+        """What the weights were, for manifests and recipes: the file (path, sha256, bytes) or the source."""
+        return input_record(self.checkpoint) if self.checkpoint else {"source": self.source}
 
 
 def bundled_weights(name: str) -> Path | None:
