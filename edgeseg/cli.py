@@ -122,7 +122,7 @@ def train(
     crop: str = typer.Option("256x320", help="training crop HEIGHTxWIDTH"),
     scale_min: float = typer.Option(0.75, help="smallest random scale"),
     scale_max: float = typer.Option(1.5, help="largest random scale"),
-    loss: str = typer.Option("weighted-ce", help="ce, weighted-ce (ENet class weights), ohem or dice"),
+    loss: str = typer.Option("weighted-ce", help="ce, weighted-ce (ENet class weights), ohem, weighted-ohem or dice (+ce)"),
     eval_every: int = typer.Option(5, help="evaluate on val every N epochs (0: only at the end)"),
     seed: int = typer.Option(0),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch"),

@@ -1,4 +1,8 @@
-"""Losses for unbalanced segmentation classes: weighted cross-entropy, OHEM and dice (+CE)."""
+"""Losses for unbalanced segmentation classes: weighted cross-entropy, OHEM and dice (+CE).
+
+Only the `weighted-*` losses use class weights: OHEM and dice already shift the gradient towards rare or hard
+pixels, and on CamVid ENet weights cost the frequent classes more than they gave the rare ones (docs/TRAINING.md).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,11 @@ from torch import nn
 
 from edgeseg.data.datasets import IGNORE
 
-LOSSES = ("ce", "weighted-ce", "ohem", "dice")
+LOSSES = ("ce", "weighted-ce", "ohem", "weighted-ohem", "dice")
+
+
+def uses_class_weights(loss_name: str) -> bool:
+    return loss_name.startswith("weighted-")
 
 
 def enet_class_weights(class_pixel_counts: np.ndarray, c: float = 1.02) -> np.ndarray:
@@ -73,7 +81,11 @@ def make_loss(name: str, num_classes: int, class_weights: np.ndarray | None = No
             raise ValueError("weighted-ce needs class weights")
         return nn.CrossEntropyLoss(weight=weight, ignore_index=IGNORE)
     if name == "ohem":
+        return OhemCrossEntropy()
+    if name == "weighted-ohem":
+        if weight is None:
+            raise ValueError("weighted-ohem needs class weights")
         return OhemCrossEntropy(weight=weight)
     if name == "dice":
-        return DiceCrossEntropy(num_classes, weight=weight)
+        return DiceCrossEntropy(num_classes)
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")

@@ -128,7 +128,7 @@ def train(cfg: TrainConfig) -> Path:
     """Train cfg.model; returns the path of the best checkpoint."""
     import torch
 
-    from edgeseg.losses import enet_class_weights, make_loss
+    from edgeseg.losses import enet_class_weights, make_loss, uses_class_weights
     from edgeseg.zoo.weights import load_model
 
     if cfg.threads:
@@ -155,7 +155,7 @@ def train(cfg: TrainConfig) -> Path:
     # Decode the training split once: with 367 CamVid images this is ~190 MB and saves a PNG decode per step.
     images, masks = zip(*(train_set.load(i) for i in range(len(train_set))))
     counts = class_pixel_counts(train_set, list(masks))
-    weights = enet_class_weights(counts) if cfg.loss != "ce" else None
+    weights = enet_class_weights(counts) if uses_class_weights(cfg.loss) else None
     criterion = make_loss(cfg.loss, train_set.label_set.num_classes, weights).to(device)
 
     decay, no_decay = [], []
