@@ -140,16 +140,18 @@ def _kind(value, where, key):
     return value
 
 
-def _capability(value, where, key):
-    if not isinstance(value, str) or not _CAPABILITY.match(value):
-        raise _fail(where, f"'{key}' must be a string like \"8.7\", got {value!r}")
-    return value
+def _matching(pattern, description):
+    """A validator for strings of one pattern; `description` completes "'key' must be ..."."""
+    def check(value, where, key):
+        if not isinstance(value, str) or not pattern.match(value):
+            raise _fail(where, f"'{key}' must be {description}, got {value!r}")
+        return value
+    return check
 
 
-def _version(value, where, key):
-    if not isinstance(value, str) or not _VERSION.match(value):
-        raise _fail(where, f"'{key}' must be a version string like \"10.3\", got {value!r}")
-    return value
+_capability = _matching(_CAPABILITY, 'a string like "8.7"')
+_version = _matching(_VERSION, 'a version string like "10.3"')
+_size = _matching(_SIZE, '"HEIGHTxWIDTH", e.g. "360x480"')
 
 
 def _versions(value, where, key):
@@ -162,12 +164,6 @@ def _precisions(value, where, key):
     if unknown:
         raise _fail(where, f"'{key}' has unknown precision {unknown[0]!r}; use {', '.join(PRECISIONS)}")
     return found
-
-
-def _size(value, where, key):
-    if not isinstance(value, str) or not _SIZE.match(value):
-        raise _fail(where, f"'{key}' must be \"HEIGHTxWIDTH\", e.g. \"360x480\", got {value!r}")
-    return value
 
 
 def _jetpack(value, where, key):
