@@ -9,6 +9,10 @@ numbers in benchmarks/results/reference_checkpoints.json (the README's checkpoin
 
 A run that started from another run's checkpoint (a second schedule, `--weights runs/a/best.safetensors`) names
 that run with --previous-run, so epochs and CPU hours count both and the table shows the stages (e.g. 30+25).
+
+References are chosen by validation mIoU, never by test: a run whose best validation mIoU does not beat the
+bundled reference's is refused (--allow-worse-val overrides it, e.g. after the validation split changed).
+Test mIoU is measured only for the run that passed.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 
 from edgeseg.checkpoint import read_checkpoint_sidecar, save_checkpoint
 from edgeseg.evaluate import EvalConfig, evaluate_model
-from edgeseg.manifest import read_json, write_json
+from edgeseg.manifest import read_json, sha256_file, write_json
 from edgeseg.zoo.weights import BUNDLED_DIR, load_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,6 +71,26 @@ def _epochs(entry: dict) -> str:
     return f"{'+'.join(str(stage['epochs']) for stage in stages)} ({entry['best_epoch']})"
 
 
+def check_selected_by_val(model: str, candidate_val: float | None, current_val: float | None,
+                          allow_worse: bool) -> None:
+    """Refuse to replace a reference with one that validates worse: the choice is made on val, not test."""
+    if candidate_val is None:
+        raise SystemExit(f"{model}: the run's best checkpoint has no validation score; train with --eval-every")
+    if current_val is not None and candidate_val <= current_val and not allow_worse:
+        raise SystemExit(f"{model}: val mIoU {candidate_val:.4f} does not beat the bundled reference's "
+                         f"{current_val:.4f}; keep the reference (or pass --allow-worse-val)")
+
+
+def name_teacher(recipe: dict, current_sha256: str | None, current_test_miou: float | None) -> dict:
+    """Name a distillation teacher that was the bundled reference being replaced ("default" means another file
+    once this one is published)."""
+    teacher = recipe.get("distill_teacher")
+    if not teacher or teacher.get("note") or current_sha256 is None or teacher.get("sha256") != current_sha256:
+        return recipe
+    note = "the previous reference" + (f" (test {current_test_miou:.4f})" if current_test_miou is not None else "")
+    return {**recipe, "distill_teacher": {**teacher, "note": note}}
+
+
 def _run_log(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
@@ -89,10 +113,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--previous-run", type=Path, action="append", default=[],
                         help="a run this one continued from (its best checkpoint was --weights); repeatable, oldest first")
+    parser.add_argument("--allow-worse-val", action="store_true",
+                        help="publish even if the run validates worse than the bundled reference")
     args = parser.parse_args()
 
     source = args.run_dir / args.checkpoint
     sidecar = read_checkpoint_sidecar(source)
+    target = BUNDLED_DIR / f"{args.model}.safetensors"
+    current_metrics = read_checkpoint_sidecar(target)["metrics"] if target.is_file() else {}
+    check_selected_by_val(args.model, (sidecar["metrics"].get("val") or {}).get("miou"),
+                          (current_metrics.get("camvid_val") or {}).get("miou"), args.allow_worse_val)
+    recipe = name_teacher(sidecar["recipe"], sha256_file(target) if target.is_file() else None,
+                          (current_metrics.get("camvid_test") or {}).get("miou"))
     report = evaluate_model(EvalConfig(model=args.model, weights=str(source), split="test", threads=args.threads))
     stages = []
     for run_dir in [*args.previous_run, args.run_dir]:
@@ -105,12 +137,11 @@ def main() -> None:
     total_epochs = epochs_before + stages[-1]["epochs"]
     total_seconds = sum(stage["hours"] for stage in stages) * 3600
     loaded = load_model(args.model, str(source))
-    target = BUNDLED_DIR / f"{args.model}.safetensors"
     metrics = {"camvid_test": {k: report[k] for k in ("miou", "pixel_accuracy", "mean_class_accuracy",
                                                        "per_class_iou", "images", "input_size")},
                "camvid_val": sidecar["metrics"].get("val"), "epoch": sidecar.get("epoch")}
     save_checkpoint(loaded.model, target, model_name=args.model, preprocessing=loaded.preprocessing,
-                    label_set="camvid", recipe={**sidecar["recipe"], "note": args.note,
+                    label_set="camvid", recipe={**recipe, "note": args.note,
                                                 "epochs_run": total_epochs, "stages": stages,
                                                 "train_seconds": round(total_seconds)},
                     metrics=metrics, half=True)
@@ -120,7 +151,7 @@ def main() -> None:
         "per_class_iou": report["per_class_iou"], "best_epoch": epochs_before + (sidecar.get("epoch") or 0),
         "val_miou": (sidecar["metrics"].get("val") or {}).get("miou"), "epochs_run": total_epochs,
         "stages": stages, "train_hours_cpu": round(total_seconds / 3600, 2),
-        "recipe": {k: sidecar["recipe"].get(k) for k in ("epochs", "batch_size", "lr", "crop_size", "scale_range",
+        "recipe": {k: recipe.get(k) for k in ("epochs", "batch_size", "lr", "crop_size", "scale_range",
                                                           "loss", "weight_decay", "warmup_iters", "distill_from",
                                                           "distill_weight", "distill_temperature",
                                                           "distill_teacher", "weights_resolved")},

@@ -108,3 +108,24 @@ def test_readme_per_drive_table_matches_its_results():
                  test["drives"]["Seq05VD"]["miou"], test["miou"]]
         assert f"| `{name}` | " + " | ".join(f"{v:.3f}" for v in cells) + " |" in readme
         assert test["images"] == 233 and val["images"] == 101
+
+
+def test_a_reference_is_replaced_only_by_a_better_validation_score():
+    publish = _publish_module()
+    publish.check_selected_by_val("m", 0.53, 0.52, allow_worse=False)  # better: accepted
+    publish.check_selected_by_val("m", 0.40, None, allow_worse=False)  # first reference: accepted
+    publish.check_selected_by_val("m", 0.50, 0.52, allow_worse=True)   # explicitly allowed
+    with pytest.raises(SystemExit, match="val mIoU 0.5200 does not beat the bundled reference's 0.5268"):
+        publish.check_selected_by_val("m", 0.52, 0.5268, allow_worse=False)
+    with pytest.raises(SystemExit, match="no validation score"):
+        publish.check_selected_by_val("m", None, 0.5, allow_worse=False)
+
+
+def test_a_teacher_that_was_the_replaced_reference_is_named_so():
+    publish = _publish_module()
+    recipe = {"distill_from": "default", "distill_teacher": {"spec": "default", "sha256": "abc"}}
+    named = publish.name_teacher(recipe, current_sha256="abc", current_test_miou=0.43841)
+    assert named["distill_teacher"]["note"] == "the previous reference (test 0.4384)"
+    assert "note" not in recipe["distill_teacher"]  # the run's own record is not modified
+    assert publish.name_teacher(recipe, current_sha256="other", current_test_miou=0.4) == recipe
+    assert publish.name_teacher({"distill_from": None}, "abc", 0.4) == {"distill_from": None}
