@@ -131,6 +131,8 @@ def train(
     max_minutes: Optional[float] = typer.Option(None, help="stop cleanly after this long; continue with --resume"),
     resume: bool = typer.Option(False, help="continue the run in --out where it stopped"),
     distill_from: Optional[str] = typer.Option(None, help="teacher weights for knowledge distillation"),
+    new_head: bool = typer.Option(False, "--new-head", help="--weights predict other classes (e.g. cityscapes): "
+                                  "start their classifier afresh for this dataset"),
 ):
     """Train or fine-tune a model (AdamW, warmup + poly LR, augmentation, periodic eval, resumable)."""
     from edgeseg.losses import LOSSES
@@ -143,7 +145,8 @@ def train(
                       batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_iters=warmup_iters,
                       crop_size=parse_size(crop), scale_range=(scale_min, scale_max), loss=loss,
                       eval_every=eval_every, seed=seed, threads=threads, device=device, amp=not no_amp,
-                      max_minutes=max_minutes, resume=resume, distill_from=distill_from)
+                      max_minutes=max_minutes, resume=resume, distill_from=distill_from,
+                      new_head=new_head)
     best = run_training(cfg)
     console.print(f"best checkpoint: {best}")
 

@@ -55,6 +55,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop cleanly after this long (resume later with resume=True)
     resume: bool = False
     distill_from: str | None = None  # teacher checkpoint for knowledge distillation (pruning recovery)
+    new_head: bool = False  # weights with another class count: replace their classifier (fine-tuning)
     distill_weight: float = 0.5
     distill_temperature: float = 2.0
 
@@ -144,7 +145,11 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)  # model initialisation is part of what --seed reproduces
     train_set = open_dataset(cfg.dataset, "train", cfg.data_root)
     val_set = open_dataset(cfg.dataset, "val", cfg.data_root)
-    loaded = load_model(cfg.model, str(last_path) if resuming else cfg.weights, label_set=train_set.label_set)
+    loaded = load_model(cfg.model, str(last_path) if resuming else cfg.weights, label_set=train_set.label_set,
+                        new_head=cfg.new_head and not resuming)
+    if loaded.new_head:
+        print(f"new classifier for {train_set.label_set.name}: {loaded.new_head['from_classes']} -> "
+              f"{loaded.new_head['to_classes']} classes ({', '.join(loaded.new_head['reinitialised'])})")
     model, preprocessing = loaded.model.to(device), loaded.preprocessing
     sparsity = (loaded.spec or {}).get("sparsity")
     if sparsity:  # a 2:4-sparse checkpoint (edgeseg prune --sparsity 2:4) stays 2:4: re-mask after every step

@@ -97,6 +97,28 @@ def test_wrong_class_count(capsys, tiny_camvid, tmp_path):
     assert_one_line_error(code, err, "predict 19 classes but camvid has 11")
 
 
+def test_fine_tuning_weights_of_other_classes_needs_new_head(capsys, tiny_camvid, tmp_path):
+    import torch
+
+    from edgeseg.checkpoint import read_checkpoint_sidecar
+    from edgeseg.data.palettes import CITYSCAPES
+    from edgeseg.zoo.weights import load_model
+
+    torch.save(load_model("fcn-resnet18", "random", label_set=CITYSCAPES).model.state_dict(), tmp_path / "c.pth")
+    args = ["train", "--model", "fcn-resnet18", "--weights", str(tmp_path / "c.pth"), "--data-root",
+            str(tiny_camvid), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2", "--crop", "48x64",
+            "--eval-every", "0", "--threads", "1"]
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, "--new-head")
+    assert not (tmp_path / "run" / "best.safetensors").exists()
+    code, out, err = run_cli([*args, "--new-head"], capsys)
+    assert code == 0, err
+    assert "new classifier for camvid: 19 -> 11 classes" in out
+    sidecar = read_checkpoint_sidecar(tmp_path / "run" / "best.safetensors")
+    assert sidecar["preprocessing"]["classes"][0] == "Sky"
+    assert sidecar["recipe"]["weights_resolved"]["new_head"]["from_classes"] == 19
+
+
 def test_bad_size_and_missing_weights_file(capsys, tiny_camvid):
     code, _, err = run_cli(["eval", "--model", "fcn-resnet18", "--size", "big", "--data-root", str(tiny_camvid)],
                            capsys)

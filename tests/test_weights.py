@@ -112,3 +112,40 @@ def test_unreachable_hub_id_is_one_clear_line(tmp_path, tiny_camvid):
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "cannot download nvidia/no-such-model" in lines[0]
+
+
+def test_new_head_keeps_the_body_and_starts_the_classifier_afresh(tmp_path):
+    city = load_model("fcn-resnet18", "random", label_set=CITYSCAPES).model  # 19 classes
+    torch.save(city.state_dict(), tmp_path / "city.pth")
+    loaded = load_model("fcn-resnet18", str(tmp_path / "city.pth"), label_set=CAMVID, new_head=True)
+    head = loaded.new_head
+    assert (head["from_classes"], head["to_classes"], head["label_set"]) == (19, 11, "camvid")
+    # FCN-8s: the stride-32 head's classifier and the two skip scorers depend on the class count, nothing else
+    assert head["reinitialised"] == ["head32.4.bias", "head32.4.weight", "score16.bias", "score16.weight",
+                                     "score8.bias", "score8.weight"]
+    state, city_state = loaded.model.state_dict(), city.state_dict()
+    for key in state:
+        if key not in head["reinitialised"]:
+            torch.testing.assert_close(state[key], city_state[key])
+    assert state[head["reinitialised"][0]].shape[0] == 11
+    assert loaded.preprocessing.classes == CAMVID.classes and loaded.preprocessing.palette == CAMVID.palette
+    assert loaded.input_record()["new_head"] == head  # manifests and train recipes say what was replaced
+    with torch.inference_mode():
+        assert loaded.model(torch.randn(1, 3, 64, 64)).shape == (1, 11, 64, 64)
+
+
+def test_new_head_on_a_hugging_face_segformer(tmp_path):
+    from transformers import SegformerForSemanticSegmentation
+
+    from edgeseg.zoo.segformer import segformer_config
+
+    SegformerForSemanticSegmentation(segformer_config("b0", 19)).save_pretrained(tmp_path / "hf")
+    loaded = load_model("segformer-b0", str(tmp_path / "hf"), label_set=CAMVID, new_head=True)
+    # only the last 1x1 convolution depends on the class count; the encoder and the MLP decoder are kept
+    assert [key.rsplit(".", 1)[-1] for key in loaded.new_head["reinitialised"]] == ["bias", "weight"]
+    assert all("decode_head.classifier" in key for key in loaded.new_head["reinitialised"])
+
+
+def test_same_class_count_needs_no_new_head(tmp_path):
+    torch.save(load_model("fcn-resnet18", "random").model.state_dict(), tmp_path / "camvid.pth")
+    assert load_model("fcn-resnet18", str(tmp_path / "camvid.pth"), label_set=CAMVID, new_head=True).new_head is None

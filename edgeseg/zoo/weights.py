@@ -11,6 +11,7 @@ Accepted specs, tried in this order:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -34,10 +35,13 @@ class LoadedModel:
     source: str  # what the weights were, for manifests
     spec: dict | None = None  # architecture spec of a pruned model
     checkpoint: Path | None = None  # the file the weights came from, if any
+    new_head: dict | None = None  # set when the classifier was replaced for another label set (replace_head)
 
     def input_record(self) -> dict:
-        """What the weights were, for manifests and recipes: the file (path, sha256, bytes) or the source."""
-        return input_record(self.checkpoint) if self.checkpoint else {"source": self.source}
+        """What the weights were, for manifests and recipes: the file (path, sha256, bytes) or the source, and
+        the replaced classifier if there was one."""
+        record = input_record(self.checkpoint) if self.checkpoint else {"source": self.source}
+        return {**record, "new_head": self.new_head} if self.new_head else record
 
 
 def bundled_weights(name: str) -> Path | None:
@@ -52,10 +56,44 @@ def default_weights_label(entry: ModelEntry) -> str:
     return named or "-"
 
 
-def load_model(name: str, weights: str | None = None, *, label_set: LabelSet | None = None) -> LoadedModel:
+def load_model(name: str, weights: str | None = None, *, label_set: LabelSet | None = None,
+               new_head: bool = False) -> LoadedModel:
     """Build model `name` and load `weights` into it. `label_set`, when given, is what the caller will
-    evaluate or train on: weights predicting another number of classes are refused."""
+    evaluate or train on: weights predicting another number of classes are refused, unless `new_head`
+    (fine-tuning) asks for their classifier to be replaced by a fresh one for `label_set`."""
+    loaded = _load_weights(get_entry(name), weights, label_set)
+    if label_set is None or loaded.preprocessing.num_classes == label_set.num_classes:
+        return loaded
+    if new_head:
+        return replace_head(loaded, name, label_set)
+    spec = weights or loaded.source
+    raise WeightsError(
+        f"weights {spec} predict {loaded.preprocessing.num_classes} classes but {label_set.name} has "
+        f"{label_set.num_classes}; use weights trained on {label_set.name}, or fine-tune them with "
+        f"'edgeseg train --weights {spec} --new-head'")
+
+
+def replace_head(loaded: LoadedModel, name: str, label_set: LabelSet) -> LoadedModel:
+    """The same network for another label set: every weight whose shape does not depend on the class count is
+    kept, the class-dependent ones (the classifier convolutions) start afresh. What was replaced is recorded."""
+    if loaded.spec:
+        raise WeightsError(f"{loaded.source} is a pruned checkpoint; replace the head before pruning, not after")
     entry = get_entry(name)
+    fresh = _build(entry, label_set.num_classes)
+    old_state, fresh_state = loaded.model.state_dict(), fresh.state_dict()
+    if set(old_state) != set(fresh_state):
+        raise WeightsError(f"{loaded.source} does not have the layout of {name}; cannot replace its head")
+    replaced = sorted(key for key, tensor in fresh_state.items() if tuple(old_state[key].shape) != tuple(tensor.shape))
+    fresh.load_state_dict({key: old_state[key] for key in fresh_state if key not in replaced}, strict=False)
+    preprocessing = dataclasses.replace(loaded.preprocessing, classes=label_set.classes,
+                                        palette=label_set.palette)
+    head = {"from_classes": loaded.preprocessing.num_classes, "to_classes": label_set.num_classes,
+            "label_set": label_set.name, "reinitialised": replaced}
+    return dataclasses.replace(loaded, model=fresh.eval(), preprocessing=preprocessing, new_head=head)
+
+
+def _load_weights(entry: ModelEntry, weights: str | None, label_set: LabelSet | None) -> LoadedModel:
+    name = entry.name
     if weights in (None, "", "default"):
         bundled = bundled_weights(name)
         if bundled is None:
@@ -70,15 +108,13 @@ def load_model(name: str, weights: str | None = None, *, label_set: LabelSet | N
     if weights in entry.named_weights:
         weights = entry.named_weights[weights]
     if weights.startswith("torchvision:"):
-        return _check_classes(_load_torchvision(entry, weights.split(":", 1)[1]), label_set, weights)
+        return _load_torchvision(entry, weights.split(":", 1)[1])
     path = Path(weights).expanduser()
     if path.exists():
-        loaded = _load_hf_dir(entry, path) if path.is_dir() else _load_file(entry, path, label_set)
-        return _check_classes(loaded, label_set, weights)
+        return _load_hf_dir(entry, path) if path.is_dir() else _load_file(entry, path, label_set)
     hub_id = weights[3:] if weights.startswith("hf:") else weights
     if weights.startswith("hf:") or _HUB_ID.match(weights):
-        return _check_classes(_load_hf_dir(entry, _download_from_hub(hub_id), source=f"hf:{hub_id}"),
-                              label_set, weights)
+        return _load_hf_dir(entry, _download_from_hub(hub_id), source=f"hf:{hub_id}")
     known = ", ".join(["random", *entry.named_weights])
     raise WeightsError(f"weights {weights!r}: no such file, not a hub id (ORG/NAME) and not a named weight of "
                        f"{name} (known: {known})")
@@ -86,15 +122,6 @@ def load_model(name: str, weights: str | None = None, *, label_set: LabelSet | N
 
 def _build(entry: ModelEntry, num_classes: int):
     return entry.builder(num_classes)
-
-
-def _check_classes(loaded: LoadedModel, label_set: LabelSet | None, weights: str) -> LoadedModel:
-    if label_set is not None and loaded.preprocessing.num_classes != label_set.num_classes:
-        raise WeightsError(
-            f"weights {weights} predict {loaded.preprocessing.num_classes} classes but {label_set.name} has "
-            f"{label_set.num_classes}; use weights trained on {label_set.name}, or fine-tune with "
-            f"'edgeseg train --weights {weights}'")
-    return loaded
 
 
 def _load_file(entry: ModelEntry, path: Path, label_set: LabelSet | None) -> LoadedModel:
