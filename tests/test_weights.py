@@ -10,7 +10,7 @@ import torch
 from edgeseg.checkpoint import save_checkpoint
 from edgeseg.data.palettes import CAMVID, CITYSCAPES
 from edgeseg.errors import WeightsError
-from edgeseg.zoo.weights import load_model
+from edgeseg.zoo.weights import load_model, replace_head
 
 
 def test_random_is_explicit_and_default_without_bundle_is_an_error():
@@ -149,3 +149,9 @@ def test_new_head_on_a_hugging_face_segformer(tmp_path):
 def test_same_class_count_needs_no_new_head(tmp_path):
     torch.save(load_model("fcn-resnet18", "random").model.state_dict(), tmp_path / "camvid.pth")
     assert load_model("fcn-resnet18", str(tmp_path / "camvid.pth"), label_set=CAMVID, new_head=True).new_head is None
+
+
+def test_new_head_refuses_another_variant():
+    b1 = load_model("segformer-b1", "random", label_set=CITYSCAPES)  # same layer names as b0, wider layers
+    with pytest.raises(WeightsError, match="belong to another variant"):
+        replace_head(b1, "segformer-b0", CAMVID)

@@ -84,6 +84,11 @@ def replace_head(loaded: LoadedModel, name: str, label_set: LabelSet) -> LoadedM
     if set(old_state) != set(fresh_state):
         raise WeightsError(f"{loaded.source} does not have the layout of {name}; cannot replace its head")
     replaced = sorted(key for key, tensor in fresh_state.items() if tuple(old_state[key].shape) != tuple(tensor.shape))
+    old_count = loaded.preprocessing.num_classes
+    for key in replaced:  # only the class count may differ, or this is another variant, not another label set
+        if old_state[key].shape[1:] != fresh_state[key].shape[1:] or old_state[key].shape[0] != old_count:
+            raise WeightsError(f"layer {key} has shape {tuple(old_state[key].shape)} in {loaded.source} but "
+                               f"{tuple(fresh_state[key].shape)} in {name}: the weights belong to another variant")
     fresh.load_state_dict({key: old_state[key] for key in fresh_state if key not in replaced}, strict=False)
     preprocessing = dataclasses.replace(loaded.preprocessing, classes=label_set.classes,
                                         palette=label_set.palette)
