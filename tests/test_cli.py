@@ -97,6 +97,18 @@ def test_wrong_class_count(capsys, tiny_camvid, tmp_path):
     assert_one_line_error(code, err, "predict 19 classes but camvid has 11")
 
 
+def test_encoder_only_checkpoint_is_one_clear_line(capsys, tiny_camvid, tmp_path):
+    from transformers import SegformerForImageClassification
+
+    from edgeseg.zoo.segformer import segformer_config
+
+    SegformerForImageClassification(segformer_config("b0", 11)).save_pretrained(tmp_path / "mit")
+    capsys.readouterr()  # save_pretrained's own progress bar
+    code, _, err = run_cli(["eval", "--model", "segformer-b0", "--weights", str(tmp_path / "mit"),
+                            "--data-root", str(tiny_camvid)], capsys)
+    assert_one_line_error(code, err, "encoder-only checkpoint")  # and no transformers table of missing layers
+
+
 def test_fine_tuning_weights_of_other_classes_needs_new_head(capsys, tiny_camvid, tmp_path):
     import torch
 

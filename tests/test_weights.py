@@ -155,3 +155,21 @@ def test_new_head_refuses_another_variant():
     b1 = load_model("segformer-b1", "random", label_set=CITYSCAPES)  # same layer names as b0, wider layers
     with pytest.raises(WeightsError, match="belong to another variant"):
         replace_head(b1, "segformer-b0", CAMVID)
+
+
+def test_encoder_only_segformer_is_refused_for_eval_and_fine_tunes_with_new_head(tmp_path):
+    from transformers import SegformerForImageClassification
+
+    from edgeseg.zoo.segformer import segformer_config
+
+    encoder_only = SegformerForImageClassification(segformer_config("b0", 11))  # like nvidia/mit-b0, no decoder
+    encoder_only.save_pretrained(tmp_path / "mit")
+    with pytest.raises(WeightsError, match=r"no values for \d+ layers \(first: decode_head\..*--new-head"):
+        load_model("segformer-b0", str(tmp_path / "mit"), label_set=CAMVID)
+    loaded = load_model("segformer-b0", str(tmp_path / "mit"), label_set=CAMVID, new_head=True)
+    assert "decode_head.linear_fuse.weight" in loaded.new_head["not_in_weights"]
+    assert not any(key.startswith("segformer.") for key in loaded.new_head["not_in_weights"])
+    ours = loaded.model.state_dict()
+    theirs = encoder_only.state_dict()
+    key = "segformer.stages.0.patch_embeddings.proj.weight"
+    torch.testing.assert_close(ours[f"model.{key}"], theirs[key])  # the encoder came from the checkpoint

@@ -36,6 +36,7 @@ class LoadedModel:
     spec: dict | None = None  # architecture spec of a pruned model
     checkpoint: Path | None = None  # the file the weights came from, if any
     new_head: dict | None = None  # set when the classifier was replaced for another label set (replace_head)
+    untrained: tuple[str, ...] = ()  # layers the weights did not cover (randomly initialised)
 
     def input_record(self) -> dict:
         """What the weights were, for manifests and recipes: the file (path, sha256, bytes) or the source, and
@@ -62,11 +63,16 @@ def load_model(name: str, weights: str | None = None, *, label_set: LabelSet | N
     evaluate or train on: weights predicting another number of classes are refused, unless `new_head`
     (fine-tuning) asks for their classifier to be replaced by a fresh one for `label_set`."""
     loaded = _load_weights(get_entry(name), weights, label_set)
-    if label_set is None or loaded.preprocessing.num_classes == label_set.num_classes:
-        return loaded
-    if new_head:
-        return replace_head(loaded, name, label_set)
     spec = weights or loaded.source
+    other_classes = label_set is not None and loaded.preprocessing.num_classes != label_set.num_classes
+    if new_head and (other_classes or loaded.untrained):
+        return replace_head(loaded, name, label_set or get_entry(name).label_set)
+    if loaded.untrained:
+        raise WeightsError(
+            f"weights {spec} have no values for {len(loaded.untrained)} layers (first: {loaded.untrained[0]}), "
+            f"e.g. an encoder-only checkpoint; fine-tune them with 'edgeseg train --weights {spec} --new-head'")
+    if not other_classes:
+        return loaded
     raise WeightsError(
         f"weights {spec} predict {loaded.preprocessing.num_classes} classes but {label_set.name} has "
         f"{label_set.num_classes}; use weights trained on {label_set.name}, or fine-tune them with "
@@ -94,7 +100,9 @@ def replace_head(loaded: LoadedModel, name: str, label_set: LabelSet) -> LoadedM
                                         palette=label_set.palette)
     head = {"from_classes": loaded.preprocessing.num_classes, "to_classes": label_set.num_classes,
             "label_set": label_set.name, "reinitialised": replaced}
-    return dataclasses.replace(loaded, model=fresh.eval(), preprocessing=preprocessing, new_head=head)
+    if loaded.untrained:
+        head["not_in_weights"] = list(loaded.untrained)
+    return dataclasses.replace(loaded, model=fresh.eval(), preprocessing=preprocessing, new_head=head, untrained=())
 
 
 def _load_weights(entry: ModelEntry, weights: str | None, label_set: LabelSet | None) -> LoadedModel:
@@ -269,8 +277,9 @@ def _load_hf_dir(entry: ModelEntry, directory: Path, source: str | None = None) 
         preprocessing = Preprocessing.from_dict({**preprocessing.to_dict(),
                                                  "mean": settings.get("image_mean", preprocessing.mean),
                                                  "std": settings.get("image_std", preprocessing.std)})
-    model = _from_pretrained_segformer(entry, directory)
-    return LoadedModel(model.eval(), preprocessing, source or str(directory), checkpoint=weight_file)
+    model, untrained = _from_pretrained_segformer(entry, directory)
+    return LoadedModel(model.eval(), preprocessing, source or str(directory), checkpoint=weight_file,
+                       untrained=untrained)
 
 
 def _from_pretrained_segformer(entry: ModelEntry, directory: Path):
@@ -281,15 +290,28 @@ def _from_pretrained_segformer(entry: ModelEntry, directory: Path):
     from edgeseg.zoo.segformer import variant_of
     from edgeseg.zoo.wrappers import UpsampleLogits
 
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # what it would warn about (missing layers) is returned and handled below
+    hf_logging.disable_progress_bar()  # one local directory loads in well under a second
     try:
-        hf_model = SegformerForSemanticSegmentation.from_pretrained(str(directory), local_files_only=True)
+        hf_model, loading = SegformerForSemanticSegmentation.from_pretrained(
+            str(directory), local_files_only=True, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise WeightsError(f"{directory} cannot be loaded as a SegFormer: {str(exc).splitlines()[0]}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     variant = variant_of(hf_model.config)
     if f"segformer-{variant}" != entry.name:
         raise WeightsError(f"{directory} holds segformer-{variant} (hidden sizes {hf_model.config.hidden_sizes}, "
                            f"depths {hf_model.config.depths}), not {entry.name}; use --model segformer-{variant}")
-    return UpsampleLogits(hf_model, output_key="pixel_values")
+    # transformers initialises layers the checkpoint lacks (the decode head of an encoder-only MiT checkpoint)
+    # at random and only warns: keep their names, so that load_model refuses them unless fine-tuning.
+    missing = sorted(key for key in loading["missing_keys"] if not key.endswith("num_batches_tracked"))
+    return UpsampleLogits(hf_model, output_key="pixel_values"), tuple(missing)
 
 
 def _load_torchvision(entry: ModelEntry, function_name: str) -> LoadedModel:
