@@ -131,8 +131,8 @@ def train(
     max_minutes: Optional[float] = typer.Option(None, help="stop cleanly after this long; continue with --resume"),
     resume: bool = typer.Option(False, help="continue the run in --out where it stopped"),
     distill_from: Optional[str] = typer.Option(None, help="teacher weights for knowledge distillation"),
-    new_head: bool = typer.Option(False, "--new-head", help="--weights predict other classes (e.g. cityscapes): "
-                                  "start their classifier afresh for this dataset"),
+    new_head: bool = typer.Option(False, "--new-head", help="--weights predict other classes (e.g. cityscapes) or "
+                                  "lack a decoder (nvidia/mit-b0): start those layers afresh for this dataset"),
 ):
     """Train or fine-tune a model (AdamW, warmup + poly LR, augmentation, periodic eval, resumable)."""
     from edgeseg.losses import LOSSES

@@ -148,8 +148,10 @@ def train(cfg: TrainConfig) -> Path:
     loaded = load_model(cfg.model, str(last_path) if resuming else cfg.weights, label_set=train_set.label_set,
                         new_head=cfg.new_head and not resuming)
     if loaded.new_head:
-        print(f"new classifier for {train_set.label_set.name}: {loaded.new_head['from_classes']} -> "
-              f"{loaded.new_head['to_classes']} classes ({', '.join(loaded.new_head['reinitialised'])})")
+        head = loaded.new_head
+        fresh = [*head["reinitialised"], *head.get("not_in_weights", [])]
+        print(f"new head for {train_set.label_set.name}: {head['from_classes']} -> {head['to_classes']} classes, "
+              f"{len(fresh)} tensors start afresh ({', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''})")
     model, preprocessing = loaded.model.to(device), loaded.preprocessing
     sparsity = (loaded.spec or {}).get("sparsity")
     if sparsity:  # a 2:4-sparse checkpoint (edgeseg prune --sparsity 2:4) stays 2:4: re-mask after every step

@@ -60,8 +60,8 @@ def default_weights_label(entry: ModelEntry) -> str:
 def load_model(name: str, weights: str | None = None, *, label_set: LabelSet | None = None,
                new_head: bool = False) -> LoadedModel:
     """Build model `name` and load `weights` into it. `label_set`, when given, is what the caller will
-    evaluate or train on: weights predicting another number of classes are refused, unless `new_head`
-    (fine-tuning) asks for their classifier to be replaced by a fresh one for `label_set`."""
+    evaluate or train on: weights predicting another number of classes, or missing layers (an encoder-only
+    checkpoint), are refused, unless `new_head` (fine-tuning) asks for those layers to start afresh."""
     loaded = _load_weights(get_entry(name), weights, label_set)
     spec = weights or loaded.source
     other_classes = label_set is not None and loaded.preprocessing.num_classes != label_set.num_classes
