@@ -173,3 +173,13 @@ def test_encoder_only_segformer_is_refused_for_eval_and_fine_tunes_with_new_head
     theirs = encoder_only.state_dict()
     key = "segformer.stages.0.patch_embeddings.proj.weight"
     torch.testing.assert_close(ours[f"model.{key}"], theirs[key])  # the encoder came from the checkpoint
+
+
+def test_bundled_weights_are_recorded_by_their_place_in_the_package():
+    from edgeseg.zoo.weights import bundled_weights
+
+    if bundled_weights("segformer-b0") is None:
+        pytest.skip("no bundled segformer-b0 checkpoint")
+    record = load_model("segformer-b0").input_record()
+    assert record["path"] == "edgeseg/weights/segformer-b0.safetensors"  # not this machine's absolute path
+    assert len(record["sha256"]) == 64 and record["bytes"] > 1e6

@@ -42,6 +42,9 @@ class LoadedModel:
         """What the weights were, for manifests and recipes: the file (path, sha256, bytes) or the source, and
         the replaced classifier if there was one."""
         record = input_record(self.checkpoint) if self.checkpoint else {"source": self.source}
+        if self.checkpoint and Path(self.checkpoint).resolve().parent == BUNDLED_DIR:
+            # the same file on every install: name it inside the package, not by this machine's path
+            record["path"] = f"edgeseg/weights/{Path(self.checkpoint).name}"
         return {**record, "new_head": self.new_head} if self.new_head else record
 
 
