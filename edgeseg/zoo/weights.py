@@ -101,7 +101,7 @@ def replace_head(loaded: LoadedModel, name: str, label_set: LabelSet) -> LoadedM
     fresh.load_state_dict({key: old_state[key] for key in fresh_state if key not in replaced}, strict=False)
     preprocessing = dataclasses.replace(loaded.preprocessing, classes=label_set.classes,
                                         palette=label_set.palette)
-    head = {"from_classes": loaded.preprocessing.num_classes, "to_classes": label_set.num_classes,
+    head = {"from_classes": old_count, "to_classes": label_set.num_classes,
             "label_set": label_set.name, "reinitialised": replaced}
     if loaded.untrained:
         head["not_in_weights"] = list(loaded.untrained)
@@ -286,8 +286,9 @@ def _load_hf_dir(entry: ModelEntry, directory: Path, source: str | None = None) 
 
 
 def _from_pretrained_segformer(entry: ModelEntry, directory: Path):
-    """Let transformers read its own directory: it renames legacy checkpoint keys (the official nvidia/*
-    checkpoints predate its current module names), which a plain state_dict load would miss."""
+    """(model, names of the layers the directory had no weights for). Let transformers read its own directory:
+    it renames legacy checkpoint keys (the official nvidia/* checkpoints predate its current module names), which a
+    plain state_dict load would miss."""
     from transformers import SegformerForSemanticSegmentation
 
     from edgeseg.zoo.segformer import variant_of
