@@ -135,7 +135,8 @@ def check_pycuda() -> Check:
 # ---------------------------------------------------------------------------------------------------------------
 # NVIDIA: TensorRT, CUDA driver, GPU (engine.host's probes)
 
-def nvidia_checks() -> list[Check]:
+def nvidia_checks() -> tuple[Check, Check, Check]:
+    """TensorRT, the CUDA driver and the GPU."""
     from edgeseg.engine.host import cuda_driver_version, probe_host
 
     host = probe_host()
@@ -161,7 +162,7 @@ def nvidia_checks() -> list[Check]:
         device = host.device
         checks.append(Check("GPU", OK, f"{device.name}, compute capability {device.compute_capability}, "
                                        f"{device.memory_gb:.1f} GB", "TensorRT, ONNX Runtime CUDA"))
-    return checks
+    return tuple(checks)
 
 
 def nvidia_smi_cuda_version() -> str | None:
@@ -215,11 +216,29 @@ def jetson_checks(device_tree_model: str | None = None, tegra_release: str | Non
         checks.append(Check("JetPack", PARTIAL, f"L4T {l4t}, JetPack release not known to edgeseg" if l4t
                             else "no /etc/nv_tegra_release", "TensorRT, CUDA and the nv* GStreamer elements",
                             "sudo apt install nvidia-jetpack"))
-    dla = dla_devices if dla_devices is not None else sorted(glob.glob("/sys/bus/platform/devices/*nvdla*"))
+    needed_for = "engines on the DLA (--dla-core)"
+    counted = tensorrt_dla_cores() if dla_devices is None else None
+    if counted is not None:
+        checks.append(Check("DLA cores", OK, f"{counted} (TensorRT's Builder.num_DLA_cores)", needed_for))
+        return checks
+    dla = dla_devices if dla_devices is not None else sorted(glob.glob(DLA_DEVICES))
     checks.append(Check("DLA cores", OK, f"{len(dla)} ({', '.join(Path(path).name for path in dla)})" if dla
-                        else "0: this module has no DLA (e.g. Orin Nano); engines run on the GPU",
-                        "engines on the DLA (--dla-core)"))
+                        else f"0 (no {DLA_DEVICES}): a module without DLA (e.g. Orin Nano), engines run on the GPU",
+                        needed_for))
     return checks
+
+
+DLA_DEVICES = "/sys/bus/platform/devices/*nvdla*"
+
+
+def tensorrt_dla_cores() -> int | None:
+    """The DLA cores TensorRT sees (the authoritative count); None without a working TensorRT."""
+    try:
+        import tensorrt as trt
+
+        return int(trt.Builder(trt.Logger(trt.Logger.ERROR)).num_DLA_cores)
+    except Exception:  # noqa: BLE001 - no TensorRT, no GPU, or an older API: the device files are read instead
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -302,10 +321,10 @@ def check_cameras(pattern: str = "/dev/video*") -> Check:
 # All of it
 
 def run_checks() -> list[Check]:
+    tensorrt, driver, gpu = nvidia_checks()
     checks = [Check("python", OK, f"{platform.python_version()} ({sys.executable})", "everything"),
-              check_torch(), check_onnx(), check_onnxruntime(), check_openvino()]
-    checks += nvidia_checks()
-    checks.insert(checks.index(next(c for c in checks if c.name == "tensorrt")) + 1, check_pycuda())
+              check_torch(), check_onnx(), check_onnxruntime(), check_openvino(), tensorrt, check_pycuda(), driver,
+              gpu]
     checks += jetson_checks()
     checks += [check_opencv(), check_gstreamer(), check_cameras()]
     return checks

@@ -199,7 +199,7 @@ def test_jetson_checks_from_recorded_boards():
     assert orin["JetPack"].ok and orin["JetPack"].detail == "JetPack 6.2 (L4T 36.4.3)"
     assert orin["DLA cores"].detail.startswith("2 (15880000.nvdla0, 158c0000.nvdla1)")
     nano = {c.name: c for c in jetson_checks("NVIDIA Jetson Orin Nano Developer Kit", ORIN_RELEASE, [])}
-    assert nano["DLA cores"].detail.startswith("0: this module has no DLA")
+    assert nano["DLA cores"].detail.startswith("0 (no /sys/bus/platform/devices/*nvdla*): a module without DLA")
     unknown = {c.name: c for c in jetson_checks("NVIDIA Jetson Thor", "# R99 (release), REVISION: 1.0", [])}
     assert unknown["JetPack"].status == "partial" and unknown["JetPack"].hint
     desktop = jetson_checks("", "", [])
@@ -251,3 +251,31 @@ def test_cameras_check_on_a_pattern(tmp_path):
     (tmp_path / "video0").touch()
     found = check_cameras(str(tmp_path / "video*"))
     assert found.ok and found.detail == str(tmp_path / "video0")
+
+
+def test_dla_cores_from_tensorrt_first(monkeypatch):
+    import types
+
+    from edgeseg.doctor import tensorrt_dla_cores
+
+    fake = types.ModuleType("tensorrt")
+
+    class Logger:
+        ERROR = 1
+
+        def __init__(self, severity):
+            pass
+
+    class Builder:
+        num_DLA_cores = 2
+
+        def __init__(self, logger):
+            pass
+
+    fake.Logger, fake.Builder = Logger, Builder
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    assert tensorrt_dla_cores() == 2
+    orin = {c.name: c for c in jetson_checks("NVIDIA Jetson AGX Orin Developer Kit", ORIN_RELEASE)}
+    assert orin["DLA cores"].detail == "2 (TensorRT's Builder.num_DLA_cores)"
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # not importable: the device files are read instead
+    assert tensorrt_dla_cores() is None
