@@ -162,6 +162,21 @@ def test_a_failed_build_is_an_error_row_and_the_rest_runs(tmp_path, reference_bu
     assert report["demo"]["status"] == "error" and not report["passed"]
 
 
+class CrashingEngine(StandInEngine):
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("[executionContext.cpp::enqueueV3] Error Code 1: Cuda Runtime (illegal memory access)")
+
+
+def test_a_crashing_engine_is_an_error_row_with_its_type(tmp_path, reference_bundles, real_data, on_an_orin,
+                                                         monkeypatch):
+    monkeypatch.setattr("edgeseg.runners.trt.TensorRTRunner", CrashingEngine)
+    cfg = quick_config(tmp_path, reference_bundles, real_data, models=("segformer-b0",), precisions=("fp16",))
+    report = run_device_check(cfg, device=ORIN_DEVICE, log=lambda line: None)
+    row = report["rows"][1]
+    assert row["status"] == "error" and row["reason"].startswith("RuntimeError: [executionContext.cpp::enqueueV3]")
+    assert report["demo"]["status"] == "error" and report["complete"] and not report["passed"]
+
+
 def test_bench_reports_and_the_readme_merge_the_device_check(tmp_path, reference_bundles, real_data, on_an_orin):
     cfg = quick_config(tmp_path, reference_bundles, real_data, models=("segformer-b0",))
     report = run_device_check(cfg, device=ORIN_DEVICE, log=lambda line: None)
@@ -210,7 +225,8 @@ def test_the_script_without_tensorrt_says_what_is_missing(tmp_path, reference_bu
                           text=True, timeout=120, cwd=tmp_path)
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 3 and len(errors) == 1, done.stderr
-    assert errors[0].startswith("device_check: error: the device check needs TensorRT") and "edgeseg doctor" in errors[0]
+    assert errors[0].startswith("device_check: error: the device check needs TensorRT")
+    assert "edgeseg doctor" in errors[0]
     assert not (tmp_path / "out.json").exists()
     helped = subprocess.run([sys.executable, str(REPO / "benchmarks" / "device_check.py"), "--help"],
                             capture_output=True, text=True, timeout=60)

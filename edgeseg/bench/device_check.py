@@ -246,8 +246,8 @@ def run_device_check(cfg: DeviceCheckConfig, device: DeviceFacts | None = None,
         "suite": {"name": "device-check", "dataset": "camvid", "split": "test", "eval_limit": len(samples),
                   "warmup": cfg.warmup, "min_seconds": cfg.min_seconds, "precisions": list(cfg.precisions),
                   "models": list(cfg.models), "thresholds": THRESHOLDS, "int8_route": route},
-        "settings": asdict(cfg), "env": env, "device": device.to_dict(), "rows": [], "checks": [], "demo": None, "gpu_tests": None,
-        "passed": False,
+        "settings": asdict(cfg), "env": env, "device": device.to_dict(), "rows": [], "checks": [], "demo": None,
+        "gpu_tests": None, "passed": False,
     }
     log(f"device check on {device.gpu.name} (compute capability {device.gpu.compute_capability}) with TensorRT "
         f"{device.tensorrt}: {', '.join(cfg.models)} at {', '.join(cfg.precisions)} (INT8 by {route}); "
@@ -255,7 +255,8 @@ def run_device_check(cfg: DeviceCheckConfig, device: DeviceFacts | None = None,
     engines: dict[tuple[str, str], Path] = {}
     for model, bundle in bundles.items():
         copy = _copy_bundle(bundle, work / bundle.name)
-        rows, built = check_model(model, copy, target, cfg.precisions, route, samples, dataset.label_set, timing, data_root, log)
+        rows, built = check_model(model, copy, target, cfg.precisions, route, samples, dataset.label_set, timing,
+                                  data_root, log)
         report["rows"] += rows
         engines.update({(model, precision): path for precision, path in built.items()})
         report["checks"] = [row["check"] for row in report["rows"] if row.get("check")]
@@ -303,8 +304,8 @@ def check_model(model: str, bundle: Path, target, precisions: tuple[str, ...], r
             engine, build = build_engine_for(bundle, target, precision, route, data_root, log)
             with open_runner(engine) as runner:
                 measured = measure_runner(runner, samples, num_classes, classes, timing)
-        except EdgesegError as exc:
-            row.update(status="error", reason=_one_line(exc))
+        except Exception as exc:  # a build or run that fails belongs to this row only; the others still run
+            row.update(status="error", reason=_reason(exc))
             check["reason"] = row["reason"]
             rows.append({**row, "check": check})
             log(f"{row_id}: error: {row['reason']}")
@@ -397,8 +398,8 @@ def run_demo_check(engine: Path | None, cfg: DeviceCheckConfig, dataset, work: P
         saved = work / "demo.mp4"
         summary = run_demo(DemoConfig(model=str(engine), source=str(source), show=False, save=str(saved),
                                       max_frames=cfg.demo_frames), log=log)
-    except EdgesegError as exc:
-        return {"status": "error", "engine": f"{engine.parent.name}/{engine.name}", "reason": _one_line(exc)}
+    except Exception as exc:  # the demo's failure is the check's result, not the end of the run
+        return {"status": "error", "engine": f"{engine.parent.name}/{engine.name}", "reason": _reason(exc)}
     keep = ("frames", "mean_fps", "latency_ms", "stage_ms", "dropped_frames", "captured", "stopped_by", "backend",
             "input_size")
     result = {"status": "ok", "engine": f"{engine.parent.name}/{engine.name}",
@@ -465,6 +466,9 @@ def device_check_passed(report: dict) -> bool:
     return rows_ok and checks_ok and demo_ok and tests_ok
 
 
-def _one_line(exc: BaseException) -> str:
+def _reason(exc: BaseException) -> str:
+    """One line: an edgeseg error's message as it is; anything else (TensorRT, pycuda) with its type."""
     text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+    if isinstance(exc, EdgesegError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
