@@ -11,14 +11,15 @@ benchmarks/results/<machine>/device-check.json (GPU, JetPack/TensorRT versions, 
 Where the ONNX comes from. Exporting needs torch, which the device does not need and often lacks; the check
 starts from build bundles made on a host (any machine with `pip install -e '.[all]'`) and copied here:
 
-    # on the host, once per model (or with --target cuda for a desktop GPU):
+    # on the host, once per model (any Jetson or GPU target: the ONNX models are the same):
     edgeseg build --model segformer-b0 --target jetson-orin-nano --out bundles/segformer-b0
     edgeseg build --model deeplabv3plus-mobilenetv2 --target jetson-orin-nano --out bundles/deeplabv3plus-mobilenetv2
     edgeseg build --model unet-mobilenetv2 --target jetson-orin-nano --out bundles/unet-mobilenetv2
     rsync -a bundles/ jetson:edgeseg/bundles/
 
-    # on the device, in a checkout of the same commit (JetPack provides TensorRT; pycuda from pip):
-    pip install -e . onnxruntime pycuda pytest
+    # on the device, in a checkout of the same commit (JetPack provides TensorRT; pycuda from pip;
+    # onnx and pytest only for the gpu tests, which build their own tiny model):
+    pip install -e . onnxruntime pycuda onnx pytest
     edgeseg doctor                                   # TensorRT, pycuda, GPU, JetPack: what is missing
     EDGESEG_DATA=~/data python benchmarks/device_check.py --bundles bundles
 

@@ -1,7 +1,8 @@
 """Small real ONNX models and a fake build bundle for the engine tests (built with onnx.helper, no torch).
 
-The model is Conv(3->2, 3x3) + Relu on 1x3x32x32, named like edgeseg's exports (input pixel_values, output
-logits), with the edgeseg metadata; the INT8 variant carries real QuantizeLinear/DequantizeLinear nodes.
+The model is Conv(3->K, 3x3) + Relu on 1x3x32x32 (K: the classes of its contract, 2 by default), named like
+edgeseg's exports (input pixel_values, output logits), with the edgeseg metadata; the INT8 variant carries real
+QuantizeLinear/DequantizeLinear nodes.
 """
 
 from __future__ import annotations

@@ -244,6 +244,15 @@ def test_int8_route_and_engine_options(tmp_path):
         DeviceCheckConfig(bundles="b", precisions=("fp32",))
 
 
+def test_the_gpu_tests_are_the_files_with_gpu_marks():
+    from edgeseg.bench.device_check import checkout_tests, gpu_test_files
+
+    assert checkout_tests() == REPO / "tests"
+    files = gpu_test_files(REPO / "tests")
+    assert REPO / "tests" / "test_trt_runner.py" in files
+    assert REPO / "tests" / "test_train.py" not in files  # it imports torch, which the device may lack
+
+
 def test_pytest_counts_and_the_verdict():
     assert pytest_counts("....\n2 passed, 1 skipped, 40 deselected in 3.12s\n") == {
         "summary": "2 passed, 1 skipped, 40 deselected in 3.12s", "passed": 2, "failed": 0, "skipped": 1,
