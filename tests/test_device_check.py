@@ -6,6 +6,7 @@ into bench's results.md and the README table. TensorRT itself runs only in the `
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -251,6 +252,19 @@ def test_the_gpu_tests_are_the_files_with_gpu_marks():
     files = gpu_test_files(REPO / "tests")
     assert REPO / "tests" / "test_trt_runner.py" in files
     assert REPO / "tests" / "test_train.py" not in files  # it imports torch, which the device may lack
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here: they run")
+def test_the_gpu_tests_run_here_and_skip_saying_why():
+    from edgeseg.bench.device_check import run_gpu_tests
+
+    lines: list[str] = []
+    result = run_gpu_tests(lines.append)
+    assert result["ran"] and result["exit_code"] == 0, result
+    assert result["skipped"] >= 1 and result["passed"] == 0 and result["failed"] == 0  # no TensorRT here
+    assert result["command"] == "python -m pytest -m gpu -q -rs tests/test_trt_runner.py"
+    assert any("needs TensorRT" in line for line in result["skip_reasons"])
+    assert lines and lines[0].startswith("gpu tests: ")
 
 
 def test_pytest_counts_and_the_verdict():
