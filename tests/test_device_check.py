@@ -95,6 +95,7 @@ def on_an_orin(monkeypatch):
     return calls
 
 
+@pytest.mark.camvid
 def test_device_check_with_the_stand_in(tmp_path, reference_bundles, real_data, on_an_orin):
     lines: list[str] = []
     cfg = quick_config(tmp_path, reference_bundles, real_data)
@@ -142,6 +143,7 @@ def test_device_check_with_the_stand_in(tmp_path, reference_bundles, real_data, 
     assert str(tmp_path) not in json.dumps({key: written[key] for key in ("rows", "demo", "checks")})
 
 
+@pytest.mark.camvid
 def test_a_failed_agreement_fails_the_check(tmp_path, reference_bundles, real_data, on_an_orin, monkeypatch):
     monkeypatch.setattr("edgeseg.runners.trt.TensorRTRunner", ConstantEngine)
     cfg = quick_config(tmp_path, reference_bundles, real_data, models=("segformer-b0",), precisions=("int8",))
@@ -151,6 +153,7 @@ def test_a_failed_agreement_fails_the_check(tmp_path, reference_bundles, real_da
     assert not report["passed"] and json.loads(Path(cfg.out).read_text())["passed"] is False
 
 
+@pytest.mark.camvid
 def test_a_failed_build_is_an_error_row_and_the_rest_runs(tmp_path, reference_bundles, real_data, monkeypatch):
     pretend_orin(monkeypatch, parse_errors=("In node 0 (parseGraph): INVALID_NODE: Unsupported op",))
     monkeypatch.setattr("edgeseg.runners.trt.TensorRTRunner", StandInEngine)
@@ -168,6 +171,7 @@ class CrashingEngine(StandInEngine):
         raise RuntimeError("[executionContext.cpp::enqueueV3] Error Code 1: Cuda Runtime (illegal memory access)")
 
 
+@pytest.mark.camvid
 def test_a_crashing_engine_is_an_error_row_with_its_type(tmp_path, reference_bundles, real_data, on_an_orin,
                                                          monkeypatch):
     monkeypatch.setattr("edgeseg.runners.trt.TensorRTRunner", CrashingEngine)
@@ -178,6 +182,7 @@ def test_a_crashing_engine_is_an_error_row_with_its_type(tmp_path, reference_bun
     assert report["demo"]["status"] == "error" and report["complete"] and not report["passed"]
 
 
+@pytest.mark.camvid
 def test_bench_reports_and_the_readme_merge_the_device_check(tmp_path, reference_bundles, real_data, on_an_orin):
     cfg = quick_config(tmp_path, reference_bundles, real_data, models=("segformer-b0",))
     report = run_device_check(cfg, device=ORIN_DEVICE, log=lambda line: None)
