@@ -124,7 +124,7 @@ def check_onnx() -> Check:
 
 
 def check_openvino() -> Check:
-    return package_check("openvino", "the OpenVINO runner (Intel CPUs and GPUs)", install_hint("openvino"))[0]
+    return package_check("openvino", "the OpenVINO runner (Intel CPUs and GPUs)")[0]
 
 
 def check_pycuda() -> Check:
