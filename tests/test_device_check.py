@@ -208,6 +208,11 @@ def test_bench_reports_and_the_readme_merge_the_device_check(tmp_path, reference
     assert "`segformer-b0/int8/trt/32x32`: from the device check" in markdown
     assert json.loads((machine_dir / "results.json").read_text())["rows"] == [bench_row]  # the record stays the bench's
 
+    (machine_dir / DEVICE_CHECK_NAME).write_text('{"schema": 1')  # broken: the bench still writes its report
+    writer.flush()
+    assert "> warning: not merged: " in (machine_dir / "results.md").read_text()
+    Path(cfg.out).write_text(json.dumps(report))
+
     assert default_result_paths(tmp_path / "results") == [machine_dir / "results.json"]
     update_readme(readme, default_result_paths(tmp_path / "results"))
     merged = readme.read_text()

@@ -11,7 +11,8 @@ import csv
 import io
 from pathlib import Path
 
-from edgeseg.manifest import atomic_path, write_json
+from edgeseg.errors import UsageError
+from edgeseg.manifest import atomic_path, read_json, write_json
 
 RESULTS_SCHEMA = 1
 JSON_NAME, CSV_NAME, MD_NAME = "results.json", "results.csv", "results.md"
@@ -101,15 +102,11 @@ def markdown_table(rows: list[dict]) -> list[str]:
 
 def read_device_check(folder: Path) -> dict | None:
     """The device check's results in `folder` (benchmarks/results/<machine>/), or None when it has none."""
-    from edgeseg.manifest import read_json
-
     path = Path(folder) / DEVICE_CHECK_NAME
     if not path.is_file():
         return None
     data = read_json(path)
     if not isinstance(data, dict) or data.get("schema") != RESULTS_SCHEMA or not isinstance(data.get("rows"), list):
-        from edgeseg.errors import UsageError
-
         raise UsageError(f"{path} is not a device check result (results schema {RESULTS_SCHEMA})")
     return data
 
@@ -196,7 +193,11 @@ class ResultsWriter:
     def markdown(self) -> str:
         """results.md: the bench's rows, then the rows of a device check in the same folder (merged)."""
         suite = self.suite
-        merged = merge_device_check({"rows": self.rows}, read_device_check(self.out_dir))
+        try:
+            merged, device_check_problem = merge_device_check({"rows": self.rows},
+                                                              read_device_check(self.out_dir)), None
+        except UsageError as exc:  # a broken device-check.json must not stop the bench that is running
+            merged, device_check_problem = {"rows": self.rows}, str(exc)
         lines = [f"# edgeseg bench: {suite.get('name')}", "",
                  f"Machine: {environment_line(self.env)}.", "",
                  f"Accuracy on {suite.get('dataset')}/{suite.get('split')}"
@@ -209,6 +210,8 @@ class ResultsWriter:
             lines += ["**Incomplete run**: rows are still running or the run was interrupted.", ""]
         for warning in self.env.get("warnings") or []:
             lines += [f"> warning: {warning}", ""]
+        if device_check_problem:
+            lines += [f"> warning: not merged: {device_check_problem}", ""]
         if merged.get("device_check"):
             check = merged["device_check"]
             device = check.get("device") or {}
