@@ -305,3 +305,25 @@ print('loaded', loaded)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert "loaded []" in done.stdout
+
+
+def test_probe_device_reads_the_host_probes(monkeypatch):
+    from edgeseg.bench.device_check import probe_device
+    from edgeseg.engine.host import HostFacts
+
+    orin = CudaDevice("Orin", "8.7", 7.4)
+    monkeypatch.setattr("edgeseg.engine.host.probe_host", lambda: HostFacts("10.3.0.30", None, orin, "aarch64"))
+    monkeypatch.setattr("edgeseg.engine.host.cuda_driver_version", lambda: "12.6")
+    monkeypatch.setattr("edgeseg.bench.env.jetson_info", lambda: {
+        "model": "NVIDIA Jetson Orin Nano Developer Kit", "power_mode": "NV Power Mode: 15W 0",
+        "l4t": "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64"})
+    monkeypatch.setattr("edgeseg.doctor.installed_jetpack", lambda: None)
+    device = probe_device()
+    assert device.to_dict() == {"tensorrt": "10.3.0.30", "cuda": "12.6", "machine": "aarch64",
+                                "gpu": {"name": "Orin", "compute_capability": "8.7", "memory_gb": 7.4},
+                                "jetson": {"model": "NVIDIA Jetson Orin Nano Developer Kit",
+                                           "power_mode": "NV Power Mode: 15W 0", "l4t": device.jetson["l4t"],
+                                           "l4t_version": "36.4.3", "jetpack": "6.2"}}
+    monkeypatch.setattr("edgeseg.engine.host.probe_host", lambda: HostFacts("10.3.0.30", None, None, "x86_64"))
+    with pytest.raises(UsageError, match="needs a CUDA GPU"):
+        probe_device()
