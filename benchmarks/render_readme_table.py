@@ -2,7 +2,8 @@
 """Regenerate the README's benchmark table from `edgeseg bench` results, between the markers
 <!-- bench-table:start --> and <!-- bench-table:end -->.
 
-    python benchmarks/render_readme_table.py                       # every benchmarks/results/*/results.json
+    python benchmarks/render_readme_table.py                       # every benchmarks/results/*/results.json,
+                                                                   # its device-check.json merged in
     python benchmarks/render_readme_table.py benchmarks/results/cpu-xeon-8c/results.json
     python benchmarks/render_readme_table.py --check               # exit 1 if the README is out of date (CI)
 """
@@ -16,18 +17,19 @@ from pathlib import Path
 CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))  # runs from a checkout without installing edgeseg
 
-from edgeseg.bench.readme import update_readme  # noqa: E402
+from edgeseg.bench.readme import default_result_paths, update_readme  # noqa: E402
 from edgeseg.errors import EdgesegError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", nargs="*", type=Path, help="results.json files (default: all under "
-                                                               "benchmarks/results)")
+    parser.add_argument("results", nargs="*", type=Path, help="results.json or device-check.json files (default: "
+                                                               "all under benchmarks/results)")
     parser.add_argument("--readme", type=Path, default=CHECKOUT / "README.md")
     parser.add_argument("--check", action="store_true", help="do not write; exit 1 when the README is out of date")
     args = parser.parse_args(argv)
-    results = args.results or sorted((CHECKOUT / "benchmarks" / "results").glob("*/results.json"))
+    # each machine's results.json (with its device-check.json merged in), or its device-check.json alone
+    results = args.results or default_result_paths(CHECKOUT / "benchmarks" / "results")
     try:
         changed = update_readme(args.readme, results, check=args.check)
     except EdgesegError as exc:

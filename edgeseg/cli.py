@@ -505,6 +505,34 @@ def engine_sidecar(engine: Path = typer.Argument(..., help="the engine build_eng
     record_kit_engine(engine, log=_plain_log)
 
 
+@app.command("doctor")
+def doctor_command(json_out: bool = typer.Option(False, "--json", help="print the report as JSON instead of tables")):
+    """What this machine can do: packages, ONNX Runtime providers, TensorRT, GPU, Jetson, OpenCV, cameras."""
+    import json
+
+    from edgeseg.doctor import doctor_report
+
+    report = doctor_report()
+    if json_out:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title="edgeseg doctor: this machine")
+    for column in ("check", "status", "found", "needed for", "to get it"):
+        table.add_column(column, overflow="fold")
+    style = {"ok": "green", "partial": "yellow", "missing": "red", "broken": "red", "n/a": "dim"}
+    for check in report["checks"]:
+        table.add_row(check["name"], check["status"], check["detail"], check["needed_for"], check["hint"] or "",
+                      style=style.get(check["status"]))
+    console.print(table, markup=False, highlight=False)
+    stages = Table(title="stage by stage")
+    for column in ("stage", "here", "missing"):
+        stages.add_column(column, overflow="fold")
+    for stage in report["stages"]:
+        stages.add_row(stage["stage"], "yes" if stage["can"] else "no", ", ".join(stage["missing"]),
+                       style=None if stage["can"] else "dim")
+    console.print(stages, markup=False, highlight=False)
+
+
 def _click_exception_types() -> tuple[tuple, tuple, tuple]:
     """(Exit, ClickException, Abort) classes. Typer up to 0.2x raises click's own; later typer raises those of
     a vendored copy (typer._click) that are not click's, so both must be caught."""

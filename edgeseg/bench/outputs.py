@@ -11,10 +11,13 @@ import csv
 import io
 from pathlib import Path
 
-from edgeseg.manifest import atomic_path, write_json
+from edgeseg.errors import UsageError
+from edgeseg.manifest import atomic_path, read_json, write_json
 
 RESULTS_SCHEMA = 1
 JSON_NAME, CSV_NAME, MD_NAME = "results.json", "results.csv", "results.md"
+# benchmarks/device_check.py's result: a results file (same schema and row shape) beside results.json
+DEVICE_CHECK_NAME = "device-check.json"
 
 # (column, how to read it from a row); the CSV has them all, Markdown and the terminal a readable subset.
 CSV_COLUMNS = (
@@ -97,10 +100,40 @@ def markdown_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def read_device_check(folder: Path) -> dict | None:
+    """The device check's results in `folder` (benchmarks/results/<machine>/), or None when it has none."""
+    path = Path(folder) / DEVICE_CHECK_NAME
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("schema") != RESULTS_SCHEMA or not isinstance(data.get("rows"), list):
+        raise UsageError(f"{path} is not a device check result (results schema {RESULTS_SCHEMA})")
+    return data
+
+
+def merge_device_check(results: dict, device_check: dict | None) -> dict:
+    """A results dict with the device check's measured rows added after the bench's own (a row id the bench
+    measured itself stays the bench's). Merged rows carry source = device-check.json, which the notes name."""
+    if not device_check:
+        return results
+    own = {row["id"] for row in results["rows"]}
+    extra = [{**row, "source": DEVICE_CHECK_NAME} for row in device_check["rows"]
+             if row["id"] not in own and row.get("status") == "ok"]
+    return {**results, "rows": results["rows"] + extra,
+            "device_check": {"created": device_check.get("created"), "passed": device_check.get("passed"),
+                             "device": device_check.get("device"), "rows": len(extra)}}
+
+
 def row_notes(rows: list[dict]) -> list[str]:
     """Why rows did not run, and what a row's figures mean beyond the table (batch-1-only throughput, noise)."""
     notes = []
     for row in rows:
+        if row.get("source") == DEVICE_CHECK_NAME:
+            check = row.get("check") or {}
+            notes.append(f"- `{row['id']}`: from the device check ({DEVICE_CHECK_NAME}, "
+                         f"benchmarks/device_check.py): batch 1, accuracy on {row['accuracy'].get('images')} images"
+                         + (f", pixel agreement with ONNX Runtime FP32 {check['value']:.4f} (needs "
+                            f"{check['threshold']})" if check.get("value") is not None else ""))
         if row["status"] != "ok":
             notes.append(f"- `{row['id']}`: {row['status']}: {row.get('reason')}")
         elif row.get("throughput_note"):
@@ -158,7 +191,13 @@ class ResultsWriter:
         _write_text(self.out_dir / MD_NAME, self.markdown())
 
     def markdown(self) -> str:
+        """results.md: the bench's rows, then the rows of a device check in the same folder (merged)."""
         suite = self.suite
+        try:
+            merged, device_check_problem = merge_device_check({"rows": self.rows},
+                                                              read_device_check(self.out_dir)), None
+        except UsageError as exc:  # a broken device-check.json must not stop the bench that is running
+            merged, device_check_problem = {"rows": self.rows}, str(exc)
         lines = [f"# edgeseg bench: {suite.get('name')}", "",
                  f"Machine: {environment_line(self.env)}.", "",
                  f"Accuracy on {suite.get('dataset')}/{suite.get('split')}"
@@ -171,8 +210,16 @@ class ResultsWriter:
             lines += ["**Incomplete run**: rows are still running or the run was interrupted.", ""]
         for warning in self.env.get("warnings") or []:
             lines += [f"> warning: {warning}", ""]
-        lines += markdown_table(self.rows)
-        notes = row_notes(self.rows)
+        if device_check_problem:
+            lines += [f"> warning: not merged: {device_check_problem}", ""]
+        if merged.get("device_check"):
+            check = merged["device_check"]
+            device = check.get("device") or {}
+            lines += [f"With the device check of {str(check.get('created'))[:10]} "
+                      f"({'passed' if check.get('passed') else 'FAILED'}; TensorRT {device.get('tensorrt')} on "
+                      f"{(device.get('gpu') or {}).get('name')}): {check['rows']} more rows, marked in the notes.", ""]
+        lines += markdown_table(merged["rows"])
+        notes = row_notes(merged["rows"])
         if notes:
             lines += ["", "Notes:", "", *notes]
         return "\n".join(lines) + "\n"

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeseg.bench.outputs import RESULTS_SCHEMA, environment_line, markdown_table, row_notes
+from edgeseg.bench.outputs import (DEVICE_CHECK_NAME, RESULTS_SCHEMA, environment_line, markdown_table,
+                                   merge_device_check, read_device_check, row_notes)
 from edgeseg.errors import UsageError
 from edgeseg.manifest import atomic_path, read_json
 
@@ -63,7 +64,7 @@ def update_readme(readme: str | Path, result_paths: list[str | Path], check: boo
     if text is None:
         raise UsageError(f"{readme} does not exist")
     # Name the sources relative to the README, so the generated text does not depend on where the checkout lives.
-    body = render_tables([(_relative_to(path, readme.parent), read_results(path)) for path in result_paths])
+    body = render_tables([merged_source(path, readme.parent) for path in result_paths])
     updated = replace_between_markers(text, body, str(readme))
     if updated == text:
         return False
@@ -71,6 +72,29 @@ def update_readme(readme: str | Path, result_paths: list[str | Path], check: boo
         with atomic_path(readme) as tmp:
             tmp.write_text(updated)
     return True
+
+
+def merged_source(path: str | Path, folder: Path) -> tuple[str, dict]:
+    """(name, results) of a results file, with the device check beside it merged in; a device-check.json given
+    by itself (a machine with no bench run) is a results file of its own."""
+    data, name = read_results(path), _relative_to(path, folder)
+    if Path(path).name != DEVICE_CHECK_NAME:
+        device_check = read_device_check(Path(path).parent)
+        if device_check is not None:
+            data = merge_device_check(data, device_check)
+            name += f" + {DEVICE_CHECK_NAME}"
+    return name, data
+
+
+def default_result_paths(results_dir: Path) -> list[Path]:
+    """Every machine's results.json under benchmarks/results/, and the device-check.json of machines without one."""
+    paths = []
+    for folder in sorted(path for path in Path(results_dir).iterdir() if path.is_dir()):
+        if (folder / "results.json").is_file():
+            paths.append(folder / "results.json")
+        elif (folder / DEVICE_CHECK_NAME).is_file():
+            paths.append(folder / DEVICE_CHECK_NAME)
+    return paths
 
 
 def _relative_to(path: str | Path, folder: Path) -> str:
