@@ -14,6 +14,7 @@ from rich.table import Table
 
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError, UsageError
+from edgeseg.sizes import parse_size
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Take a trained segmentation model to a fast, verified deployment (Jetson, GPU, CPU).")
@@ -28,18 +29,6 @@ SIZE_HELP = "input size HEIGHTxWIDTH, e.g. 360x480 (default: the model's own)"
 def _plain_log(line: str) -> None:
     # Build logs carry TensorRT's own text and names like edgeseg[trt]: print them as they are, not as markup.
     console.print(line, markup=False, highlight=False)
-
-
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"size {text!r} is not HEIGHTxWIDTH, e.g. 360x480") from None
-    if height < 32 or width < 32:
-        raise UsageError(f"size {text!r} is too small; both sides must be at least 32")
-    return height, width
 
 
 def _version_callback(value: bool):
