@@ -68,7 +68,7 @@ class TrainConfig:
             raise UsageError("--lr must be positive")
         low, high = self.scale_range
         if not 0 < low <= high:
-            raise UsageError("--scale-range must be two positive numbers, low <= high")
+            raise UsageError("--scale-min and --scale-max must be positive, --scale-min <= --scale-max")
 
 
 def _pick_device(requested: str) -> str:
