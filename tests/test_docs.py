@@ -63,3 +63,23 @@ def test_readme_pruning_table_matches_the_committed_results():
     for path in paths:
         result = json.loads(path.read_text())["result"]
         assert _prune_row(result) in table, path.name
+
+
+def test_readme_walk_through_writes_only_where_git_ignores():
+    """Following the walk-through must leave the checkout's committed files as they are: every file it writes (an
+    --out, a --save, calib's default under calibration/) goes under out/ or bundles/, which .gitignore lists."""
+    import shlex
+
+    block = _section(README.read_text(), "A walk through the pipeline").split("```")[1]
+    commands = [shlex.split(line.split("#")[0]) for line in block.replace("\\\n", " ").splitlines()
+                if line.startswith("edgeseg ")]
+    assert [command[1] for command in commands][:5] == ["eval", "export", "calib", "quantize", "build"]
+    ignored = [line.strip() for line in (REPO / ".gitignore").read_text().splitlines()]
+    assert "/out/" in ignored and "/bundles/" in ignored
+    for command in commands:
+        if command[1] == "calib":
+            assert "--out" in command, "edgeseg calib without --out writes under calibration/, which is committed"
+        for option in ("--out", "--save"):
+            if option in command:
+                written = command[command.index(option) + 1]
+                assert written.split("/")[0] in ("out", "bundles"), (command, written)
