@@ -137,7 +137,8 @@ def train(cfg: TrainConfig) -> Path:
     device = _pick_device(cfg.device)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path, state_path = out_dir / "last.safetensors", out_dir / "best.safetensors", out_dir / "last.state.pt"
+    last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
+    state_path = out_dir / "last.state.pt"
     resuming = cfg.resume and last_path.is_file() and state_path.is_file()
     if cfg.resume and not resuming:
         print(f"no resumable run in {out_dir}; starting from {cfg.weights}")

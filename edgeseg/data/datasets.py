@@ -156,7 +156,8 @@ def drive_of(image: Path) -> str:
 
 
 def cityscapes(root: Path, split: str) -> SegmentationDataset:
-    """Cityscapes: leftImg8bit/<split>/<city>/*_leftImg8bit.png with gtFine/<split>/<city>/*_gtFine_labelTrainIds.png."""
+    """Cityscapes: leftImg8bit/<split>/<city>/*_leftImg8bit.png with
+    gtFine/<split>/<city>/*_gtFine_labelTrainIds.png."""
     _check_split(split)
     base = _dataset_dir(root, "cityscapes")
     image_root = base / "leftImg8bit" / split
