@@ -32,16 +32,17 @@ TOP_LEVEL_COMMANDS = {"models", "eval", "train", "export", "calib", "quantize", 
 
 
 def help_command_names(help_text: str) -> list[str]:
-    """The command names in the Commands panel of a Typer/rich `--help`, in order: the first word of every row
-    whose first column is filled (a wrapped description continues on a row with that column blank)."""
+    """The command names in the Commands section of `--help`, in order: the first word of every row whose first
+    column is filled (a wrapped description continues on a row with that column blank). Reads Typer's rich panel
+    (`╭─ Commands ─`, rows `│ name  text │`) and click's plain layout (`Commands:`, rows `  name  text`)."""
     names, inside = [], False
     for line in help_text.splitlines():
-        if "─ Commands ─" in line:
+        if "─ Commands ─" in line or line.strip() == "Commands:":
             inside = True
-        elif inside and line.startswith("╰"):
+        elif inside and (line.startswith("╰") or not line.strip()):
             break
         elif inside:
-            row = line.strip().strip("│")
+            row = line.strip().strip("│") if line.startswith("│") else line[1:]
             if len(row) > 1 and row[0] == " " and row[1] != " ":
                 names.append(row.split()[0])
     return names
