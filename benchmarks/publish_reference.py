@@ -43,7 +43,8 @@ def render_checkpoint_table(results: dict) -> str:
             f"| `{name}` | {entry['test_miou']:.4f} | {entry['test_pixel_accuracy']:.4f} | "
             f"{entry['val_miou']:.4f} | {_epochs(entry)} | {entry['train_hours_cpu']} | "
             f"{entry['bytes'] / 1e6:.1f} MB | {recipe['loss']}, AdamW {recipe['lr']}, batch {recipe['batch_size']}, "
-            f"crop {'x'.join(map(str, recipe['crop_size']))}, scale {recipe['scale_range'][0]}-{recipe['scale_range'][1]}"
+            f"crop {'x'.join(map(str, recipe['crop_size']))}, "
+            f"scale {recipe['scale_range'][0]}-{recipe['scale_range'][1]}"
             f"{_distillation(recipe)} |")
     classes = list(next(iter(results["checkpoints"].values()))["per_class_iou"])
     lines += ["", "Per-class test IoU:", "",
@@ -112,7 +113,8 @@ def main() -> None:
     parser.add_argument("--note", default="")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--previous-run", type=Path, action="append", default=[],
-                        help="a run this one continued from (its best checkpoint was --weights); repeatable, oldest first")
+                        help="a run this one continued from (its best checkpoint was --weights); repeatable, "
+                             "oldest first")
     parser.add_argument("--allow-worse-val", action="store_true",
                         help="publish even if the run validates worse than the bundled reference")
     args = parser.parse_args()

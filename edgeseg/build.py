@@ -95,7 +95,8 @@ def build(cfg: BuildConfig, log=print) -> Path:
         log(f"      parity with torch: argmax agreement {export.manifest['checks']['parity']['argmax_agreement']:.4%}")
         log(f"[{next(step)}/{steps}] FP16 graph (LayerNorm, Softmax and reductions kept in FP32)")
         convert_fp16(export.path, work_dir / PRECISION_FILES["fp16"])
-        log(f"[{next(step)}/{steps}] calibration set: {cfg.calib_count} {cfg.calib_strategy} images from {cfg.calib_split}")
+        log(f"[{next(step)}/{steps}] calibration set: {cfg.calib_count} {cfg.calib_strategy} images "
+            f"from {cfg.calib_split}")
         preprocessing = loaded.preprocessing.with_size(cfg.size) if cfg.size else loaded.preprocessing
         calibration = make_calibration_set(
             preprocessing, CalibConfig(dataset=cfg.dataset, split=cfg.calib_split, data_root=cfg.data_root,

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError, UsageError
+from edgeseg.sizes import parse_size
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Take a trained segmentation model to a fast, verified deployment (Jetson, GPU, CPU).")
@@ -28,18 +29,6 @@ SIZE_HELP = "input size HEIGHTxWIDTH, e.g. 360x480 (default: the model's own)"
 def _plain_log(line: str) -> None:
     # Build logs carry TensorRT's own text and names like edgeseg[trt]: print them as they are, not as markup.
     console.print(line, markup=False, highlight=False)
-
-
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"size {text!r} is not HEIGHTxWIDTH, e.g. 360x480") from None
-    if height < 32 or width < 32:
-        raise UsageError(f"size {text!r} is too small; both sides must be at least 32")
-    return height, width
 
 
 def _version_callback(value: bool):
@@ -122,7 +111,8 @@ def train(
     crop: str = typer.Option("256x320", help="training crop HEIGHTxWIDTH"),
     scale_min: float = typer.Option(0.75, help="smallest random scale"),
     scale_max: float = typer.Option(1.5, help="largest random scale"),
-    loss: str = typer.Option("weighted-ce", help="ce, weighted-ce (ENet class weights), ohem, weighted-ohem or dice (+ce)"),
+    loss: str = typer.Option("weighted-ce",
+                             help="ce, weighted-ce (ENet class weights), ohem, weighted-ohem or dice (+ce)"),
     eval_every: int = typer.Option(5, help="evaluate on val every N epochs (0: only at the end)"),
     seed: int = typer.Option(0),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch"),
@@ -264,7 +254,8 @@ def build(
     model: str = typer.Option(..., "--model", "-m", help="zoo model name"),
     target: str = typer.Option("cpu", help="deployment target (see 'edgeseg targets'), e.g. cpu, jetson-orin"),
     weights: Optional[str] = typer.Option(None, help="weights spec (default: the bundled CamVid checkpoint)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="bundle directory (default: bundles/<model>-<target>)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="bundle directory (default: bundles/<model>-<target>)"),
     size: Optional[str] = typer.Option(None, help=SIZE_HELP),
     data: str = typer.Option("camvid"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),

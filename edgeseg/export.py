@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import DataError, EdgesegError, UsageError
-from edgeseg.manifest import Artifact, atomic_path, input_record, sha256_file, stage_manifest, write_json
+from edgeseg.manifest import Artifact, atomic_path, sha256_file, stage_manifest, write_json
 from edgeseg.runners.ort import METADATA_OUTPUT, METADATA_PREPROCESSING
 from edgeseg.zoo.contract import Preprocessing
 from edgeseg.zoo.weights import LoadedModel

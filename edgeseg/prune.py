@@ -5,8 +5,8 @@ every coupled layer consistent: Torch-Pruning traces the autograd graph once and
 lose the same channels (a conv's outputs, its BatchNorm, the next convs' inputs, both sides of a residual add or
 a concat). Channel counts are rounded to multiples of `round_to` (default 8) so tensor cores and SIMD kernels
 stay efficient; Torch-Pruning rounds the kept count *down*, so narrow layers lose more than the ratio (32 channels
-at 0.3 keep 16) and iterative steps compound it: the report gives the GFLOPs actually removed. The classifier (the layer(s) producing the num_classes logits) keeps its outputs; its inputs
-follow the layer before it.
+at 0.3 keep 16) and iterative steps compound it: the report gives the GFLOPs actually removed. The classifier
+(the layer(s) producing the num_classes logits) keeps its outputs; its inputs follow the layer before it.
 
 CNNs (torchvision FCN/DeepLabV3/LR-ASPP, smp U-Net/DeepLabV3+, edgeseg's fcn-resnet18) need nothing special.
 
@@ -252,7 +252,7 @@ def find_classifiers(graph, model, num_classes: int, model_name: str) -> list[st
     prunable = _prunable_types()
     names = {module: name for name, module in model.named_modules()}
     found: list[str] = []
-    for module, name in names.items():
+    for module in names:
         if not isinstance(module, prunable) or module not in graph.module2node:
             continue
         if graph.get_out_channels(module) != num_classes:

@@ -68,7 +68,7 @@ class TrainConfig:
             raise UsageError("--lr must be positive")
         low, high = self.scale_range
         if not 0 < low <= high:
-            raise UsageError("--scale-range must be two positive numbers, low <= high")
+            raise UsageError("--scale-min and --scale-max must be positive, --scale-min <= --scale-max")
 
 
 def _pick_device(requested: str) -> str:
@@ -137,7 +137,8 @@ def train(cfg: TrainConfig) -> Path:
     device = _pick_device(cfg.device)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path, state_path = out_dir / "last.safetensors", out_dir / "best.safetensors", out_dir / "last.state.pt"
+    last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
+    state_path = out_dir / "last.state.pt"
     resuming = cfg.resume and last_path.is_file() and state_path.is_file()
     if cfg.resume and not resuming:
         print(f"no resumable run in {out_dir}; starting from {cfg.weights}")

@@ -1,10 +1,12 @@
 """The command line as a user meets it: help, the zoo table, and one clear line for each bad input."""
 
+import re
 import subprocess
 import sys
 
 import cv2
 import numpy as np
+import pytest
 
 from edgeseg.cli import main
 
@@ -27,11 +29,32 @@ def assert_one_line_error(code, err, pattern):
     assert lines[0].startswith("edgeseg: error:") and pattern in lines[0], lines[0]
 
 
+TOP_LEVEL_COMMANDS = {"models", "eval", "train", "export", "calib", "quantize", "build", "demo", "bench", "prune",
+                      "targets", "data", "engine"}
+
+
+def help_command_names(help_text: str) -> list[str]:
+    """The command names in the Commands section of `--help`, in order: the first word of every row whose first
+    column is filled (a wrapped description continues on a row with that column blank). Reads Typer's rich panel
+    (`╭─ Commands ─`, rows `│ name  text │`) and click's plain layout (`Commands:`, rows `  name  text`)."""
+    names, inside = [], False
+    for line in help_text.splitlines():
+        if "─ Commands ─" in line or line.strip() == "Commands:":
+            inside = True
+        elif inside and (line.startswith("╰") or not line.strip()):
+            break
+        elif inside:
+            row = line.strip().strip("│") if line.startswith("│") else line[1:]
+            if len(row) > 1 and row[0] == " " and row[1] != " ":
+                names.append(row.split()[0])
+    return names
+
+
 def test_help_lists_commands():
     result = subprocess.run([sys.executable, "-m", "edgeseg", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    for command in ("models", "eval", "train", "data"):
-        assert command in result.stdout
+    names = help_command_names(result.stdout)
+    assert len(names) == len(set(names)) and set(names) == TOP_LEVEL_COMMANDS, result.stdout
 
 
 def test_models_prints_the_zoo_table(capsys):
@@ -140,14 +163,17 @@ def test_bad_size_and_missing_weights_file(capsys, tiny_camvid):
     assert_one_line_error(code, err, "no such file")
 
 
-def test_eval_writes_json_report(capsys, tiny_camvid, tmp_path):
+def test_eval_writes_json_report(capsys, toy_checkpoint, tmp_path):
     import json
 
-    code, out, _ = run_cli(["eval", "--model", "fcn-resnet18", "--weights", "random", "--data-root", str(tiny_camvid),
+    data, checkpoint = toy_checkpoint  # trained a little: IoUs that differ from class to class
+    code, out, _ = run_cli(["eval", "--model", "fcn-resnet18", "--weights", str(checkpoint), "--data-root", str(data),
                             "--json", str(tmp_path / "r.json")], capsys)
     assert code == 0
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["images"] == 4 and 0 <= report["miou"] <= 1
+    scored = [iou for iou in report["per_class_iou"].values() if iou is not None]
+    assert report["images"] == 8 and len(set(scored)) > 1
+    assert report["miou"] == pytest.approx(sum(scored) / len(scored))  # classes seen nowhere are left out
     assert set(report["per_class_iou"]) == {"Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol",
                                             "Fence", "Car", "Pedestrian", "Bicyclist"}
-    assert "mIoU" in out
+    assert re.search(rf"mIoU\W+{report['miou']:.4f}", out), out  # the table shows what the report holds

@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from tests.test_cli import run_cli
+from tests.test_cli import help_command_names, run_cli
 from edgeseg.engine.build import EngineBuildError
 from edgeseg.engine.bundle import (KIT_FILES, build_bundle, build_options, choose_onnx, finish_for_target,
                                    load_kit_target, options_from_plan, plan_changes, read_kit_plan)
@@ -346,8 +346,7 @@ def test_engine_build_of_an_unprepared_folder(bundle, capsys):
 def test_engine_commands_are_listed(capsys):
     code, out, _ = run_cli(["engine", "--help"], capsys)
     assert code == 0
-    for command in ("build", "check", "sidecar"):
-        assert command in out
+    assert help_command_names(out) == ["build", "check", "sidecar"], out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -193,8 +193,13 @@ def test_prune_command_writes_a_sparse_checkpoint_that_reloads_and_fine_tunes(tm
     sidecar = json.loads(out.with_name(out.name + ".json").read_text())
     metrics = sidecar["metrics"]
     assert sidecar["sparsity"] == "2:4" and sidecar["spec"]["sparsity"] == "2:4"
-    assert metrics["gflops_reduction"] > 0.3 and metrics["latency_after_ms"] > 0
-    assert -1 < metrics["latency_reduction"] < 1 and metrics["sparsity_2to4_fraction"] == 1.0
+    assert metrics["gflops_reduction"] > 0.3 and metrics["latency_before_ms"] > 0 and metrics["latency_after_ms"] > 0
+    # Timing on a shared CPU can go either way for a 64x64 input, so the sign is not asserted; the fraction must be
+    # the one the two p50s give, and the p50s the ones the two latency records hold.
+    assert metrics["latency_reduction"] == pytest.approx(1 - metrics["latency_after_ms"] / metrics["latency_before_ms"])
+    assert metrics["latency_before_ms"] == metrics["latency_before"]["p50_ms"]
+    assert metrics["latency_after_ms"] == metrics["latency_after"]["p50_ms"]
+    assert metrics["sparsity_2to4_fraction"] == 1.0
     assert {"miou_before", "miou_pruned", "miou_drop"} <= set(metrics)
     reloaded = load_model("fcn-resnet18", str(out))
     assert check_2to4(reloaded.model, skip=metrics["classifier_layers"]) == 1.0

@@ -22,7 +22,7 @@ def _bundled(name):
 
 
 @pytest.mark.parametrize("name", REFERENCES)
-def test_bundled_checkpoint_is_small_fp16_and_documented(name):
+def test_bundled_checkpoint_is_small_fp16_and_its_published_result(name):
     path = _bundled(name)
     sidecar = read_checkpoint_sidecar(path)
     assert sidecar["dtype"] == "float16" and sidecar["label_set"] == "camvid"
@@ -30,7 +30,7 @@ def test_bundled_checkpoint_is_small_fp16_and_documented(name):
     assert sidecar["recipe"]["loss"] and sidecar["recipe"]["epochs"]
     published = json.loads(RESULTS.read_text())["checkpoints"][name]
     assert published["test_miou"] == pytest.approx(sidecar["metrics"]["camvid_test"]["miou"])
-    assert f"| `{name}` | {published['test_miou']:.4f}" in (REPO / "README.md").read_text()
+    # What the README shows of it: test_readme_checkpoint_table_is_the_rendered_results (marker `docs`).
 
 
 def test_bundled_checkpoints_stay_within_the_size_budget():
@@ -76,6 +76,7 @@ def _publish_module():
     return module
 
 
+@pytest.mark.docs
 def test_readme_checkpoint_table_is_the_rendered_results():
     publish = _publish_module()
     results = json.loads(RESULTS.read_text())
@@ -99,6 +100,7 @@ def test_checkpoint_table_names_stages_and_distillation():
     assert "distilled" not in publish.render_checkpoint_table({"checkpoints": {"segformer-b0": entry}})
 
 
+@pytest.mark.docs
 def test_readme_per_drive_table_matches_its_results():
     results = json.loads((REPO / "benchmarks" / "results" / "camvid_by_drive.json").read_text())["models"]
     readme = (REPO / "README.md").read_text()

@@ -64,7 +64,7 @@ def test_schedule_warms_up_then_decays_to_zero():
 def test_bad_settings_are_refused():
     with pytest.raises(UsageError, match="epochs"):
         TrainConfig(model="fcn-resnet18", out_dir="x", epochs=0)
-    with pytest.raises(UsageError, match="scale-range"):
+    with pytest.raises(UsageError, match="--scale-min and --scale-max must be positive"):
         TrainConfig(model="fcn-resnet18", out_dir="x", scale_range=(1.5, 0.5))
 
 

@@ -81,7 +81,7 @@ def summary_cells(row: dict, columns=SUMMARY_COLUMNS) -> list[str]:
     """The row's Markdown/terminal cells; a row that did not run shows its status in the number columns."""
     flat = flat_row(row)
     cells = []
-    for header, column, fmt in columns:
+    for _header, column, fmt in columns:
         value = flat[column]
         if column == "fps_batch_n" and value is not None:
             cells.append(f"{value:.1f} (b={flat['batch']})")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.errors import UsageError
+from edgeseg.sizes import parse_size
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # torch runs on the CPU (the accuracy reference); torch-cuda, ort-cuda and trt need an NVIDIA GPU.
@@ -90,14 +91,6 @@ _SUITE_KEYS = {f.name for f in dataclasses.fields(Suite)}
 _MODEL_KEYS = {"name", "weights", "path", "label", "reference"}
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(part) for part in str(text).lower().split("x"))
-    except ValueError:
-        raise UsageError(f"size {text!r} is not HEIGHTxWIDTH, e.g. 360x480") from None
-    if height < 32 or width < 32:
-        raise UsageError(f"size {text!r} is too small; both sides must be at least 32")
-    return height, width
 
 
 def split_list(values) -> tuple[str, ...]:

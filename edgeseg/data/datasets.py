@@ -102,10 +102,10 @@ class SegmentationDataset:
 
 
 def resolve_data_root(data: str | os.PathLike | None) -> Path:
-    """--data, else $EDGESEG_DATA, else the user cache (~/.cache/edgeseg) where `edgeseg data fetch` puts data."""
+    """--data-root, else $EDGESEG_DATA, else the user cache (~/.cache/edgeseg) where `edgeseg data fetch` puts data."""
     if data:
         root = Path(data).expanduser()
-        source = "--data"
+        source = "--data-root"
     elif os.environ.get("EDGESEG_DATA"):
         root = Path(os.environ["EDGESEG_DATA"]).expanduser()
         source = "EDGESEG_DATA"
@@ -114,7 +114,7 @@ def resolve_data_root(data: str | os.PathLike | None) -> Path:
         source = "the default cache"
     if not root.is_dir():
         raise DataError(f"data directory {root} (from {source}) does not exist; "
-                        f"set EDGESEG_DATA or --data, or run 'edgeseg data fetch camvid'")
+                        f"set EDGESEG_DATA or --data-root, or run 'edgeseg data fetch camvid'")
     return root
 
 
@@ -156,7 +156,8 @@ def drive_of(image: Path) -> str:
 
 
 def cityscapes(root: Path, split: str) -> SegmentationDataset:
-    """Cityscapes: leftImg8bit/<split>/<city>/*_leftImg8bit.png with gtFine/<split>/<city>/*_gtFine_labelTrainIds.png."""
+    """Cityscapes: leftImg8bit/<split>/<city>/*_leftImg8bit.png with
+    gtFine/<split>/<city>/*_gtFine_labelTrainIds.png."""
     _check_split(split)
     base = _dataset_dir(root, "cityscapes")
     image_root = base / "leftImg8bit" / split

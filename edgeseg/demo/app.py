@@ -50,7 +50,7 @@ class DemoConfig:
             raise UsageError("--max-frames must be at least 1")
         if self.threads is not None and self.threads < 1:
             raise UsageError("--threads must be at least 1")
-        self.backoff  # validates the reconnect settings
+        _ = self.backoff  # validates the reconnect settings
 
     @property
     def backoff(self) -> Backoff:

@@ -28,6 +28,7 @@ from edgeseg.engine.sidecar import sidecar_path
 from edgeseg.errors import UsageError
 from edgeseg.lazy import lazy_import
 from edgeseg.manifest import atomic_path, read_json, write_json
+from edgeseg.sizes import parse_size
 from edgeseg.target_registry import (Target, installed_tensorrt, probe_cuda_device, read_target_toml,
                                      target_from_device)
 
@@ -94,7 +95,7 @@ def build_options(precision: str, choice: OnnxChoice, target: Target, settings: 
     facts = choice.facts
     shape = settings.get("shape")
     if isinstance(shape, str):
-        shape = StaticShape(*_parse_size(shape))
+        shape = StaticShape(*parse_size(shape))
     channels = facts.input_shape[1] if len(facts.input_shape) == 4 and isinstance(facts.input_shape[1], int) else 3
     if facts.static_input and len(facts.input_shape) == 4:
         batch, _, height, width = facts.input_shape
@@ -200,14 +201,6 @@ def _relative_option(value: str | os.PathLike, key: str) -> str:
     if path.is_absolute() or ".." in path.parts:
         raise UsageError(f"{key} {value} must be a path inside the bundle, relative to it, so the bundle can move")
     return str(path)
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"shape {text!r} is not HEIGHTxWIDTH, e.g. 360x480") from None
-    return height, width
 
 
 def build_in_bundle(bundle: Path, plan: BuildPlan, data_root: str | os.PathLike | None,
