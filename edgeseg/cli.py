@@ -505,6 +505,48 @@ def engine_sidecar(engine: Path = typer.Argument(..., help="the engine build_eng
     record_kit_engine(engine, log=_plain_log)
 
 
+card_app = typer.Typer(no_args_is_help=True, help="Model cards: what edgeseg needs to know about a foreign model.")
+app.add_typer(card_app, name="card")
+
+
+@card_app.command("init")
+def card_init(
+    onnx_model: Path = typer.Argument(..., help="a foreign .onnx model"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="card to write (default: <model>.card.toml)"),
+    size: Optional[str] = typer.Option(None, help="input size HEIGHTxWIDTH for a graph with dynamic height/width"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing card"),
+):
+    """Write a commented model card template filled in from the graph (input size, outputs, class count)."""
+    from edgeseg.card import init_card_text
+    from edgeseg.manifest import atomic_path
+
+    if not onnx_model.is_file():
+        raise UsageError(f"{onnx_model} does not exist")
+    out = out or onnx_model.with_name(onnx_model.stem + ".card.toml")
+    if out.exists() and not force:
+        raise UsageError(f"{out} exists; edit it, or pass --force to write a fresh template")
+    text = init_card_text(onnx_model, parse_size(size))
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+    _plain_log(f"wrote {out}: edit the lines marked EDIT, then pass it as --card {out}")
+
+
+@card_app.command("show")
+def card_show(
+    model: str = typer.Argument(..., help="zoo name, .onnx, bundle, .engine, Hugging Face directory or module:factory"),
+    card: Optional[Path] = typer.Option(None, help="model card for a foreign model (checked against the graph)"),
+):
+    """Print the contract of a model (as a model card): classes, normalisation, input size, output."""
+    from edgeseg.card import card_from_preprocessing, card_toml
+    from edgeseg.model_source import contract_of, load_card_option, resolve_source
+
+    source = resolve_source(model)
+    loaded_card = load_card_option(card)
+    preprocessing, output, origin = contract_of(source, loaded_card)
+    print(f"# contract of {model} ({source.kind}), from {origin}")
+    print(card_toml(loaded_card or card_from_preprocessing(preprocessing, output=output, name=source.name)), end="")
+
+
 def _click_exception_types() -> tuple[tuple, tuple, tuple]:
     """(Exit, ClickException, Abort) classes. Typer up to 0.2x raises click's own; later typer raises those of
     a vendored copy (typer._click) that are not click's, so both must be caught."""
