@@ -119,7 +119,7 @@ def make_calibration_set(preprocessing: Preprocessing, cfg: CalibConfig, out_pat
         source = {"images_dir": str(root)}
     else:
         root = resolve_data_root(cfg.data_root)
-        dataset = open_dataset(cfg.dataset, cfg.split, root)
+        dataset = open_dataset(cfg.dataset, cfg.split, root, label_set=preprocessing, check_classes=False)
         paths = [sample.image for sample in dataset.samples]
         source = {"dataset": cfg.dataset, "split": cfg.split}
     if cfg.count > len(paths):
