@@ -50,6 +50,7 @@ class SegmentationDataset:
         self.name = name
         self.samples = samples
         self.label_set = label_set
+        self._custom_lut = lut is not None
         if lut is None:
             # Lookup table from stored mask values to training labels: classes stay, void -> IGNORE, rest invalid.
             lut = np.full(256, -1, dtype=np.int16)
@@ -107,6 +108,8 @@ class SegmentationDataset:
         mapped = self._lut[mask]
         if (mapped < 0).any():
             bad = sorted(set(np.unique(mask[mapped < 0]).tolist()))[:5]
+            if self._custom_lut:
+                raise DataError(f"mask {path} has label values {bad} that {self.name} does not define")
             raise DataError(
                 f"mask {path} has label values {bad} outside 0..{self.label_set.num_classes - 1} "
                 f"(and the void value) of {self.label_set.name}")
