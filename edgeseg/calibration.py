@@ -117,6 +117,11 @@ def make_calibration_set(preprocessing: Preprocessing, cfg: CalibConfig, out_pat
         if not paths:
             raise DataError(f"calibration folder {root} has no images ({', '.join(IMAGE_SUFFIXES)})")
         source = {"images_dir": str(root)}
+    elif ":" in cfg.dataset:  # cityscapes:PATH, folder:IMAGES:MASKS: the spec names its own folders
+        dataset = open_dataset(cfg.dataset, cfg.split, cfg.data_root, label_set=preprocessing, check_classes=False)
+        paths = [sample.image.resolve() for sample in dataset.samples]
+        root = Path("/")
+        source = {"dataset": cfg.dataset, "split": cfg.split, "absolute_paths": True}
     else:
         root = resolve_data_root(cfg.data_root)
         dataset = open_dataset(cfg.dataset, cfg.split, root, label_set=preprocessing, check_classes=False)
@@ -169,6 +174,8 @@ def load_calibration_set(path: str | os.PathLike, data_root: str | os.PathLike |
         raise UsageError(f"{path} is not an edgeseg calibration manifest")
     if "images_dir" in manifest["source"]:  # a plain image folder, recorded where it was sampled
         root = Path(manifest["source"]["images_dir"])
+    elif manifest["source"].get("absolute_paths"):  # a dataset spec naming its own folders
+        root = Path("/")
     else:
         root = resolve_data_root(data_root)
     paths = []

@@ -212,12 +212,20 @@ def load_hf(spec: str, card=None):
     transformers = lazy_import("transformers")
     preprocessing = hf_preprocessing(directory, card)
     config = json.loads((directory / "config.json").read_text())
+    hf_logging = transformers.utils.logging
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # a local directory loads in well under a second
     try:
         model = transformers.AutoModelForSemanticSegmentation.from_pretrained(str(directory))
     except (ValueError, OSError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(f"{spec} ({config.get('model_type', 'unknown type')}) is not loadable as "
                            f"AutoModelForSemanticSegmentation: {first}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     if model.config.num_labels != preprocessing.num_classes:
         raise WeightsError(f"{spec} predicts {model.config.num_labels} classes but its contract lists "
                            f"{preprocessing.num_classes}")
