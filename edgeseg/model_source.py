@@ -55,6 +55,8 @@ def resolve_source(spec: str) -> ModelSource:
             return ModelSource("engine", spec, path.stem, path)
         raise UsageError(f"{path}: cannot use a {path.suffix or 'file without suffix'} as a model; give a zoo name, "
                          f".onnx, .engine, bundle folder, Hugging Face directory or module:factory")
+    if spec.startswith((".", "/", "~")):
+        raise UsageError(f"{spec} does not exist")
     if _FACTORY.match(spec):
         return ModelSource("factory", spec, spec.split(":")[1])
     if spec.endswith((".onnx", ".engine", ".plan")) or "/" in spec and not _HUB_ID.match(spec):
