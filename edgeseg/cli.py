@@ -204,10 +204,11 @@ def export(
 
 @app.command()
 def calib(
-    model: str = typer.Option(..., "--model", "-m", help="zoo model (its contract sets the deployed resolution)"),
+    model: str = typer.Option(..., "--model", "-m", help="zoo model, or any --model with a contract (its contract "
+                                                          "sets the deployed resolution)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="manifest to write (default: calibration/<model>-"
                                                                  "<dataset>-<strategy>-<count>.json)"),
-    data: str = typer.Option("camvid", help="dataset to sample from"),
+    data: str = typer.Option("camvid", help=f"dataset to sample from; {DATA_HELP}"),
     split: str = typer.Option("train"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
     images: Optional[Path] = typer.Option(None, help="a plain folder of images instead of a dataset"),
@@ -215,18 +216,22 @@ def calib(
     strategy: str = typer.Option("class-balanced", help="random, class-balanced or sequence-spread"),
     seed: int = typer.Option(0),
     size: Optional[str] = typer.Option(None, help="calibration resolution (default: the model's input size)"),
+    card: Optional[Path] = typer.Option(None, help=CARD_HELP),
 ):
     """Sample a calibration set and write its manifest (image paths + sha256, never images)."""
-    from edgeseg.calibration import CalibConfig, make_calibration_set
-    from edgeseg.zoo.registry import get_entry
+    import re
 
-    entry = get_entry(model)
-    preprocessing = entry.preprocessing()
+    from edgeseg.calibration import CalibConfig, make_calibration_set
+    from edgeseg.model_source import contract_of, load_card_option, resolve_source
+
+    source = resolve_source(model)
+    preprocessing = contract_of(source, load_card_option(card))[0]
     if size:
         preprocessing = preprocessing.with_size(parse_size(size))
     cfg = CalibConfig(dataset=data, split=split, data_root=data_root, images_dir=str(images) if images else None,
                       count=count, strategy=strategy, seed=seed)
-    out = out or Path("calibration") / f"{model}-{data if not images else images.name}-{strategy}-{count}.json"
+    data_name = re.sub(r"[^\w.]+", "-", data).strip("-") if not images else images.name
+    out = out or Path("calibration") / f"{source.name}-{data_name}-{strategy}-{count}.json"
     artifact = make_calibration_set(preprocessing, cfg, out)
     coverage = artifact.manifest["class_coverage"]
     console.print(f"wrote {artifact.path}: {artifact.manifest['count']} images"

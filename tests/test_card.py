@@ -112,3 +112,19 @@ def test_several_outputs_need_output_name(tmp_path, capsys):
     card = write_card(tmp_path / "named.toml", output_name="logits")
     code, out, err = run_cli(["card", "show", str(model), "--card", str(card)], capsys)
     assert code == 0 and 'output_name = "logits"' in out, err
+
+
+def test_carding_a_graph_imports_no_torch(tmp_path):
+    """The device side (demo, bench workers, a Jetson without torch) checks and writes cards without torch."""
+    import subprocess
+    import sys
+
+    model = tiny_foreign_onnx(tmp_path / "net.onnx")
+    card = write_card(tmp_path / "card.toml")
+    code = ("import sys; from edgeseg.card import load_card, write_carded_onnx; "
+            f"write_carded_onnx({str(model)!r}, load_card({str(card)!r}), {str(tmp_path / 'carded.onnx')!r}); "
+            "from edgeseg.runners import open_runner; r = open_runner(" + repr(str(tmp_path / "carded.onnx")) +
+            ", device='cpu'); print(r.preprocessing.classes[0], 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["c0", "False"]
