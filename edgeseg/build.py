@@ -79,7 +79,7 @@ def build(cfg: BuildConfig, log=print) -> Path:
                          f"Hugging Face directory or module:factory")
     if cfg.prune_ratio and source.kind != "zoo":
         raise UsageError("--prune works on zoo models only")
-    card = load_card_option(cfg.card)
+    card = load_card_option(cfg.card, source)
     target = load_target(cfg.target)
     if target.kind != "cpu" and not target.supports(cfg.engine_precision):
         raise UsageError(f"target {target.name} does not support {cfg.engine_precision}; "

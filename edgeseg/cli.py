@@ -196,7 +196,7 @@ def export(
         raise UsageError(f"{model} is already an {source.kind}; export takes a PyTorch model")
     cfg = ExportConfig(size=parse_size(size), batch=batch, dynamic=tuple(dynamic), opset=opset,
                        simplify=not no_simplify, fuse_argmax=fuse_argmax, dataset=data, data_root=data_root)
-    artifact = export_model(load_torch(source, weights, load_card_option(card)), source.name, cfg, out)
+    artifact = export_model(load_torch(source, weights, load_card_option(card, source)), source.name, cfg, out)
     parity = artifact.manifest["checks"]["parity"]
     console.print(f"wrote {artifact.path}: argmax agreement with torch {parity['argmax_agreement']:.4%} on "
                   f"{parity['images']} images ({parity['source']})")
@@ -225,7 +225,7 @@ def calib(
     from edgeseg.model_source import contract_of, load_card_option, resolve_source
 
     source = resolve_source(model)
-    preprocessing = contract_of(source, load_card_option(card))[0]
+    preprocessing = contract_of(source, load_card_option(card, source))[0]
     if size:
         preprocessing = preprocessing.with_size(parse_size(size))
     cfg = CalibConfig(dataset=data, split=split, data_root=data_root, images_dir=str(images) if images else None,
@@ -379,7 +379,8 @@ def demo(
         if loaded_card is not None:  # the foreign graph runs from a copy carrying its card
             model = str(stack.enter_context(runnable_path(resolve_source(model), loaded_card)))
         cfg = DemoConfig(model=model, source=source, show=show, save=str(save) if save else None, mode=mode,
-                         alpha=alpha, classes=tuple(name.strip() for name in (classes or "").split(",") if name.strip()),
+                         alpha=alpha,
+                         classes=tuple(name.strip() for name in (classes or "").split(",") if name.strip()),
                          effect=effect, realtime=realtime, max_frames=max_frames, device=device, threads=threads,
                          legend=legend, hud=hud, reconnect_attempts=reconnect_attempts)
         summary = run_demo(cfg)
@@ -632,7 +633,7 @@ def card_show(
     from edgeseg.model_source import contract_of, load_card_option, resolve_source
 
     source = resolve_source(model)
-    loaded_card = load_card_option(card)
+    loaded_card = load_card_option(card, source)
     preprocessing, output, origin = contract_of(source, loaded_card)
     print(f"# contract of {model} ({source.kind}), from {origin}")
     print(card_toml(loaded_card or card_from_preprocessing(preprocessing, output=output, name=source.name)), end="")

@@ -91,7 +91,7 @@ def evaluate_model(cfg: EvalConfig) -> dict:
     from edgeseg.model_source import load_card_option, resolve_source
 
     source = resolve_source(cfg.model)  # an unknown name fails before any data is read
-    card = load_card_option(cfg.card)
+    card = load_card_option(cfg.card, source)
     if source.kind in ("onnx", "bundle", "engine"):
         return _evaluate_runnable(cfg, source, card)
     import torch

@@ -72,9 +72,12 @@ def resolve_source(spec: str) -> ModelSource:
     raise AssertionError("unreachable")
 
 
-def load_card_option(card: str | Path | None):
+def load_card_option(card: str | Path | None, source: ModelSource | None = None):
+    """The --card file, read and validated; refused for kinds that carry their own contract."""
     from edgeseg.card import load_card
 
+    if card and source is not None and source.kind in ("zoo", "bundle", "engine"):
+        raise UsageError(f"--card is for foreign models; {source.spec} is a {source.kind} and carries its contract")
     return load_card(card) if card else None
 
 

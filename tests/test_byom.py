@@ -43,7 +43,8 @@ def lraspp_card(lraspp_onnx, tmp_path_factory):
     text = card.read_text()
     assert "input_size = [180, 240]" in text and "class_10" in text
     text = re.sub(r"^classes = .*$", "classes = " + json.dumps(list(CAMVID.classes)), text, flags=re.M)
-    text = text.replace("# colours = [[128, 64, 128], ...]", "colours = " + json.dumps([list(c) for c in CAMVID.palette]))
+    colours = json.dumps([list(c) for c in CAMVID.palette])
+    text = text.replace("# colours = [[128, 64, 128], ...]", "colours = " + colours)
     text = re.sub(r"^ignore_index = 255", "ignore_index = 11", text, flags=re.M)
     card.write_text(text)
     return card
