@@ -27,6 +27,8 @@ MODEL_HELP = ("zoo name, .onnx (with --card if foreign), build bundle, .engine, 
               "or package.module:factory (with --weights and --card)")
 DATA_HELP = ("dataset: camvid, cityscapes, cityscapes:PATH (as downloaded) or folder:IMAGES:MASKS[:classes=FILE:"
              "image_suffix=S:mask_suffix=S:masks=colour:void=N]")
+CLASSES_HELP = ("folder datasets: the class names, one per line ('name' or 'name R G B'), or a model card "
+                "(default: the model's classes)")
 CARD_HELP = "model card (TOML) of a foreign model: 'edgeseg card init MODEL.onnx' writes one"
 
 
@@ -45,6 +47,17 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     if height < 32 or width < 32:
         raise UsageError(f"size {text!r} is too small; both sides must be at least 32")
     return height, width
+
+
+def with_classes(data: str, classes: Path | None) -> str:
+    """--classes FILE is the folder dataset's classes=FILE option."""
+    if classes is None:
+        return data
+    if not data.startswith("folder:"):
+        raise UsageError("--classes names the classes of a folder dataset (--data folder:IMAGES:MASKS)")
+    if ":classes=" in data:
+        raise UsageError("give the classes once: --classes or classes= in --data")
+    return f"{data}:classes={classes}"
 
 
 def _version_callback(value: bool):
@@ -88,11 +101,13 @@ def eval_command(
     device: str = typer.Option("cpu", help="cpu or cuda"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON here"),
     card: Optional[Path] = typer.Option(None, help=CARD_HELP),
+    classes: Optional[Path] = typer.Option(None, help=CLASSES_HELP),
 ):
     """Evaluate a model on a dataset split: per-class IoU, mIoU, pixel and mean class accuracy."""
     from edgeseg.evaluate import EvalConfig, evaluate_model
     from edgeseg.manifest import write_json
 
+    data = with_classes(data, classes)
     report = evaluate_model(EvalConfig(model=model, weights=weights, dataset=data, split=split, data_root=data_root,
                                        size=parse_size(size), limit=limit, device=device,
                                        card=str(card) if card else None))
@@ -327,11 +342,13 @@ def build(
     calib_images: Optional[Path] = typer.Option(None, "--calib-images", help="calibrate on a plain folder of images "
                                                 "(no masks); without labelled data the accuracy budget is skipped"),
     budget_limit: Optional[int] = typer.Option(None, help="evaluate the INT8 accuracy budget on the first N images"),
+    classes: Optional[Path] = typer.Option(None, help=CLASSES_HELP),
 ):
     """Run the pipeline for one target: export, FP16, calibration, INT8, evaluation, engine or cross-build kit."""
     from edgeseg.build import BuildConfig
     from edgeseg.build import build as run_build
 
+    data = with_classes(data, classes)
     cfg = BuildConfig(model=model, target=target, weights=weights, out_dir=str(out) if out else None,
                       size=parse_size(size), dataset=data, data_root=data_root, calib_count=calib_count,
                       calib_strategy=calib_strategy, quant_profile=profile, quant_method=method,

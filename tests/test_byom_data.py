@@ -152,3 +152,26 @@ def test_model_classes_must_match_the_dataset(tmp_path):
     spec = f"folder:{images}:{masks}:classes={classes}:image_suffix=_rgb:mask_suffix=_label"
     with pytest.raises(DataError, match="the model predicts 11 classes but folder:images has 3"):
         open_dataset(spec, "val", label_set=CAMVID)
+
+
+def test_classes_option_names_a_folder_datasets_classes(tmp_path, capsys):
+    import json
+
+    from tests.test_card import tiny_foreign_onnx, write_card
+
+    images, masks, classes = folder_with_any_labels(tmp_path)
+    spec = f"folder:{images}:{masks}:image_suffix=_rgb:mask_suffix=_label"
+    model = tiny_foreign_onnx(tmp_path / "three.onnx", classes=3, size=(40, 60))
+    card = write_card(tmp_path / "three.toml", classes=["a", "b", "c"], input_size=[40, 60])
+    report = tmp_path / "eval.json"
+    code, _, err = run_cli(["eval", "--model", str(model), "--card", str(card), "--data", spec, "--classes",
+                            str(classes), "--json", str(report)], capsys)
+    assert code == 0, err
+    assert list(json.loads(report.read_text())["per_class_iou"]) == ["background", "crop", "weed"]
+    five = tiny_foreign_onnx(tmp_path / "five.onnx", classes=5, size=(40, 60))
+    card5 = write_card(tmp_path / "five.toml", input_size=[40, 60])
+    code, _, err = run_cli(["eval", "--model", str(five), "--card", str(card5), "--data", spec, "--classes",
+                            str(classes)], capsys)
+    assert_one_line_error(code, err, "the model predicts 5 classes but folder:images has 3")
+    code, _, err = run_cli(["eval", "--model", "fcn-resnet18", "--data", "camvid", "--classes", str(classes)], capsys)
+    assert_one_line_error(code, err, "--classes names the classes of a folder dataset")
