@@ -215,7 +215,6 @@ def load_hf(spec: str, card=None):
 
     directory = _hf_directory(spec)
     transformers = lazy_import("transformers")
-    preprocessing = hf_preprocessing(directory, card)
     config = json.loads((directory / "config.json").read_text())
     hf_logging = transformers.utils.logging
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
@@ -231,6 +230,7 @@ def load_hf(spec: str, card=None):
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+    preprocessing = hf_preprocessing(directory, card)  # after loading: a model of the wrong kind says so first
     if model.config.num_labels != preprocessing.num_classes:
         raise WeightsError(f"{spec} predicts {model.config.num_labels} classes but its contract lists "
                            f"{preprocessing.num_classes}")

@@ -144,3 +144,13 @@ def test_user_module_bad_weights_are_one_line(user_model, capsys):
     code, _, err = run_cli(["export", "--model", "nosuchmodule:build", "--weights", "five.pt", "--card", str(card)],
                            capsys)
     assert_one_line_error(code, err, "cannot import nosuchmodule")
+
+
+def test_mask2former_style_checkpoint_is_refused_with_the_reason(tmp_path, capsys):
+    """Mask2Former predicts masks + classes, not per-pixel logits: not an AutoModelForSemanticSegmentation."""
+    from transformers import Mask2FormerConfig
+
+    Mask2FormerConfig().save_pretrained(str(tmp_path / "m2f"))
+    code, _, err = run_cli(["export", "--model", str(tmp_path / "m2f"), "--out", str(tmp_path / "x.onnx")], capsys)
+    assert_one_line_error(code, err, "(mask2former) is not loadable as AutoModelForSemanticSegmentation")
+    assert not (tmp_path / "x.onnx").exists()
