@@ -282,6 +282,12 @@ def write_carded_onnx(source: str | Path, card: ModelCard, out_path: str | Path,
 
     seen = check_card(card, source)
     graph = onnx.load(str(source))
+    if len(graph.graph.output) > 1:
+        # Keep only the segmentation output, so every later stage and runtime (TensorRT included) sees one output.
+        kept = [output for output in graph.graph.output if output.name == seen["output"]]
+        del graph.graph.output[:]
+        graph.graph.output.extend(kept)
+        seen["dropped_outputs"] = True
     _set_metadata(graph, card_metadata(card, seen["output"], model_name or card.name or Path(source).stem))
     with atomic_path(Path(out_path)) as tmp:
         onnx.save(graph, str(tmp))

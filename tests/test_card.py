@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgeseg.card import load_card
+from edgeseg.errors import UsageError
 from edgeseg.data.palettes import CAMVID
 from tests.test_cli import assert_one_line_error, run_cli
 
@@ -128,3 +129,19 @@ def test_carding_a_graph_imports_no_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["c0", "False"]
+
+
+def test_carded_graph_keeps_only_the_named_output(tmp_path):
+    from edgeseg.card import write_carded_onnx
+    from edgeseg.runners import open_runner
+
+    model = tiny_foreign_onnx(tmp_path / "two.onnx", output_names=("logits", "confidence"))
+    card = load_card(write_card(tmp_path / "named.toml", output_name="logits"))
+    with pytest.raises(UsageError, match="'confidence' has shape 1x32x48"):  # NxHxW is not logits
+        write_carded_onnx(model, load_card(write_card(tmp_path / "other.toml", output_name="confidence")),
+                          tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
+    write_carded_onnx(model, card, tmp_path / "carded.onnx")
+    assert [o.name for o in onnx.load(str(tmp_path / "carded.onnx")).graph.output] == ["logits"]
+    with open_runner(tmp_path / "carded.onnx", device="cpu") as runner:
+        assert runner.infer(np.zeros((1, 3, 32, 48), np.float32)).shape == (1, 5, 32, 48)
