@@ -192,6 +192,12 @@ def load_calibration_set(path: str | os.PathLike, data_root: str | os.PathLike |
 
 def calibration_batches(paths: list[Path], preprocessing: Preprocessing):
     """Yield 1x3xHxW float32 batches at the deployed resolution."""
+    fit = getattr(preprocessing, "fit", "resize")
     for path in paths:
-        image = resize_pair(read_rgb(path), None, preprocessing.input_size)[0]
+        if fit != "resize":  # calibrate on frames fitted the way the deployed model sees them
+            from edgeseg.data.fit import fit_image, rgb_mean
+
+            image = fit_image(read_rgb(path), preprocessing.input_size, fit, rgb_mean(preprocessing))[0]
+        else:
+            image = resize_pair(read_rgb(path), None, preprocessing.input_size)[0]
         yield preprocessing.normalize(image)

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from edgeseg.data.datasets import SegmentationDataset
+from edgeseg.data.fit import fit_image, output_inner, rgb_mean, source_region
 from edgeseg.data.transforms import resize_pair
 from edgeseg.metrics import ConfusionMatrix, SegmentationScores
 from edgeseg.progress import track
@@ -51,10 +52,17 @@ def confusion_on(predict: Predictor, dataset: SegmentationDataset, preprocessing
     count = len(dataset) if limit is None else min(limit, len(dataset))
     for index in track(range(count), description, total=count):
         image, mask = dataset.load(index)
+        if getattr(preprocessing, "fit", "resize") != "resize":  # a card's letterbox / crop, seen as deployed
+            fitted, placement = fit_image(image, preprocessing.input_size, preprocessing.fit, rgb_mean(preprocessing))
+            output = output_inner(predict(preprocessing.normalize(fitted)), placement)
+            seen = source_region(mask, placement)
+            confusion.update(seen, labels_at(output, seen.shape))
+            continue
         resized, _ = resize_pair(image, None, preprocessing.input_size)
         output = predict(preprocessing.normalize(resized))
         confusion.update(mask, labels_at(output, mask.shape))
     return confusion
+
 
 
 def torch_predictor(model, device: str = "cpu") -> Predictor:
