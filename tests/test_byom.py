@@ -61,9 +61,11 @@ def test_foreign_onnx_is_refused_without_a_card_in_one_line(lraspp_onnx, tmp_pat
     cv2.imwrite(str(tmp_path / "frame.png"), np.zeros((120, 160, 3), np.uint8))
     for args in (["quantize", str(lraspp_onnx), "--calib-images", str(tmp_path)],
                  ["eval", "--model", str(lraspp_onnx), "--limit", "1"],
-                 ["demo", "--model", str(lraspp_onnx), "--source", str(tmp_path), "--no-show"]):
+                 ["demo", "--model", str(lraspp_onnx), "--source", str(tmp_path), "--no-show"],
+                 ["build", "--model", str(lraspp_onnx), "--out", str(tmp_path / "bundle")]):
         code, _, err = run_cli(args, capsys)
         assert_one_line_error(code, err, "--card")
+    assert not (tmp_path / "bundle").exists() and not (tmp_path / "bundle.partial").exists()
 
 
 @pytest.mark.camvid
