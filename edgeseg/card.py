@@ -55,7 +55,8 @@ class ModelCard:
     def __post_init__(self):
         self.validate()
 
-    def validate(self, where: str = "model card") -> None:
+    def validate(self) -> None:
+        where = self.origin
         if not self.classes:
             raise UsageError(f"{where}: 'classes' is empty; list one name per output channel")
         if len(set(self.classes)) != len(self.classes):
@@ -143,15 +144,7 @@ def card_from_dict(data: dict, where: str = "model card") -> ModelCard:
         raise UsageError(f"{where}: a field has the wrong type ({exc})") from None
     if "channel_order" in values:
         values["channel_order"] = str(values["channel_order"]).upper()
-    card = ModelCard.__new__(ModelCard)
-    for key, value in values.items():
-        object.__setattr__(card, key, value)
-    for field in dataclasses.fields(ModelCard):
-        if field.name not in values:
-            object.__setattr__(card, field.name, field.default)
-    object.__setattr__(card, "origin", where)
-    card.validate(where)
-    return card
+    return ModelCard(**values, origin=where)  # validated on construction, errors naming `where`
 
 
 def load_card(path: str | Path) -> ModelCard:
