@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgeseg.calibration import CalibConfig, make_calibration_set
 from edgeseg.errors import UsageError
-from edgeseg.export import ExportConfig, export_model
+from edgeseg.export import ExportConfig, export_model, onnx_preprocessing
 from edgeseg.manifest import input_record, stage_manifest, write_json
 from edgeseg.quantize import QuantizeConfig, convert_fp16, quantize_int8
 from edgeseg.report import measure_precisions, write_reports
@@ -49,6 +49,9 @@ class BuildConfig:
     prune_ratio: float | None = None  # prune first (edgeseg.prune), then build the pruned model
     prune_importance: str = "l1"
     finetune_epochs: int = 0  # recovery fine-tune of the pruned model, distilled from the unpruned one
+    card: str | None = None  # model card (TOML) of a foreign .onnx, Hugging Face or module:factory model
+    calib_images: str | None = None  # calibrate on a plain image folder (random sample) instead of the dataset
+    budget_limit: int | None = None  # evaluate the INT8 accuracy budget on the first N images only
     extra: dict = field(default_factory=dict)  # recorded as is
 
     def __post_init__(self):
@@ -60,21 +63,29 @@ class BuildConfig:
             raise UsageError("--calib-count must be at least 1")
 
 
-def bundle_dir_for(cfg: BuildConfig, target_name: str) -> Path:
-    return Path(cfg.out_dir) if cfg.out_dir else Path("bundles") / f"{cfg.model}-{target_name}"
+def bundle_dir_for(cfg: BuildConfig, target_name: str, model_name: str | None = None) -> Path:
+    return Path(cfg.out_dir) if cfg.out_dir else Path("bundles") / f"{model_name or cfg.model}-{target_name}"
 
 
 def build(cfg: BuildConfig, log=print) -> Path:
+    """Build a bundle for cfg.model: a zoo name, a foreign .onnx with its card (ONNX Runtime FP32 is then the
+    reference), a Hugging Face directory or a module:factory model (both exported from torch first)."""
+    from edgeseg.model_source import load_card_option, load_torch, resolve_source
     from edgeseg.target_registry import load_target
-    from edgeseg.zoo.registry import get_entry
-    from edgeseg.zoo.weights import load_model
 
-    get_entry(cfg.model)  # fail on a typo before any work
+    source = resolve_source(cfg.model)  # fail on a typo before any work
+    if source.kind in ("bundle", "engine"):
+        raise UsageError(f"{cfg.model} is already built (a {source.kind}); build takes a zoo name, an .onnx, a "
+                         f"Hugging Face directory or module:factory")
+    if cfg.prune_ratio and source.kind != "zoo":
+        raise UsageError("--prune works on zoo models only")
+    card = load_card_option(cfg.card, source)
     target = load_target(cfg.target)
     if target.kind != "cpu" and not target.supports(cfg.engine_precision):
         raise UsageError(f"target {target.name} does not support {cfg.engine_precision}; "
                          f"it supports {', '.join(target.precisions)}")
-    final_dir = bundle_dir_for(cfg, target.name)
+    labelled = _has_labelled_data(cfg, source, card)
+    final_dir = bundle_dir_for(cfg, target.name, source.name)
     work_dir = final_dir.with_name(final_dir.name + ".partial")
     _prepare_dir(work_dir)
     started = time.monotonic()
@@ -83,55 +94,74 @@ def build(cfg: BuildConfig, log=print) -> Path:
     step = iter(range(1, steps + 1))
     try:
         weights = cfg.weights
+        spec = None
         if cfg.prune_ratio:
             log(f"[{next(step)}/{steps}] prune {cfg.model} (ratio {cfg.prune_ratio}, {cfg.prune_importance})"
                 + (f", {cfg.finetune_epochs}-epoch distilled recovery fine-tune" if cfg.finetune_epochs else ""))
             weights = str(_prune_stage(cfg, work_dir, log))
-        log(f"[{next(step)}/{steps}] export {cfg.model} to ONNX")
-        loaded = load_model(cfg.model, weights)
-        export = export_model(loaded, cfg.model,
-                              ExportConfig(size=cfg.size, dataset=cfg.dataset, data_root=cfg.data_root),
-                              work_dir / PRECISION_FILES["fp32"])
-        log(f"      parity with torch: argmax agreement {export.manifest['checks']['parity']['argmax_agreement']:.4%}")
+        if source.kind == "onnx":
+            log(f"[{next(step)}/{steps}] model card into {source.path.name}'s metadata (no torch model: ONNX Runtime "
+                f"FP32 is the reference)")
+            export = adopt_onnx(source.path, card, work_dir / PRECISION_FILES["fp32"], source.name)
+            weights_record = input_record(source.path)
+            log(f"      {export.manifest['checks']['card']['output']} is "
+                f"{'x'.join(map(str, export.manifest['checks']['card']['output_shape']))}")
+        else:
+            log(f"[{next(step)}/{steps}] export {cfg.model} to ONNX")
+            loaded = load_torch(source, weights, card)
+            export = export_model(loaded, source.name,
+                                  ExportConfig(size=cfg.size, dataset=cfg.dataset, data_root=cfg.data_root),
+                                  work_dir / PRECISION_FILES["fp32"])
+            weights_record, spec = loaded.input_record(), loaded.spec
+            log(f"      parity with torch: argmax agreement "
+                f"{export.manifest['checks']['parity']['argmax_agreement']:.4%}")
+        preprocessing = onnx_preprocessing(export.path)
         log(f"[{next(step)}/{steps}] FP16 graph (LayerNorm, Softmax and reductions kept in FP32)")
         convert_fp16(export.path, work_dir / PRECISION_FILES["fp16"])
-        log(f"[{next(step)}/{steps}] calibration set: {cfg.calib_count} {cfg.calib_strategy} images "
-            f"from {cfg.calib_split}")
-        preprocessing = loaded.preprocessing.with_size(cfg.size) if cfg.size else loaded.preprocessing
-        calibration = make_calibration_set(
-            preprocessing, CalibConfig(dataset=cfg.dataset, split=cfg.calib_split, data_root=cfg.data_root,
-                                       count=cfg.calib_count, strategy=cfg.calib_strategy),
-            work_dir / "calibration.json")
+        calib = _calibration_config(cfg, log)
+        log(f"[{next(step)}/{steps}] calibration set: {cfg.calib_count} {calib.strategy} images from "
+            f"{cfg.calib_images or cfg.calib_split}")
+        calibration = make_calibration_set(preprocessing, calib, work_dir / "calibration.json")
+        budget = cfg.max_miou_drop if labelled else None
         log(f"[{next(step)}/{steps}] INT8 Q/DQ ({profile} profile, {cfg.quant_method})"
-            + (f", accuracy budget {cfg.max_miou_drop} points on {cfg.budget_split}" if cfg.max_miou_drop is not None
-               else ""))
+            + (f", accuracy budget {budget} points on {cfg.budget_split}" if budget is not None else ""))
+        if cfg.max_miou_drop is not None and not labelled:
+            log(f"      note: accuracy budget skipped: no labelled data ({cfg.dataset} not found); INT8 is not "
+                f"checked against FP32 accuracy")
         quantized = quantize_int8(
             export.path, calibration.path,
-            QuantizeConfig(profile=profile, method=cfg.quant_method, max_miou_drop=cfg.max_miou_drop,
-                           eval_dataset=cfg.dataset, eval_split=cfg.budget_split, data_root=cfg.data_root,
-                           threads=cfg.threads),
+            QuantizeConfig(profile=profile, method=cfg.quant_method, max_miou_drop=budget,
+                           eval_dataset=cfg.dataset, eval_split=cfg.budget_split, eval_limit=cfg.budget_limit,
+                           data_root=cfg.data_root, threads=cfg.threads),
             work_dir / PRECISION_FILES["int8"], log=lambda line: log("      " + line))
-        log(f"[{next(step)}/{steps}] evaluate and time fp32 / fp16 / int8 on ONNX Runtime CPU ({cfg.eval_split} split)")
+        log(f"[{next(step)}/{steps}] evaluate and time fp32 / fp16 / int8 on ONNX Runtime CPU "
+            + (f"({cfg.eval_split} split)" if labelled else "(latency only: no labelled data)"))
         measured = measure_precisions({p: work_dir / f for p, f in PRECISION_FILES.items()}, cfg.dataset,
                                       cfg.eval_split, cfg.data_root, cfg.eval_limit, cfg.threads,
-                                      cfg.latency_rounds, log=lambda line: log("      " + line))
+                                      cfg.latency_rounds, log=lambda line: log("      " + line), accuracy=labelled)
         log(f"[{next(step)}/{steps}] engine for {target.name}")
-        engine = _engine_stage(work_dir, target, cfg, loaded.spec, log)
+        engine = _engine_stage(work_dir, target, cfg, spec, log)
+        checks = {"parity": export.manifest["checks"]["parity"],
+                  "int8_accuracy_budget": quantized.manifest["checks"].get("accuracy")}
+        if cfg.max_miou_drop is not None and not labelled:
+            checks["int8_accuracy_budget"] = {"skipped": f"no labelled data ({cfg.dataset} not found)"}
         manifest = stage_manifest(
             "build",
-            inputs={"weights": loaded.input_record(),
+            inputs={"weights": weights_record,
                     "calibration": {"path": "calibration.json", "count": calibration.manifest["count"]}},
             settings={**asdict(cfg), "quant_profile": profile},
-            checks={"parity": export.manifest["checks"]["parity"],
-                    "int8_accuracy_budget": quantized.manifest["checks"].get("accuracy")},
+            checks=checks,
             libraries=("torch", "onnx", "onnxruntime", "onnxslim", "transformers", "torchvision",
                        "segmentation-models-pytorch"))
-        manifest.update({"model": cfg.model, "target": target.name, "target_resolved_from": target.resolved_from,
+        manifest.update({"model": source.name, "model_kind": source.kind, "target": target.name,
+                         "target_resolved_from": target.resolved_from,
                          "artifacts": {p: _relative_record(work_dir / f) for p, f in PRECISION_FILES.items()},
                          "layers_kept_float": quantized.manifest["layers_kept_float"], "engine": engine,
                          "seconds": round(time.monotonic() - started, 1)})
+        if card is not None:
+            manifest["card"] = card.to_dict()
         write_json(work_dir / "manifest.json", manifest)
-        write_reports(work_dir, cfg.model, target.name, measured, manifest)
+        write_reports(work_dir, source.name, target.name, measured, manifest)
     except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)  # nothing half-built is left looking valid
         raise
@@ -140,6 +170,67 @@ def build(cfg: BuildConfig, log=print) -> Path:
     work_dir.rename(final_dir)
     log(f"bundle ready in {final_dir} ({time.monotonic() - started:.0f} s)")
     return final_dir
+
+
+def adopt_onnx(source: Path, card, out_path: Path, model_name: str):
+    """A foreign FP32 graph into the bundle: the card checked against it and written into its metadata (or the
+    graph's own edgeseg metadata kept). Parity has no torch model to compare with: the graph is the reference."""
+    from edgeseg.card import check_card, write_carded_onnx
+    from edgeseg.manifest import Artifact, atomic_path, sha256_file
+    from edgeseg.model_source import require_contract
+
+    if card is not None:
+        seen = write_carded_onnx(source, card, out_path, model_name=model_name)
+    else:
+        require_contract(source)
+        from edgeseg.card import card_from_preprocessing
+        from edgeseg.export import read_onnx_metadata
+
+        if read_onnx_metadata(source).get("edgeseg.precision", "fp32") != "fp32":
+            raise UsageError(f"{source} is already quantized; build from the FP32 graph")
+        seen = check_card(card_from_preprocessing(onnx_preprocessing(source), output=read_onnx_metadata(source)
+                                                  .get("edgeseg.output", "logits"),
+                                                  output_name=read_onnx_metadata(source).get("edgeseg.output_name")),
+                          source)
+        with atomic_path(out_path) as tmp:
+            shutil.copyfile(source, tmp)
+    parity = {"reference": "onnxruntime fp32 (no torch model)", "passed": True, "argmax_agreement": None}
+    manifest = stage_manifest("adopt-onnx", inputs={"onnx": input_record(source)},
+                              settings={"card": card.origin if card is not None else "edgeseg metadata"},
+                              checks={"parity": parity, "card": seen}, libraries=("onnx", "onnxruntime"))
+    manifest.update({"model": model_name, "precision": "fp32", "output": seen["output"],
+                     "preprocessing": onnx_preprocessing(out_path).to_dict(),
+                     "artifact": {"path": out_path.name, "sha256": sha256_file(out_path),
+                                  "bytes": out_path.stat().st_size}})
+    write_json(out_path.with_name(out_path.name + ".json"), manifest)
+    return Artifact(out_path, manifest)
+
+
+def _has_labelled_data(cfg: BuildConfig, source, card) -> bool:
+    """Zoo models keep their old behaviour (missing data is an error later); other models may be built from a
+    plain image folder (--calib-images), with the accuracy budget and mIoU skipped and said so."""
+    from edgeseg.data.datasets import open_dataset
+    from edgeseg.errors import DataError
+
+    if source.kind == "zoo" or not cfg.calib_images:
+        return True
+    try:
+        open_dataset(cfg.dataset, cfg.budget_split, cfg.data_root, label_set=card.preprocessing() if card else None,
+                     check_classes=False)
+    except DataError:
+        return False
+    return True
+
+
+def _calibration_config(cfg: BuildConfig, log) -> CalibConfig:
+    if not cfg.calib_images:
+        return CalibConfig(dataset=cfg.dataset, split=cfg.calib_split, data_root=cfg.data_root,
+                           count=cfg.calib_count, strategy=cfg.calib_strategy)
+    strategy = cfg.calib_strategy
+    if strategy == "class-balanced":
+        log("      --calib-images has no masks: calibrating on a random sample instead of class-balanced")
+        strategy = "random"
+    return CalibConfig(images_dir=cfg.calib_images, count=cfg.calib_count, strategy=strategy)
 
 
 def _prepare_dir(work_dir: Path) -> None:

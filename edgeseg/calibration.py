@@ -117,9 +117,14 @@ def make_calibration_set(preprocessing: Preprocessing, cfg: CalibConfig, out_pat
         if not paths:
             raise DataError(f"calibration folder {root} has no images ({', '.join(IMAGE_SUFFIXES)})")
         source = {"images_dir": str(root)}
+    elif ":" in cfg.dataset:  # cityscapes:PATH, folder:IMAGES:MASKS: the spec names its own folders
+        dataset = open_dataset(cfg.dataset, cfg.split, cfg.data_root, label_set=preprocessing, check_classes=False)
+        paths = [sample.image.resolve() for sample in dataset.samples]
+        root = Path("/")
+        source = {"dataset": cfg.dataset, "split": cfg.split, "absolute_paths": True}
     else:
         root = resolve_data_root(cfg.data_root)
-        dataset = open_dataset(cfg.dataset, cfg.split, root)
+        dataset = open_dataset(cfg.dataset, cfg.split, root, label_set=preprocessing, check_classes=False)
         paths = [sample.image for sample in dataset.samples]
         source = {"dataset": cfg.dataset, "split": cfg.split}
     if cfg.count > len(paths):
@@ -169,6 +174,8 @@ def load_calibration_set(path: str | os.PathLike, data_root: str | os.PathLike |
         raise UsageError(f"{path} is not an edgeseg calibration manifest")
     if "images_dir" in manifest["source"]:  # a plain image folder, recorded where it was sampled
         root = Path(manifest["source"]["images_dir"])
+    elif manifest["source"].get("absolute_paths"):  # a dataset spec naming its own folders
+        root = Path("/")
     else:
         root = resolve_data_root(data_root)
     paths = []
@@ -185,6 +192,12 @@ def load_calibration_set(path: str | os.PathLike, data_root: str | os.PathLike |
 
 def calibration_batches(paths: list[Path], preprocessing: Preprocessing):
     """Yield 1x3xHxW float32 batches at the deployed resolution."""
+    fit = getattr(preprocessing, "fit", "resize")
     for path in paths:
-        image = resize_pair(read_rgb(path), None, preprocessing.input_size)[0]
+        if fit != "resize":  # calibrate on frames fitted the way the deployed model sees them
+            from edgeseg.data.fit import fit_image, rgb_mean
+
+            image = fit_image(read_rgb(path), preprocessing.input_size, fit, rgb_mean(preprocessing))[0]
+        else:
+            image = resize_pair(read_rgb(path), None, preprocessing.input_size)[0]
         yield preprocessing.normalize(image)

@@ -24,11 +24,29 @@ app.add_typer(data_app, name="data")
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 SIZE_HELP = "input size HEIGHTxWIDTH, e.g. 360x480 (default: the model's own)"
+MODEL_HELP = ("zoo name, .onnx (with --card if foreign), build bundle, .engine, Hugging Face directory or hub id, "
+              "or package.module:factory (with --weights and --card)")
+DATA_HELP = ("dataset: camvid, cityscapes, cityscapes:PATH (as downloaded) or folder:IMAGES:MASKS[:classes=FILE:"
+             "image_suffix=S:mask_suffix=S:masks=colour:void=N]")
+CLASSES_HELP = ("folder datasets: the class names, one per line ('name' or 'name R G B'), or a model card "
+                "(default: the model's classes)")
+CARD_HELP = "model card (TOML) of a foreign model: 'edgeseg card init MODEL.onnx' writes one"
 
 
 def _plain_log(line: str) -> None:
     # Build logs carry TensorRT's own text and names like edgeseg[trt]: print them as they are, not as markup.
     console.print(line, markup=False, highlight=False)
+
+
+def with_classes(data: str, classes: Path | None) -> str:
+    """--classes FILE is the folder dataset's classes=FILE option."""
+    if classes is None:
+        return data
+    if not data.startswith("folder:"):
+        raise UsageError("--classes names the classes of a folder dataset (--data folder:IMAGES:MASKS)")
+    if ":classes=" in data:
+        raise UsageError("give the classes once: --classes or classes= in --data")
+    return f"{data}:classes={classes}"
 
 
 def _version_callback(value: bool):
@@ -61,23 +79,27 @@ def models():
 
 @app.command("eval")
 def eval_command(
-    model: str = typer.Option(..., "--model", "-m", help="zoo model name (see 'edgeseg models')"),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     weights: Optional[str] = typer.Option(None, help="checkpoint path, hub id, named weights or 'random' "
                                                      "(default: the bundled CamVid checkpoint)"),
-    data: str = typer.Option("camvid", help="dataset: camvid, cityscapes or folder:IMAGES:MASKS"),
+    data: str = typer.Option("camvid", help=DATA_HELP),
     split: str = typer.Option("test", help="train, val or test"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
     size: Optional[str] = typer.Option(None, help=SIZE_HELP),
     limit: Optional[int] = typer.Option(None, help="evaluate only the first N images"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON here"),
+    card: Optional[Path] = typer.Option(None, help=CARD_HELP),
+    classes: Optional[Path] = typer.Option(None, help=CLASSES_HELP),
 ):
     """Evaluate a model on a dataset split: per-class IoU, mIoU, pixel and mean class accuracy."""
     from edgeseg.evaluate import EvalConfig, evaluate_model
     from edgeseg.manifest import write_json
 
+    data = with_classes(data, classes)
     report = evaluate_model(EvalConfig(model=model, weights=weights, dataset=data, split=split, data_root=data_root,
-                                       size=parse_size(size), limit=limit, device=device))
+                                       size=parse_size(size), limit=limit, device=device,
+                                       card=str(card) if card else None))
     table = Table(title=f"{model} on {report['dataset']} ({report['images']} images, input "
                         f"{report['input_size'][0]}x{report['input_size'][1]})")
     table.add_column("class")
@@ -156,7 +178,8 @@ def data_fetch(
 
 @app.command()
 def export(
-    model: str = typer.Option(..., "--model", "-m", help="zoo model name"),
+    model: str = typer.Option(..., "--model", "-m", help="zoo name, Hugging Face directory or hub id, or "
+                                                          "package.module:factory (with --weights and --card)"),
     weights: Optional[str] = typer.Option(None, help="weights spec (default: the bundled CamVid checkpoint)"),
     out: Path = typer.Option(Path("model.onnx"), "--out", "-o", help="ONNX file to write (+ <file>.json manifest)"),
     size: Optional[str] = typer.Option(None, help=SIZE_HELP),
@@ -167,16 +190,18 @@ def export(
     fuse_argmax: bool = typer.Option(False, help="output a uint8 label map (argmax in the graph) instead of logits"),
     data: str = typer.Option("camvid", help="dataset whose images the parity check uses"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
+    card: Optional[Path] = typer.Option(None, help="model card for a Hugging Face or module:factory model"),
 ):
     """Export a model to ONNX with its preprocessing in the metadata and a parity check against torch."""
     from edgeseg.export import ExportConfig, export_model
-    from edgeseg.zoo.registry import get_entry
-    from edgeseg.zoo.weights import load_model
+    from edgeseg.model_source import load_card_option, load_torch, resolve_source
 
-    get_entry(model)
+    source = resolve_source(model)
+    if not source.is_torch:
+        raise UsageError(f"{model} is already an {source.kind}; export takes a PyTorch model")
     cfg = ExportConfig(size=parse_size(size), batch=batch, dynamic=tuple(dynamic), opset=opset,
                        simplify=not no_simplify, fuse_argmax=fuse_argmax, dataset=data, data_root=data_root)
-    artifact = export_model(load_model(model, weights), model, cfg, out)
+    artifact = export_model(load_torch(source, weights, load_card_option(card, source)), source.name, cfg, out)
     parity = artifact.manifest["checks"]["parity"]
     console.print(f"wrote {artifact.path}: argmax agreement with torch {parity['argmax_agreement']:.4%} on "
                   f"{parity['images']} images ({parity['source']})")
@@ -184,10 +209,11 @@ def export(
 
 @app.command()
 def calib(
-    model: str = typer.Option(..., "--model", "-m", help="zoo model (its contract sets the deployed resolution)"),
+    model: str = typer.Option(..., "--model", "-m", help="zoo model, or any --model with a contract (its contract "
+                                                          "sets the deployed resolution)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="manifest to write (default: calibration/<model>-"
                                                                  "<dataset>-<strategy>-<count>.json)"),
-    data: str = typer.Option("camvid", help="dataset to sample from"),
+    data: str = typer.Option("camvid", help=f"dataset to sample from; {DATA_HELP}"),
     split: str = typer.Option("train"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
     images: Optional[Path] = typer.Option(None, help="a plain folder of images instead of a dataset"),
@@ -195,18 +221,22 @@ def calib(
     strategy: str = typer.Option("class-balanced", help="random, class-balanced or sequence-spread"),
     seed: int = typer.Option(0),
     size: Optional[str] = typer.Option(None, help="calibration resolution (default: the model's input size)"),
+    card: Optional[Path] = typer.Option(None, help=CARD_HELP),
 ):
     """Sample a calibration set and write its manifest (image paths + sha256, never images)."""
-    from edgeseg.calibration import CalibConfig, make_calibration_set
-    from edgeseg.zoo.registry import get_entry
+    import re
 
-    entry = get_entry(model)
-    preprocessing = entry.preprocessing()
+    from edgeseg.calibration import CalibConfig, make_calibration_set
+    from edgeseg.model_source import contract_of, load_card_option, resolve_source
+
+    source = resolve_source(model)
+    preprocessing = contract_of(source, load_card_option(card, source))[0]
     if size:
         preprocessing = preprocessing.with_size(parse_size(size))
     cfg = CalibConfig(dataset=data, split=split, data_root=data_root, images_dir=str(images) if images else None,
                       count=count, strategy=strategy, seed=seed)
-    out = out or Path("calibration") / f"{model}-{data if not images else images.name}-{strategy}-{count}.json"
+    data_name = re.sub(r"[^\w.]+", "-", data).strip("-") if not images else images.name
+    out = out or Path("calibration") / f"{source.name}-{data_name}-{strategy}-{count}.json"
     artifact = make_calibration_set(preprocessing, cfg, out)
     coverage = artifact.manifest["class_coverage"]
     console.print(f"wrote {artifact.path}: {artifact.manifest['count']} images"
@@ -228,36 +258,64 @@ def quantize(
     keep_float: list[str] = typer.Option([], help="node name to keep in float (repeatable)"),
     data: str = typer.Option("camvid"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
+    card: Optional[Path] = typer.Option(None, help="model card of a foreign ONNX (no edgeseg metadata); the output "
+                                                   "graph carries it"),
+    calib_images: Optional[Path] = typer.Option(None, "--calib-images", help="INT8: calibrate on a plain folder of "
+                                                "images (random sample) instead of --calibration"),
+    calib_count: int = typer.Option(100, help="--calib-images: how many images (at most the folder's)"),
 ):
     """Put precision into the graph: FP16, or INT8 Q/DQ calibrated on a calibration set."""
     from edgeseg.quantize import QuantizeConfig, convert_fp16, quantize_int8
 
     if precision not in ("int8", "fp16"):
         raise UsageError(f"unknown precision {precision!r}; choose int8 or fp16")
+    from edgeseg.model_source import load_card_option
+
+    loaded_card = load_card_option(card)
     out = out or onnx_model.with_name(f"{onnx_model.stem}.{precision}.onnx")
     if precision == "fp16":
-        artifact = convert_fp16(onnx_model, out)
+        artifact = convert_fp16(onnx_model, out, card=loaded_card)
         console.print(f"wrote {artifact.path}")
         return
+    if calibration is not None and calib_images is not None:
+        raise UsageError("give --calibration or --calib-images, not both")
+    if calib_images is not None:
+        calibration = _calibration_from_images(onnx_model, loaded_card, calib_images, calib_count,
+                                               out.with_name(out.stem + ".calibration.json"))
     if calibration is None:
-        raise UsageError("INT8 needs --calibration MANIFEST; make one with 'edgeseg calib --model ...'")
+        raise UsageError("INT8 needs --calibration MANIFEST ('edgeseg calib --model ...') or --calib-images DIR")
     cfg = QuantizeConfig(profile=profile, method=method, max_miou_drop=max_miou_drop, eval_dataset=data,
                          eval_split=eval_split, eval_limit=eval_limit, data_root=data_root,
                          keep_float=tuple(keep_float))
-    artifact = quantize_int8(onnx_model, calibration, cfg, out, log=_plain_log)
+    artifact = quantize_int8(onnx_model, calibration, cfg, out, log=_plain_log, card=loaded_card)
     kept = artifact.manifest["layers_kept_float"]
     console.print(f"wrote {artifact.path}; layers kept in float: {', '.join(kept) if kept else 'none'}")
 
 
+def _calibration_from_images(onnx_model: Path, card, images: Path, count: int, out: Path) -> Path:
+    """A random calibration set from a plain image folder (no masks needed), written beside the output."""
+    from edgeseg.calibration import CalibConfig, make_calibration_set
+    from edgeseg.data.datasets import IMAGE_SUFFIXES
+    from edgeseg.export import onnx_preprocessing
+
+    preprocessing = card.preprocessing() if card is not None else onnx_preprocessing(onnx_model)
+    available = len([p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]) if images.is_dir() else count
+    artifact = make_calibration_set(preprocessing, CalibConfig(images_dir=str(images), count=min(count, available)
+                                                               or 1, strategy="random"), out)
+    _plain_log(f"calibration set: {artifact.manifest['count']} random images from {images} ({out})")
+    return out
+
+
 @app.command()
 def build(
-    model: str = typer.Option(..., "--model", "-m", help="zoo model name"),
+    model: str = typer.Option(..., "--model", "-m", help="zoo name, .onnx (with --card if foreign), Hugging Face "
+                                                          "directory or package.module:factory"),
     target: str = typer.Option("cpu", help="deployment target (see 'edgeseg targets'), e.g. cpu, jetson-orin"),
     weights: Optional[str] = typer.Option(None, help="weights spec (default: the bundled CamVid checkpoint)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="bundle directory (default: bundles/<model>-<target>)"),
     size: Optional[str] = typer.Option(None, help=SIZE_HELP),
-    data: str = typer.Option("camvid"),
+    data: str = typer.Option("camvid", help=DATA_HELP),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
     calib_count: int = typer.Option(200, help="calibration images"),
     calib_strategy: str = typer.Option("class-balanced", help="random, class-balanced or sequence-spread"),
@@ -271,23 +329,31 @@ def build(
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime CPU threads (default: all cores)"),
     prune: Optional[float] = typer.Option(None, "--prune", help="prune this fraction of channels first (0-1)"),
     finetune_epochs: int = typer.Option(0, help="recovery fine-tune epochs after --prune (distilled)"),
+    card: Optional[Path] = typer.Option(None, help=CARD_HELP),
+    calib_images: Optional[Path] = typer.Option(None, "--calib-images", help="calibrate on a plain folder of images "
+                                                "(no masks); without labelled data the accuracy budget is skipped"),
+    budget_limit: Optional[int] = typer.Option(None, help="evaluate the INT8 accuracy budget on the first N images"),
+    classes: Optional[Path] = typer.Option(None, help=CLASSES_HELP),
 ):
     """Run the pipeline for one target: export, FP16, calibration, INT8, evaluation, engine or cross-build kit."""
     from edgeseg.build import BuildConfig
     from edgeseg.build import build as run_build
 
+    data = with_classes(data, classes)
     cfg = BuildConfig(model=model, target=target, weights=weights, out_dir=str(out) if out else None,
                       size=parse_size(size), dataset=data, data_root=data_root, calib_count=calib_count,
                       calib_strategy=calib_strategy, quant_profile=profile, quant_method=method,
                       max_miou_drop=None if max_miou_drop is not None and max_miou_drop < 0 else max_miou_drop,
                       eval_split=eval_split, eval_limit=eval_limit, engine_precision=precision, threads=threads,
-                      prune_ratio=prune, finetune_epochs=finetune_epochs)
+                      prune_ratio=prune, finetune_epochs=finetune_epochs, card=str(card) if card else None,
+                      calib_images=str(calib_images) if calib_images else None, budget_limit=budget_limit)
     run_build(cfg, log=_plain_log)
 
 
 @app.command()
 def demo(
-    model: str = typer.Option(..., "--model", "-m", help=".onnx model, TensorRT .engine or build bundle folder"),
+    model: str = typer.Option(..., "--model", "-m", help=".onnx model (with --card if foreign), TensorRT .engine or "
+                                                          "build bundle folder"),
     source: str = typer.Option("0", "--source", "-s", help="camera index (0), /dev/videoN, video file, rtsp:// URL "
                                                            "or image folder (played in name order)"),
     show: bool = typer.Option(True, "--show/--no-show", help="open a window (q or Esc quits)"),
@@ -307,16 +373,25 @@ def demo(
     reconnect_attempts: int = typer.Option(5, help="live sources: reconnect attempts when the stream drops "
                                                    "(waits start at 0.5 s and double)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the run summary as JSON here"),
+    card: Optional[Path] = typer.Option(None, help="model card of a foreign .onnx (no edgeseg metadata)"),
 ):
     """Real-time segmentation of a camera, stream, video file or image folder, with legend, HUD and --save."""
+    import contextlib
+
     from edgeseg.demo.app import DemoConfig, format_summary, run_demo
     from edgeseg.manifest import write_json
+    from edgeseg.model_source import load_card_option, resolve_source, runnable_path
 
-    cfg = DemoConfig(model=model, source=source, show=show, save=str(save) if save else None, mode=mode, alpha=alpha,
-                     classes=tuple(name.strip() for name in (classes or "").split(",") if name.strip()),
-                     effect=effect, realtime=realtime, max_frames=max_frames, device=device, threads=threads,
-                     legend=legend, hud=hud, reconnect_attempts=reconnect_attempts)
-    summary = run_demo(cfg)
+    loaded_card = load_card_option(card)
+    with contextlib.ExitStack() as stack:
+        if loaded_card is not None:  # the foreign graph runs from a copy carrying its card
+            model = str(stack.enter_context(runnable_path(resolve_source(model), loaded_card)))
+        cfg = DemoConfig(model=model, source=source, show=show, save=str(save) if save else None, mode=mode,
+                         alpha=alpha,
+                         classes=tuple(name.strip() for name in (classes or "").split(",") if name.strip()),
+                         effect=effect, realtime=realtime, max_frames=max_frames, device=device, threads=threads,
+                         legend=legend, hud=hud, reconnect_attempts=reconnect_attempts)
+        summary = run_demo(cfg)
     console.print(format_summary(summary), markup=False, highlight=False)
     if json_out:
         write_json(json_out, summary)
@@ -355,8 +430,42 @@ def bench_command(
     fail_under_miou: Optional[float] = typer.Option(None, help="fail (after writing results) when a row's mIoU is "
                                                                "under this fraction, e.g. 0.6"),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="write latency-vs-mIoU and per-class charts"),
+    card: Optional[Path] = typer.Option(None, help="model card for the foreign .onnx models given with --models"),
 ):
     """Benchmark models x precisions x backends x sizes: latency, throughput, memory, accuracy; JSON/CSV/MD/PNG."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        if card is not None:
+            models = _carded_models(models, card, stack)
+            if not size:  # a foreign graph is usually static: measure it at the card's size
+                from edgeseg.card import load_card
+
+                size = ["x".join(map(str, load_card(card).input_size))]
+        _bench(suite, models, weights, precisions, backends, size, with_optional, data, split, data_root, limit,
+               threads, batch, min_seconds, calib_count, out, machine, cache_dir, max_miou_drop, fail_under_miou,
+               plots)
+
+
+def _carded_models(models: list[str], card: Path, stack) -> list[str]:
+    """Foreign .onnx items of --models run from copies carrying the card (the user's files stay untouched)."""
+    from edgeseg.card import has_contract
+    from edgeseg.model_source import load_card_option, resolve_source, runnable_path
+
+    loaded = load_card_option(card)
+    items = [item.strip() for text in models for item in text.split(",") if item.strip()]
+    carded = []
+    for item in items:
+        if item.endswith(".onnx") and Path(item).is_file() and not has_contract(item):
+            item = str(stack.enter_context(runnable_path(resolve_source(item), loaded)))
+        carded.append(item)
+    if carded == items:
+        raise UsageError("--card applies to foreign .onnx models given with --models; none was given")
+    return carded
+
+
+def _bench(suite, models, weights, precisions, backends, size, with_optional, data, split, data_root, limit, threads,
+           batch, min_seconds, calib_count, out, machine, cache_dir, max_miou_drop, fail_under_miou, plots):
     from edgeseg.bench.harness import BenchOptions, check_gate_values, check_gates, run_bench
     from edgeseg.bench.outputs import terminal_table
     from edgeseg.bench.suite import suite_for_run
@@ -522,6 +631,46 @@ def doctor_command(json_out: bool = typer.Option(False, "--json", help="print th
         stages.add_row(stage["stage"], "yes" if stage["can"] else "no", ", ".join(stage["missing"]),
                        style=None if stage["can"] else "dim")
     console.print(stages, markup=False, highlight=False)
+card_app = typer.Typer(no_args_is_help=True, help="Model cards: what edgeseg needs to know about a foreign model.")
+app.add_typer(card_app, name="card")
+
+
+@card_app.command("init")
+def card_init(
+    onnx_model: Path = typer.Argument(..., help="a foreign .onnx model"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="card to write (default: <model>.card.toml)"),
+    size: Optional[str] = typer.Option(None, help="input size HEIGHTxWIDTH for a graph with dynamic height/width"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing card"),
+):
+    """Write a commented model card template filled in from the graph (input size, outputs, class count)."""
+    from edgeseg.card import init_card_text
+    from edgeseg.manifest import atomic_path
+
+    if not onnx_model.is_file():
+        raise UsageError(f"{onnx_model} does not exist")
+    out = out or onnx_model.with_name(onnx_model.stem + ".card.toml")
+    if out.exists() and not force:
+        raise UsageError(f"{out} exists; edit it, or pass --force to write a fresh template")
+    text = init_card_text(onnx_model, parse_size(size))
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+    _plain_log(f"wrote {out}: edit the lines marked EDIT, then pass it as --card {out}")
+
+
+@card_app.command("show")
+def card_show(
+    model: str = typer.Argument(..., help="zoo name, .onnx, bundle, .engine, Hugging Face directory or module:factory"),
+    card: Optional[Path] = typer.Option(None, help="model card for a foreign model (checked against the graph)"),
+):
+    """Print the contract of a model (as a model card): classes, normalisation, input size, output."""
+    from edgeseg.card import card_from_preprocessing, card_toml
+    from edgeseg.model_source import contract_of, load_card_option, resolve_source
+
+    source = resolve_source(model)
+    loaded_card = load_card_option(card, source)
+    preprocessing, output, origin = contract_of(source, loaded_card)
+    print(f"# contract of {model} ({source.kind}), from {origin}")
+    print(card_toml(loaded_card or card_from_preprocessing(preprocessing, output=output, name=source.name)), end="")
 
 
 def _click_exception_types() -> tuple[tuple, tuple, tuple]:

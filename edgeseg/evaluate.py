@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from edgeseg.data.datasets import SegmentationDataset
+from edgeseg.data.fit import fit_image, output_inner, rgb_mean, source_region
 from edgeseg.data.transforms import resize_pair
 from edgeseg.metrics import ConfusionMatrix, SegmentationScores
 from edgeseg.progress import track
@@ -51,10 +52,17 @@ def confusion_on(predict: Predictor, dataset: SegmentationDataset, preprocessing
     count = len(dataset) if limit is None else min(limit, len(dataset))
     for index in track(range(count), description, total=count):
         image, mask = dataset.load(index)
+        if getattr(preprocessing, "fit", "resize") != "resize":  # a card's letterbox / crop, seen as deployed
+            fitted, placement = fit_image(image, preprocessing.input_size, preprocessing.fit, rgb_mean(preprocessing))
+            output = output_inner(predict(preprocessing.normalize(fitted)), placement)
+            seen = source_region(mask, placement)
+            confusion.update(seen, labels_at(output, seen.shape))
+            continue
         resized, _ = resize_pair(image, None, preprocessing.input_size)
         output = predict(preprocessing.normalize(resized))
         confusion.update(mask, labels_at(output, mask.shape))
     return confusion
+
 
 
 def torch_predictor(model, device: str = "cpu") -> Predictor:
@@ -72,7 +80,7 @@ def torch_predictor(model, device: str = "cpu") -> Predictor:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    model: str
+    model: str  # a zoo name, .onnx, bundle, .engine, Hugging Face directory or module:factory (edgeseg.model_source)
     weights: str | None = None
     dataset: str = "camvid"
     split: str = "test"
@@ -81,28 +89,65 @@ class EvalConfig:
     limit: int | None = None
     device: str = "cpu"
     threads: int | None = None
+    card: str | None = None  # model card of a foreign model (TOML)
 
 
 def evaluate_model(cfg: EvalConfig) -> dict:
-    """Evaluate a zoo model (with any --weights spec) on a dataset split; returns a JSON-ready report."""
+    """Evaluate a model (zoo name with any --weights spec, or any model edgeseg.model_source resolves) on a dataset
+    split; returns a JSON-ready report."""
+    from edgeseg.data.datasets import open_dataset
+    from edgeseg.model_source import load_card_option, resolve_source
+
+    source = resolve_source(cfg.model)  # an unknown name fails before any data is read
+    card = load_card_option(cfg.card, source)
+    if source.kind in ("onnx", "bundle", "engine"):
+        return _evaluate_runnable(cfg, source, card)
     import torch
 
-    from edgeseg.data.datasets import open_dataset
-    from edgeseg.zoo.weights import load_model
+    from edgeseg.model_source import load_torch
 
-    from edgeseg.zoo.registry import get_entry
-
-    get_entry(cfg.model)  # an unknown name fails before any data is read
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    dataset = open_dataset(cfg.dataset, cfg.split, cfg.data_root)
-    loaded = load_model(cfg.model, cfg.weights, label_set=dataset.label_set)
+    if source.kind == "zoo":
+        dataset = open_dataset(cfg.dataset, cfg.split, cfg.data_root)
+        loaded = load_torch(source, cfg.weights, label_set=dataset.label_set)
+    else:
+        loaded = load_torch(source, cfg.weights, card)
+        dataset = open_dataset(cfg.dataset, cfg.split, cfg.data_root, label_set=loaded.preprocessing)
     preprocessing = loaded.preprocessing.with_size(cfg.size) if cfg.size else loaded.preprocessing
     scores = evaluate(torch_predictor(loaded.model, cfg.device), dataset, preprocessing, limit=cfg.limit,
                       description=f"eval {cfg.model}")
     return {
         "model": cfg.model,
         "weights": loaded.source,
+        "dataset": dataset.name,
+        "images": min(len(dataset), cfg.limit or len(dataset)),
+        "input_size": list(preprocessing.input_size),
+        **scores.to_dict(dataset.label_set.classes),
+    }
+
+
+def _evaluate_runnable(cfg: EvalConfig, source, card) -> dict:
+    """An .onnx (with metadata or a card), a bundle or an engine, run by its runner at its own input size."""
+    from edgeseg.data.datasets import open_dataset
+    from edgeseg.errors import UsageError
+    from edgeseg.model_source import runnable_path
+    from edgeseg.runners.base import open_runner
+
+    if cfg.weights not in (None, "", "default"):
+        raise UsageError(f"{cfg.model} carries its weights; drop --weights")
+    if cfg.size:
+        raise UsageError(f"{cfg.model} runs at the size it was built for; drop --size")
+    device = "cpu" if cfg.device == "cpu" else "auto"
+    with runnable_path(source, card) as path, open_runner(path, device=device, threads=cfg.threads) as runner:
+        preprocessing = runner.preprocessing
+        dataset = open_dataset(cfg.dataset, cfg.split, cfg.data_root, label_set=preprocessing)
+        scores = evaluate(runner.infer, dataset, preprocessing, limit=cfg.limit, description=f"eval {source.name}")
+        backend = runner.backend
+    return {
+        "model": cfg.model,
+        "weights": str(source.path),
+        "backend": backend,
         "dataset": dataset.name,
         "images": min(len(dataset), cfg.limit or len(dataset)),
         "input_size": list(preprocessing.input_size),

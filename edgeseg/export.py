@@ -77,7 +77,8 @@ def parity_batches(preprocessing: Preprocessing, cfg: ExportConfig) -> tuple[lis
     from edgeseg.data.transforms import resize_pair
 
     try:
-        dataset = open_dataset(cfg.dataset, cfg.parity_split, cfg.data_root)
+        dataset = open_dataset(cfg.dataset, cfg.parity_split, cfg.data_root, label_set=preprocessing,
+                               check_classes=False)
     except DataError as exc:
         warnings.warn(f"parity check on synthetic images: {exc}", stacklevel=2)
         rng = np.random.default_rng(0)
@@ -221,5 +222,6 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
 def onnx_preprocessing(path: str | Path) -> Preprocessing:
     metadata = read_onnx_metadata(path)
     if METADATA_PREPROCESSING not in metadata:
-        raise UsageError(f"{path} carries no edgeseg preprocessing metadata; export it with 'edgeseg export'")
+        raise UsageError(f"{path} carries no edgeseg preprocessing metadata; give its model card with --card "
+                         f"CARD.toml ('edgeseg card init {path}' writes one), or export it with 'edgeseg export'")
     return Preprocessing.from_dict(json.loads(metadata[METADATA_PREPROCESSING]))

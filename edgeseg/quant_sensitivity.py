@@ -78,8 +78,8 @@ def evaluate_onnx(path: Path, cfg) -> float:
     from edgeseg.evaluate import evaluate
     from edgeseg.runners.ort import OrtRunner
 
-    dataset = open_dataset(cfg.eval_dataset, cfg.eval_split, cfg.data_root)
     with OrtRunner(path, device="cpu", threads=cfg.threads) as runner:
+        dataset = open_dataset(cfg.eval_dataset, cfg.eval_split, cfg.data_root, label_set=runner.preprocessing)
         scores = evaluate(runner.infer, dataset, runner.preprocessing, limit=cfg.eval_limit,
                           description=f"eval {Path(path).name}")
     return scores.miou

@@ -70,14 +70,35 @@ def _require_edgeseg_onnx(path: Path) -> dict:
     return metadata
 
 
-def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> Artifact:
-    """FP32 ONNX -> FP16 ONNX with float32 inputs/outputs and overflow-prone ops kept in FP32."""
+def _with_card(fp32_path: Path, card, scratch: Path) -> Path:
+    """A foreign FP32 graph plus its model card -> a copy carrying the card in its metadata (checked against the
+    graph), so the quantized graph carries it on; without a card the graph must carry edgeseg metadata already."""
+    if card is None:
+        return fp32_path
+    from edgeseg.card import write_carded_onnx
+
+    if not fp32_path.is_file():
+        raise UsageError(f"{fp32_path} does not exist")
+    carded = scratch / fp32_path.name
+    write_carded_onnx(fp32_path, card, carded, model_name=card.name or fp32_path.stem)
+    return carded
+
+
+def _card_record(card) -> dict:
+    return {"card": {"origin": card.origin, **card.to_dict()}} if card is not None else {}
+
+
+def convert_fp16(fp32_path: str | Path, out_path: str | Path, card=None) -> Artifact:
+    """FP32 ONNX -> FP16 ONNX with float32 inputs/outputs and overflow-prone ops kept in FP32. A foreign graph
+    comes with its model card (edgeseg.card.ModelCard), which the FP16 graph then carries."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    _require_edgeseg_onnx(fp32_path)
-    graph = onnx.load(str(fp32_path))
+    with tempfile.TemporaryDirectory(prefix="edgeseg-fp16-") as scratch:
+        source = _with_card(fp32_path, card, Path(scratch))
+        _require_edgeseg_onnx(source)
+        graph = onnx.load(str(source))
     converted = convert_float_to_float16(graph, keep_io_types=True, op_block_list=list(FP16_KEEP_FP32_OPS))
     _set_precision(converted, "fp16")
     with atomic_path(out_path) as tmp:
@@ -85,7 +106,7 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> Artifact:
     manifest = stage_manifest("quantize", inputs={"onnx": input_record(fp32_path)},
                               settings={"precision": "fp16", "fp32_ops": list(FP16_KEEP_FP32_OPS),
                                         "keep_io_types": True}, libraries=("onnx", "onnxruntime"))
-    manifest.update({"precision": "fp16", "artifact": _artifact_record(out_path)})
+    manifest.update({"precision": "fp16", "artifact": _artifact_record(out_path), **_card_record(card)})
     write_json(out_path.with_name(out_path.name + ".json"), manifest)
     return Artifact(out_path, manifest)
 
@@ -153,22 +174,25 @@ def _stride(count: int) -> int:
 
 
 def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: QuantizeConfig,
-                  out_path: str | Path, log=print) -> Artifact:
-    """FP32 ONNX + calibration manifest -> INT8 Q/DQ ONNX (+ manifest with the accuracy loop's record)."""
+                  out_path: str | Path, log=print, card=None) -> Artifact:
+    """FP32 ONNX + calibration manifest -> INT8 Q/DQ ONNX (+ manifest with the accuracy loop's record). A foreign
+    graph comes with its model card, which the INT8 graph then carries; its FP32 reference is ONNX Runtime's."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    fp32_path, out_path = Path(fp32_path), Path(out_path)
-    _require_edgeseg_onnx(fp32_path)
-    preprocessing = onnx_preprocessing(fp32_path)
-    calibration, paths = load_calibration_set(calibration_path, cfg.data_root)
-    if not paths:
-        raise UsageError(f"{calibration_path} lists no images")
-    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    original, out_path = Path(fp32_path), Path(out_path)
     started = time.monotonic()
 
     with tempfile.TemporaryDirectory(prefix="edgeseg-quant-") as scratch:
         scratch = Path(scratch)
+        (scratch / "card").mkdir()
+        fp32_path = _with_card(original, card, scratch / "card")
+        _require_edgeseg_onnx(fp32_path)
+        preprocessing = onnx_preprocessing(fp32_path)
+        calibration, paths = load_calibration_set(calibration_path, cfg.data_root)
+        if not paths:
+            raise UsageError(f"{calibration_path} lists no images")
+        input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
         prepared = scratch / "prepared.onnx"
         try:  # symbolic shape inference + ORT graph clean-up, as ORT recommends before quantizing
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
@@ -193,13 +217,14 @@ def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: Quan
                 "weight_type": "int8 symmetric" + (" per-channel" if cfg.per_channel else " per-tensor"),
                 "quantized_ops": list(TRT_QUANTIZED_OPS) if cfg.profile == "trt" else "onnxruntime default"}
     manifest = stage_manifest("quantize",
-                              inputs={"onnx": input_record(fp32_path), "calibration": input_record(calibration_path)},
+                              inputs={"onnx": input_record(original), "calibration": input_record(calibration_path)},
                               settings=settings, checks={"accuracy": accuracy} if accuracy else {},
                               libraries=("onnx", "onnxruntime"))
     manifest.update({"precision": "int8", "calibration": {"count": calibration["count"],
                                                           "strategy": calibration["strategy"]},
                      "layers_kept_float": accuracy["kept_float"] if accuracy else list(cfg.keep_float),
-                     "seconds": round(time.monotonic() - started, 1), "artifact": _artifact_record(out_path)})
+                     "seconds": round(time.monotonic() - started, 1), "artifact": _artifact_record(out_path),
+                     **_card_record(card)})
     write_json(out_path.with_name(out_path.name + ".json"), manifest)
     return Artifact(out_path, manifest)
 

@@ -12,7 +12,9 @@ from edgeseg.manifest import write_json
 
 
 def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, data_root, limit, threads,
-                       latency_rounds: int, log=print) -> dict:
+                       latency_rounds: int, log=print, accuracy: bool = True) -> dict:
+    """accuracy=False (no labelled data, e.g. a foreign model calibrated on a plain image folder): latency and
+    size only, mIoU recorded as None."""
     import numpy as np
 
     from edgeseg.bench.latency import measure_interleaved
@@ -20,8 +22,10 @@ def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, da
     from edgeseg.evaluate import evaluate
     from edgeseg.runners.ort import OrtRunner
 
-    dataset = open_dataset(dataset_name, split, data_root)
     runners = {precision: OrtRunner(path, device="cpu", threads=threads) for precision, path in paths.items()}
+    if not accuracy:
+        return _latency_only(paths, runners, latency_rounds, threads, log)
+    dataset = open_dataset(dataset_name, split, data_root, label_set=next(iter(runners.values())).preprocessing)
     results: dict[str, dict] = {}
     for precision, runner in runners.items():
         scores = evaluate(runner.infer, dataset, runner.preprocessing, limit=limit, description=f"eval {precision}")
@@ -45,6 +49,27 @@ def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, da
             "precisions": results}
 
 
+def _latency_only(paths, runners, latency_rounds, threads, log) -> dict:
+    import numpy as np
+
+    from edgeseg.bench.latency import measure_interleaved
+
+    batch = np.zeros((1, 3, *next(iter(runners.values())).preprocessing.input_size), np.float32)
+    timings = measure_interleaved({p: (lambda r=r: r.infer(batch)) for p, r in runners.items()},
+                                  rounds=latency_rounds, per_round=2)
+    results = {}
+    for precision, path in paths.items():
+        results[precision] = {"miou": None, "miou_drop": None, "pixel_accuracy": None, "per_class_iou": None,
+                              "size_mb": path.stat().st_size / 1e6, "latency_p50_ms": timings[precision].p50_ms,
+                              "latency_ratio": timings[precision].p50_ms / timings["fp32"].p50_ms,
+                              "latency": timings[precision].to_dict()}
+        log(f"{precision}: p50 {results[precision]['latency_p50_ms']:.1f} ms "
+            f"({results[precision]['latency_ratio']:.2f}x fp32), {results[precision]['size_mb']:.1f} MB "
+            f"(no labelled data: accuracy not measured)")
+    return {"dataset": None, "images": 0, "backend": "ort-cpu", "threads": threads,
+            "latency_method": "interleaved rounds, batch 1, model only", "precisions": results}
+
+
 def write_reports(bundle: Path, model: str, target: str, measured: dict, manifest: dict) -> None:
     report = {"schema": 1, "model": model, "target": target, "eval": {"dataset": measured["dataset"],
                                                                      "images": measured["images"]},
@@ -58,7 +83,14 @@ def write_reports(bundle: Path, model: str, target: str, measured: dict, manifes
              f"{measured['latency_method']}, measured side by side in one run.", "",
              "| precision | mIoU | drop (points) | p50 latency (ms) | vs fp32 | size (MB) |",
              "| --- | --- | --- | --- | --- | --- |"]
+    if measured["dataset"] is None:
+        lines[2] = ("No labelled data was given, so accuracy was not measured (mIoU '-'); latency on ONNX Runtime "
+                    f"CPU, {measured['latency_method']}, measured side by side in one run.")
     for precision, result in measured["precisions"].items():
+        if result["miou"] is None:
+            lines.append(f"| {precision} | - | - | {result['latency_p50_ms']:.1f} | {result['latency_ratio']:.2f}x | "
+                         f"{result['size_mb']:.1f} |")
+            continue
         lines.append(f"| {precision} | {result['miou']:.4f} | {result['miou_drop']:+.2f} | "
                      f"{result['latency_p50_ms']:.1f} | {result['latency_ratio']:.2f}x | {result['size_mb']:.1f} |")
     kept = manifest.get("layers_kept_float") or []

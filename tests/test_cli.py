@@ -30,7 +30,7 @@ def assert_one_line_error(code, err, pattern):
 
 
 TOP_LEVEL_COMMANDS = {"models", "eval", "train", "export", "calib", "quantize", "build", "demo", "bench", "prune",
-                      "targets", "data", "engine", "doctor"}
+                      "targets", "data", "engine", "doctor", "card"}
 
 
 def help_command_names(help_text: str) -> list[str]:

@@ -53,12 +53,17 @@ class OrtRunner:
         self.session, self.backend = ort_session(self.path, device, threads)
         preprocessing, self.output_kind = read_metadata(self.session)
         if preprocessing is None:
-            raise UsageError(f"{self.path} carries no edgeseg preprocessing metadata; export it with 'edgeseg export'")
+            raise UsageError(f"{self.path} carries no edgeseg preprocessing metadata; give its model card with --card "
+                             f"CARD.toml ('edgeseg card init {self.path}' writes one), or export it with "
+                             f"'edgeseg export'")
         self.preprocessing = preprocessing
         model_input = self.session.get_inputs()[0]
         self.input_spec = TensorSpec(model_input.name, tuple(model_input.shape),
                                      _ORT_TYPES.get(model_input.type, model_input.type))
-        self._output_name = self.session.get_outputs()[0].name
+        # A foreign graph with several outputs names its segmentation output in the card (edgeseg.output_name).
+        chosen = self.session.get_modelmeta().custom_metadata_map.get("edgeseg.output_name")
+        names = [output.name for output in self.session.get_outputs()]
+        self._output_name = chosen if chosen in names else names[0]
 
     def __enter__(self) -> "OrtRunner":
         return self

@@ -31,6 +31,8 @@ class Preprocessing:
     classes: tuple[str, ...] = ()
     palette: tuple[tuple[int, int, int], ...] = ()
     ignore_index: int = 255
+    # How a frame of another shape is brought to input_size: resize (stretch), letterbox (pad) or crop (centre).
+    fit: str = "resize"
 
     @property
     def num_classes(self) -> int:

@@ -1,0 +1,309 @@
+"""What a `--model` value names, and how each kind is loaded.
+
+  zoo        a zoo name (edgeseg models)
+  onnx       an .onnx file: with edgeseg metadata, or with a model card (--card) for a foreign graph
+  bundle     a build bundle folder (its best artifact)
+  engine     an .engine / .plan with its sidecar
+  hf         a local Hugging Face directory (config.json) or hub id of an AutoModelForSemanticSegmentation model
+  factory    `package.module:factory` returning a torch nn.Module, with --weights (safetensors or a state_dict)
+
+The torch kinds (zoo, hf, factory) give a LoadedModel that `edgeseg export` turns into ONNX; the others run as
+they are. Torch is imported only when a torch kind is loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeseg.errors import UsageError, WeightsError
+
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+TORCH_KINDS = ("zoo", "hf", "factory")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str
+    spec: str
+    name: str  # for manifests and default bundle folders
+    path: Path | None = None
+
+    @property
+    def is_torch(self) -> bool:
+        return self.kind in TORCH_KINDS
+
+
+def resolve_source(spec: str) -> ModelSource:
+    """Classify a --model value; an unknown zoo name fails here with the zoo's own suggestions."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_dir():
+            if (path / "config.json").is_file():
+                return ModelSource("hf", spec, path.resolve().name, path)
+            return ModelSource("bundle", spec, path.resolve().name, path)
+        if path.suffix == ".onnx":
+            return ModelSource("onnx", spec, path.stem, path)
+        if path.suffix in (".engine", ".plan", ".trt"):
+            return ModelSource("engine", spec, path.stem, path)
+        raise UsageError(f"{path}: cannot use a {path.suffix or 'file without suffix'} as a model; give a zoo name, "
+                         f".onnx, .engine, bundle folder, Hugging Face directory or module:factory")
+    if spec.startswith((".", "/", "~")):
+        raise UsageError(f"{spec} does not exist")
+    if _FACTORY.match(spec):
+        return ModelSource("factory", spec, spec.split(":")[1])
+    if spec.endswith((".onnx", ".engine", ".plan")) or "/" in spec and not _HUB_ID.match(spec):
+        raise UsageError(f"{spec} does not exist")
+    from edgeseg.zoo.registry import _REGISTRY, _load_families, get_entry
+
+    _load_families()
+    if spec in _REGISTRY:
+        return ModelSource("zoo", spec, spec)
+    if _HUB_ID.match(spec):
+        return ModelSource("hf", spec, spec.split("/")[-1])
+    get_entry(spec)  # raises the zoo's "unknown model ..., did you mean" line
+    raise AssertionError("unreachable")
+
+
+def load_card_option(card: str | Path | None, source: ModelSource | None = None):
+    """The --card file, read and validated; refused for kinds that carry their own contract."""
+    from edgeseg.card import load_card
+
+    if card and source is not None and source.kind in ("zoo", "bundle", "engine"):
+        raise UsageError(f"--card is for foreign models; {source.spec} is a {source.kind} and carries its contract")
+    return load_card(card) if card else None
+
+
+# ---------------------------------------------------------------------------------------------- runnable kinds
+
+
+@contextlib.contextmanager
+def runnable_path(source: ModelSource, card=None):
+    """A path `open_runner` takes for an onnx/bundle/engine source; a foreign ONNX with a card runs from a carded
+    copy in a temporary folder (the user's file is never modified)."""
+    if source.kind not in ("onnx", "bundle", "engine"):
+        raise UsageError(f"{source.spec} is a {source.kind} model; export it first ('edgeseg export') or build it")
+    if source.kind != "onnx" or card is None:
+        if source.kind == "onnx":
+            require_contract(source.path)
+        yield source.path
+        return
+    from edgeseg.card import write_carded_onnx
+
+    with tempfile.TemporaryDirectory(prefix="edgeseg-card-") as scratch:
+        carded = Path(scratch) / source.path.name
+        write_carded_onnx(source.path, card, carded, model_name=card.name or source.name)
+        yield carded
+
+
+def require_contract(path: Path) -> None:
+    from edgeseg.card import has_contract
+
+    if not has_contract(path):
+        raise UsageError(f"{path} carries no edgeseg metadata; give its model card with --card CARD.toml "
+                         f"('edgeseg card init {path}' writes one)")
+
+
+# ---------------------------------------------------------------------------------------------- contracts
+
+
+def contract_of(source: ModelSource, card=None, weights: str | None = None):
+    """(Preprocessing, output kind, where it came from) for any model edgeseg can load."""
+    from edgeseg.zoo.contract import Preprocessing
+
+    if card is not None:
+        if source.kind == "onnx":
+            from edgeseg.card import check_card
+
+            check_card(card, source.path)
+        return card.preprocessing(), card.output, "the model card"
+    if source.kind == "zoo":
+        from edgeseg.zoo.registry import get_entry
+
+        return get_entry(source.spec).preprocessing(), "logits", "the zoo entry"
+    if source.kind in ("onnx", "bundle"):
+        from edgeseg.export import read_onnx_metadata
+        from edgeseg.runners.base import _bundle_artifact
+        from edgeseg.runners.ort import METADATA_OUTPUT, METADATA_PREPROCESSING
+
+        path = source.path if source.kind == "onnx" else _bundle_artifact(source.path, "cpu")
+        require_contract(path)
+        metadata = read_onnx_metadata(path)
+        return (Preprocessing.from_dict(json.loads(metadata[METADATA_PREPROCESSING])),
+                metadata.get(METADATA_OUTPUT, "logits"), f"the metadata of {path}")
+    if source.kind == "engine":
+        from edgeseg.engine.sidecar import read_sidecar
+
+        sidecar = read_sidecar(source.path)
+        if not sidecar.get("preprocessing"):
+            raise UsageError(f"the sidecar of {source.path} has no preprocessing contract")
+        return (Preprocessing.from_dict(sidecar["preprocessing"]), sidecar.get("output", "logits"),
+                f"the sidecar of {source.path}")
+    if source.kind == "hf":
+        return hf_preprocessing(_hf_directory(source.spec), None), "logits", f"{source.spec}"
+    raise UsageError(f"{source.spec}: a module:factory model has no contract of its own; give --card CARD.toml")
+
+
+# ---------------------------------------------------------------------------------------------- torch kinds
+
+
+def load_torch(source: ModelSource, weights: str | None = None, card=None, label_set=None):
+    """A LoadedModel (edgeseg.zoo.weights) for a zoo, Hugging Face or module:factory source."""
+    if source.kind == "zoo":
+        from edgeseg.zoo.weights import load_model
+
+        return load_model(source.spec, weights, label_set=label_set)
+    if source.kind == "hf":
+        if weights not in (None, "", "default"):
+            raise UsageError(f"{source.spec} is a Hugging Face model with its own weights; drop --weights")
+        return load_hf(source.spec, card)
+    if source.kind == "factory":
+        return load_factory(source.spec, weights, card)
+    raise UsageError(f"{source.spec} is an {source.kind}, not a PyTorch model")
+
+
+def _hf_directory(spec: str) -> Path:
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    from edgeseg.zoo.weights import _download_from_hub
+
+    return _download_from_hub(spec)
+
+
+def hf_preprocessing(directory: Path, card):
+    """The contract of a Hugging Face segmentation directory: classes from id2label, mean/std and size from its
+    preprocessor_config.json; a card, when given, wins."""
+    from edgeseg.data.palettes import LABEL_SETS, generic_palette
+    from edgeseg.zoo.contract import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+    if card is not None:
+        return card.preprocessing()
+    config = json.loads((directory / "config.json").read_text())
+    id2label = config.get("id2label") or {}
+    classes = tuple(id2label[k] for k in sorted(id2label, key=int))
+    if not classes:
+        raise WeightsError(f"{directory}/config.json has no id2label; give the class names with --card")
+    known = next((ls for ls in LABEL_SETS.values()
+                  if tuple(c.lower() for c in ls.classes) == tuple(c.lower() for c in classes)), None)
+    palette = known.palette if known else generic_palette(len(classes))
+    mean, std, size = IMAGENET_MEAN, IMAGENET_STD, (512, 512)
+    processor = directory / "preprocessor_config.json"
+    if processor.is_file():
+        settings = json.loads(processor.read_text())
+        mean = tuple(settings.get("image_mean", mean))
+        std = tuple(settings.get("image_std", std))
+        raw = settings.get("size")
+        if isinstance(raw, dict) and "height" in raw and "width" in raw:
+            size = (int(raw["height"]), int(raw["width"]))
+        elif isinstance(raw, int):
+            size = (raw, raw)
+    return Preprocessing(input_size=size, mean=mean, std=std, classes=classes, palette=palette)
+
+
+def load_hf(spec: str, card=None):
+    """Any AutoModelForSemanticSegmentation checkpoint, wrapped to give logits at the input size."""
+    from edgeseg.lazy import lazy_import
+    from edgeseg.zoo.weights import LoadedModel
+
+    directory = _hf_directory(spec)
+    transformers = lazy_import("transformers")
+    config = json.loads((directory / "config.json").read_text())
+    hf_logging = transformers.utils.logging
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # a local directory loads in well under a second
+    try:
+        model = transformers.AutoModelForSemanticSegmentation.from_pretrained(str(directory))
+    except (ValueError, OSError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{spec} ({config.get('model_type', 'unknown type')}) is not loadable as "
+                           f"AutoModelForSemanticSegmentation: {first}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    preprocessing = hf_preprocessing(directory, card)  # after loading: a model of the wrong kind says so first
+    if model.config.num_labels != preprocessing.num_classes:
+        raise WeightsError(f"{spec} predicts {model.config.num_labels} classes but its contract lists "
+                           f"{preprocessing.num_classes}")
+    weight_file = next((p for p in (directory / "model.safetensors", directory / "pytorch_model.bin") if p.is_file()),
+                       None)
+    return LoadedModel(_SegmentationOutput.wrap(model.eval(), hf=True), preprocessing, str(spec),
+                       checkpoint=weight_file)
+
+
+class _SegmentationOutput:
+    """Built lazily (needs torch): any model's output (tensor, dict with 'out'/'logits', ModelOutput, tuple) ->
+    NxKxHxW logits at the input size."""
+
+    @staticmethod
+    def wrap(model, hf: bool = False):
+        import torch
+        import torch.nn.functional as F
+
+        class SegmentationLogits(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.model = inner
+
+            def forward(self, pixel_values):
+                out = self.model(pixel_values=pixel_values) if hf else self.model(pixel_values)
+                if isinstance(out, dict) and not hasattr(out, "logits"):
+                    out = out["out"] if "out" in out else out["logits"]
+                elif hasattr(out, "logits"):
+                    out = out.logits
+                elif isinstance(out, (tuple, list)):
+                    out = out[0]
+                if out.dim() == 4 and out.shape[-2:] != pixel_values.shape[-2:]:
+                    out = F.interpolate(out, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+                return out
+
+        return SegmentationLogits(model).eval()
+
+
+def load_factory(spec: str, weights: str | None, card):
+    """`package.module:factory` -> the user's nn.Module with --weights loaded safely (no pickled code)."""
+    from edgeseg.zoo.weights import LoadedModel, _read_state_dict
+
+    if card is None:
+        raise UsageError(f"{spec} is a PyTorch model without a contract; give its model card with --card CARD.toml")
+    if weights in (None, "", "default"):
+        raise UsageError(f"{spec} needs --weights FILE (.safetensors, or a .pt/.pth state_dict)")
+    module_name, factory_name = spec.split(":")
+    if str(Path.cwd()) not in sys.path:  # a user's module beside where they run edgeseg, as `python -m` would
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import {module_name} for --model {spec}: {exc}") from None
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise UsageError(f"{module_name} has no callable {factory_name!r} for --model {spec}")
+    model = factory()
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module")
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights {weights} do not exist")
+    state = _read_state_dict(path)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape: another variant or class count
+        raise WeightsError(f"{path} does not fit {spec}(): {str(exc).strip().splitlines()[-1].strip()}") from None
+    if result.missing_keys or result.unexpected_keys:
+        missing, unexpected = result.missing_keys, result.unexpected_keys
+        first = (f"missing {len(missing)} (first: {missing[0]})" if missing else "") + \
+                ("; " if missing and unexpected else "") + \
+                (f"unexpected {len(unexpected)} (first: {unexpected[0]})" if unexpected else "")
+        raise WeightsError(f"{path} does not fit {spec}(): {first}")
+    return LoadedModel(_SegmentationOutput.wrap(model.eval()), card.preprocessing(), str(path), checkpoint=path)
