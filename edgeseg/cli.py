@@ -296,9 +296,13 @@ def build(
 
 @app.command()
 def demo(
-    model: str = typer.Option(..., "--model", "-m", help=".onnx model, TensorRT .engine or build bundle folder"),
-    source: str = typer.Option("0", "--source", "-s", help="camera index (0), /dev/videoN, video file, rtsp:// URL "
-                                                           "or image folder (played in name order)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=".onnx model, TensorRT .engine or build bundle "
+                                                                    "folder (required unless --print-pipeline)"),
+    source: str = typer.Option("0", "--source", "-s", help="camera index (0), /dev/videoN, v4l2:///dev/videoN, "
+                                                           "csi://N?width=1920&height=1080&fps=30&sensor-mode=M&flip=F, "
+                                                           "video file, rtsp:// URL (#codec=h265) or image folder"),
+    print_pipeline: bool = typer.Option(False, "--print-pipeline", help="print the GStreamer pipeline the source "
+                                                                         "would be opened with, and exit"),
     show: bool = typer.Option(True, "--show/--no-show", help="open a window (q or Esc quits)"),
     save: Optional[Path] = typer.Option(None, help="write the rendered video here (.mp4), finalised even on Ctrl-C"),
     mode: str = typer.Option("overlay", help="overlay, mask or side-by-side"),
@@ -318,6 +322,13 @@ def demo(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the run summary as JSON here"),
 ):
     """Real-time segmentation of a camera, stream, video file or image folder, with legend, HUD and --save."""
+    if print_pipeline:
+        from edgeseg.demo.sources import print_pipeline as show_pipeline
+
+        raise typer.Exit(show_pipeline(source, out=lambda line: console.print(line, markup=False, highlight=False,
+                                                                              soft_wrap=True)))
+    if model is None:
+        raise UsageError("demo needs --model (an .onnx, .engine or build bundle folder)")
     from edgeseg.demo.app import DemoConfig, format_summary, run_demo
     from edgeseg.manifest import write_json
 
