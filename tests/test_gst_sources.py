@@ -196,3 +196,21 @@ def test_print_pipeline_command_prints_and_exits_zero_without_a_model():
     bad = subprocess.run([sys.executable, "-m", "edgeseg", "demo", "--source", "csi://0"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "demo needs --model" in bad.stderr
+
+
+def test_open_source_records_how_a_real_file_was_opened(tmp_path):
+    from edgeseg.demo.sources import open_source
+
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for index in range(3):
+        writer.write(np.full((48, 64, 3), index * 40, np.uint8))
+    writer.release()
+    source = open_source(parse_source(str(path)))
+    try:
+        assert source.read().shape == (48, 64, 3)
+        expected = "gstreamer" if gst.opencv_has_gstreamer() and gst.element_exists("nvv4l2decoder") else "opencv"
+        assert source.capture_backend == expected
+        assert ("FFmpeg" in source.capture_note) == (expected == "opencv")
+    finally:
+        source.close()

@@ -192,6 +192,8 @@ class VideoSource:
         self._log = log
         self._stop_event = stop_event or threading.Event()
         self.reconnects = 0  # reconnect attempts made
+        self.capture_backend = "injected" if capture_factory else "opencv"  # open_source says gstreamer
+        self.capture_note: str | None = None  # how it was opened, for the log (open_source)
         self.lost = False  # True once a live source could not be reconnected
         self._capture = self._factory(spec.target)
         if not self._capture.isOpened():
@@ -366,16 +368,20 @@ def open_source(spec: SourceSpec, backoff: Backoff = Backoff(), capture_factory:
     saying which in the log."""
     if spec.kind == "folder":
         return ImageFolderSource(spec, log=log)
-    if capture_factory is None:
-        plan = capture_plan_here(spec)
-        if plan.backend == "unavailable":
-            raise UsageError(plan.note)
-        log(f"capture: {plan.note}" + (f": {gst.mask_credentials(plan.pipeline)}"
-                                       if plan.backend == "gstreamer" else ""))
-        if plan.backend == "gstreamer":
-            pipeline = plan.pipeline
-            capture_factory = lambda _target: gstreamer_capture(pipeline)  # noqa: E731 (reopened on reconnect)
-    return VideoSource(spec, backoff=backoff, capture_factory=capture_factory, log=log, stop_event=stop_event)
+    if capture_factory is not None:  # tests: the injected capture stands for the camera, whatever the backend
+        return VideoSource(spec, backoff=backoff, capture_factory=capture_factory, log=log, stop_event=stop_event)
+    plan = capture_plan_here(spec)
+    if plan.backend == "unavailable":
+        raise UsageError(plan.note)
+    if plan.backend == "gstreamer":
+        pipeline = plan.pipeline
+        capture_factory = lambda _target: gstreamer_capture(pipeline)  # noqa: E731 (reopened on reconnect)
+    source = VideoSource(spec, backoff=backoff, capture_factory=capture_factory, log=log, stop_event=stop_event)
+    source.capture_backend = plan.backend
+    # Said by the demo's start line (not here, so that a later error stays the only line of a failed start).
+    source.capture_note = plan.note + (f": {gst.mask_credentials(plan.pipeline)}" if plan.backend == "gstreamer"
+                                       else "")
+    return source
 
 
 def print_pipeline(text: str, out: Callable[[str], None] = print, note: Callable[[str], None] = log_to_stderr) -> int:
