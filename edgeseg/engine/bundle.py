@@ -174,16 +174,45 @@ def finish_for_target(bundle_dir: str | os.PathLike, target: Target, precision: 
     for warning in plan.warnings:
         log(f"warning: {warning}")
 
+    deepstream = _write_deepstream(bundle, choice, precision, log)
     if reason is None:
         sidecar = build_in_bundle(bundle, plan, data_root, log)
+        if deepstream.get("config"):
+            with atomic_path(bundle / README_FILE) as tmp:
+                tmp.write_text("\n".join([f"# edgeseg bundle: {choice.facts.metadata.get('edgeseg.model', 'model')} "
+                                          f"for {target.name}", "", *deepstream_readme(choice, precision)]))
         return {"engine": engine_name(precision), "sidecar": sidecar_path(engine_name(precision)).name,
-                "plan": plan.to_dict(), "tensorrt": sidecar["tensorrt"], "build_seconds": sidecar["build_seconds"]}
+                "plan": plan.to_dict(), "tensorrt": sidecar["tensorrt"], "build_seconds": sidecar["build_seconds"],
+                "deepstream": deepstream}
 
     written = write_kit(bundle, target, plan, precision)
     log(f"engine not built here: {reason}; wrote {', '.join(written)} into the bundle: finish on the {target.name} "
         "with 'edgeseg engine build .' (or ./build_engine.sh)")
     return {"engine": None, "reason": reason, "plan": plan.to_dict(),
-            "trtexec": shlex.join(plan.to_trtexec(engine_name(precision))), "kit": written}
+            "trtexec": shlex.join(plan.to_trtexec(engine_name(precision))), "kit": written, "deepstream": deepstream}
+
+
+def _write_deepstream(bundle: Path, choice: OnnxChoice, precision: str, log: Callable[[str], None]) -> dict:
+    """The DeepStream nvinfer config (engine.deepstream); a model DeepStream cannot run is noted, not fatal."""
+    from edgeseg.engine.deepstream import write_deepstream
+    from edgeseg.zoo.contract import Preprocessing
+
+    preprocessing = Preprocessing.from_dict(choice.facts.preprocessing)
+    try:
+        written = write_deepstream(bundle, preprocessing, precision, choice.facts.metadata.get("edgeseg.model",
+                                                                                              "the model"))
+    except UsageError as exc:
+        log(f"warning: no DeepStream config: {exc}")
+        return {"config": None, "reason": str(exc)}
+    log(f"wrote the DeepStream nvinfer config {written['config']} ({written['normalisation']})")
+    return written
+
+
+def deepstream_readme(choice: OnnxChoice, precision: str) -> list[str]:
+    from edgeseg.engine.deepstream import readme_section
+    from edgeseg.zoo.contract import Preprocessing
+
+    return readme_section(Preprocessing.from_dict(choice.facts.preprocessing), precision)
 
 
 def _check_options(options: dict | None) -> dict:
@@ -385,12 +414,16 @@ _FILE_NOTES = {
     PLAN_FILE: "the TensorRT build plan (BuildPlan.to_dict), paths relative to this folder",
     SCRIPT_FILE: "builds the engine with trtexec",
     README_FILE: "this file",
+    "nvinfer_config.txt": "DeepStream nvinfer config (semantic segmentation), paths relative to this folder",
+    "labels.txt": "class names, one a line (DeepStream labelfile-path)",
 }
 
 
 def _file_note(name: str) -> str:
     if name in _FILE_NOTES:
         return _FILE_NOTES[name]
+    if name.endswith(".deepstream.onnx"):
+        return "the model with a Softmax appended, for DeepStream's nvinfer"
     if name.endswith(".onnx.json"):
         return "the manifest of " + name.removesuffix(".json")
     if name.endswith(".engine.json"):
@@ -463,6 +496,11 @@ def render_readme(bundle: Path, target: Target, plan: BuildPlan, precision: str)
         ]
     if plan.warnings:
         lines += ["## Warnings from the plan", ""] + [f"- {warning}" for warning in plan.warnings] + [""]
+    if (bundle / "nvinfer_config.txt").is_file():
+        from edgeseg.engine.deepstream import readme_section
+        from edgeseg.zoo.contract import Preprocessing
+
+        lines += readme_section(Preprocessing.from_dict(facts.preprocessing), precision)
     present = sorted(path.name for path in bundle.iterdir() if path.is_file() and not path.name.startswith("."))
     # manifest.json and the reports are written by 'edgeseg build' after this stage, so they are listed anyway
     names = sorted(set(present) | set(KIT_FILES) | {"manifest.json", "report.json", "report.md"})
