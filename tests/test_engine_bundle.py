@@ -29,7 +29,7 @@ from edgeseg.target_registry import CudaDevice, load_target
 from edgeseg.zoo.contract import Preprocessing
 from tests.engine_helpers import INPUT_NAME, PREPROCESSING, make_bundle, make_model
 
-KIT_TARGETS = ("jetson-orin", "jetson-xavier-nx", "rtx-4090")
+KIT_TARGETS = ("agx-orin", "jetson-xavier-nx", "rtx-4090")
 
 FAKE_TRTEXEC = r"""#!/bin/sh
 # Records its arguments and working directory, insists on a relative --onnx that exists from here, then
@@ -143,7 +143,7 @@ def test_precision_picks_its_onnx(bundle, precision, onnx_name, no_tensorrt):
 
 
 def test_bundle_moved_elsewhere_still_builds_with_trtexec(tmp_path, bundle, no_tensorrt):
-    result = finish_for_target(bundle, load_target("jetson-orin"), "int8", log=quiet([]))
+    result = finish_for_target(bundle, load_target("agx-orin"), "int8", log=quiet([]))
     moved = tmp_path / "somewhere" / "else" / "copied-bundle"
     moved.parent.mkdir(parents=True)
     shutil.move(str(bundle), str(moved))
