@@ -119,3 +119,32 @@ def test_clocks_from_a_recorded_sysfs(tmp_path):
     assert clocks["cpu"]["policy0"]["cur_mhz"] == 1510.4 and clocks["cpu"]["policy0"]["cpus"] == "0 1 2 3"
     assert clocks["emc_mhz"] is None
     assert read_jetson_clocks(tmp_path / "nothing") == {"gpu": None, "cpu": {}, "emc_mhz": None}
+
+
+def test_sampler_runs_tegrastats_and_parses_what_it_prints(tmp_path, monkeypatch):
+    """A stand-in tegrastats on the PATH replays the recorded Orin Nano lines, as the real one prints them."""
+    from edgeseg.bench.power import start_sampler
+
+    tool = tmp_path / "tegrastats"
+    tool.write_text("#!/bin/sh\n[ \"$1\" = --interval ] || exit 2\n"
+                    f"while true; do cat {FIXTURES / 'orin-nano-jp6.txt'}; sleep 0.05; done\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    sampler = start_sampler(interval_ms=50)
+    assert sampler is not None and sampler.source == "tegrastats"
+    import time
+
+    time.sleep(0.3)
+    samples = sampler.stop()
+    assert len(samples) >= 3 and {s.board_mw for s in samples} <= {9012, 9293, 8851}
+    summary = summarize_power(samples, 20.0, sampler.source)
+    assert summary["available"] and 8.8 < summary["board_w"]["mean"] < 9.3
+    assert sampler._process.poll() is not None  # the subprocess is gone
+
+
+def test_no_sampler_off_a_jetson(monkeypatch, tmp_path):
+    from edgeseg.bench.power import start_sampler
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    if not __import__("os").path.exists("/usr/bin/tegrastats"):
+        assert start_sampler() is None  # jtop is not installed here either: no power numbers, no failure
