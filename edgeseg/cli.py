@@ -464,6 +464,11 @@ def targets_command():
     console.print(table)
     console.print("TensorRT is the default for planning; a Jetson's comes with its JetPack, a desktop's is the "
                   "installed one. Memory on a Jetson is shared by CPU and GPU.")
+    from edgeseg.target_family import builtin_families
+
+    for family in dict.fromkeys(builtin_families().values()):  # the module is resolved on the device
+        console.print(f"family {family.name} ({', '.join(family.aliases)}): {family.description}: "
+                      f"{', '.join(rule.id for rule in family.modules)}", markup=False, highlight=False)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):

@@ -164,7 +164,8 @@ def family_target(family: TargetFamily, members: dict[str, Any]) -> Any:
         else family.members[0]
     return dataclasses.replace(
         first, name=family.name, description=family.description, aliases=family.aliases,
-        gpu_memory_gb=min(target.gpu_memory_gb for target in targets), dla_cores=0, precisions=tuple(common),
+        gpu_memory_gb=min(dict(rule.overrides).get("gpu_memory_gb", members[rule.target].gpu_memory_gb)
+                          for rule in family.modules), dla_cores=0, precisions=tuple(common),
         sparsity=all(target.sparsity for target in targets), tensorrt_versions=tuple(versions), jetpack=jetpack,
         default_workspace_mb=min(w for w in workspaces if w), power_modes=(), source=family.source,
         resolved_from=f"family {family.name}: the module ({members_text}) is resolved on the device", family=family.name)

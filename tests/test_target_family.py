@@ -90,7 +90,7 @@ def test_memory_variant_needs_the_memory():
 def test_the_host_plans_only_what_every_module_shares():
     family = load_target("jetson-orin")
     assert family.kind == "jetson" and family.compute_capability == "8.7" and family.dla_cores == 0
-    assert family.default_workspace_mb == 512  # the smallest module's, so the shared plan fits everywhere
+    assert family.default_workspace_mb == 512 and family.gpu_memory_gb == 4  # the smallest module: fits everywhere
     assert family.precisions == ("fp32", "fp16", "int8") and "resolved on the device" in family.resolved_from
     with pytest.raises(UsageError, match="jetson-orin is a family.*DLA core is chosen on the device"):
         plan_build(family, "model.onnx", BuildOptions(precision="fp16", dla_core=0), "10.3")
