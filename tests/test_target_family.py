@@ -167,3 +167,16 @@ def test_dla_is_refused_on_a_resolved_orin_nano(tmp_path, family_kit, monkeypatc
     assert nx8.dla_cores == 1
     with pytest.raises(UsageError, match="DLA core 1 does not exist on jetson-orin-nx"):
         plan_build(nx8, "model.int8.onnx", BuildOptions(precision="fp16", onnx_precision="fp16", dla_core=1), "10.3")
+
+
+def test_host_report_says_the_module_is_resolved_on_the_device(tmp_path, family_kit):
+    from edgeseg.report import write_reports
+
+    bundle, result = family_kit
+    measured = {"dataset": "camvid/test", "images": 1, "backend": "ort-cpu", "threads": 1,
+                "latency_method": "interleaved", "precisions": {}}
+    write_reports(bundle, "tiny-conv", "jetson-orin", measured, {"checks": {}, "engine": result})
+    report = (bundle / "report.md").read_text()
+    assert "Module: jetson-orin is a family; the module is resolved on the device" in report
+    assert "jetson-orin-nano-4gb (workspace 512 MiB, 0 DLA)" in report
+    assert "DeepStream: nvinfer_config.txt runs model.fp16.deepstream.onnx" in report
