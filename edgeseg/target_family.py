@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -27,7 +28,7 @@ from edgeseg.errors import UsageError
 
 FAMILY_KIND = "family"
 MODULE_ENV = "EDGESEG_MODULE"  # set to a rule id to skip detection (a carrier board with its own model string)
-_OVERRIDES = ("gpu_memory_gb", "dla_cores", "default_workspace_mb")
+_OVERRIDES = ("gpu_memory_gb", "dla_cores", "default_workspace_mb", "power_modes")
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ def parse_family(data: dict, where: str) -> TargetFamily:
             raise fail(f"module {rule['id']}: max_memory_gb must be a number greater than 0")
         parsed.append(ModuleRule(id=rule["id"], target=rule["target"], model=tuple(model),
                                  compatible=tuple(compatible), max_memory_gb=limit,
-                                 overrides=tuple((key, rule[key]) for key in _OVERRIDES if key in rule),
+                                 overrides=tuple((key, tuple(rule[key]) if isinstance(rule[key], list) else rule[key])
+                                                 for key in _OVERRIDES if key in rule),
                                  note=rule.get("note", "")))
     ids = [rule.id for rule in parsed]
     if len(set(ids)) != len(ids):
@@ -186,6 +188,11 @@ def module_target(rule: ModuleRule, base: Any, family: TargetFamily, facts: Devi
     """The member target with the rule's overrides, saying how it was resolved."""
     how = facts.describe() if facts else f"{MODULE_ENV}={rule.id}"
     overrides = dict(rule.overrides)
+    if "power_modes" in overrides:  # names like "40W" carry their budget; MAXN has none
+        from edgeseg.target_registry import PowerMode
+
+        overrides["power_modes"] = tuple(PowerMode(name, float(name[:-1]) if re.fullmatch(r"\d+W", name) else None)
+                                         for name in overrides["power_modes"])
     description = base.description + (f" ({rule.note})" if rule.note and overrides else "")
     return dataclasses.replace(base, **overrides, description=description,
                                resolved_from=f"{family.name} resolved on this device ({how}) as {rule.id}")

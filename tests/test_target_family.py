@@ -180,3 +180,10 @@ def test_host_report_says_the_module_is_resolved_on_the_device(tmp_path, family_
     assert "Module: jetson-orin is a family; the module is resolved on the device" in report
     assert "jetson-orin-nano-4gb (workspace 512 MiB, 0 DLA)" in report
     assert "DeepStream: nvinfer_config.txt runs model.fp16.deepstream.onnx" in report
+
+
+def test_agx_orin_32gb_has_its_own_power_modes(family_kit):
+    bundle, _ = family_kit
+    modules = json.loads((bundle / "modules.json").read_text())
+    assert modules["jetson-agx-orin-32gb"]["power_modes"] == ["MAXN", "40W", "30W", "15W"]
+    assert modules["jetson-agx-orin"]["power_modes"] == ["MAXN", "50W", "30W", "15W"]
