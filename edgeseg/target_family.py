@@ -41,7 +41,7 @@ class ModuleRule:
     overrides: tuple[tuple[str, Any], ...] = ()
     note: str = ""
 
-    def matches(self, facts: "DeviceFacts") -> bool:
+    def matches(self, facts: DeviceFacts) -> bool:
         named = any(text in (facts.model or "") for text in self.model) or any(
             part in (facts.compatible or "") for part in self.compatible)
         if not named:

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from edgeseg.engine.bundle import finish_for_target
-from edgeseg.engine.deepstream import (nvinfer_scaling, render_nvinfer_config, sample_pipeline)
+from edgeseg.engine.deepstream import nvinfer_scaling, render_nvinfer_config, sample_pipeline
 from edgeseg.errors import UsageError
 from edgeseg.target_registry import load_target
 from edgeseg.zoo.contract import Preprocessing

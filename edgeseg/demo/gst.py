@@ -15,8 +15,8 @@ import functools
 import re
 import shutil
 import subprocess
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 from edgeseg.errors import UsageError
 
@@ -209,7 +209,7 @@ def opencv_has_gstreamer(build_information: str | None = None) -> bool:
     return bool(match) and match.group(1).upper().startswith("YES")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def element_exists(name: str) -> bool:
     """gst-inspect-1.0 --exists NAME (GStreamer >= 1.12); False when GStreamer's tools are not installed."""
     exe = shutil.which("gst-inspect-1.0")
