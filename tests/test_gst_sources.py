@@ -214,3 +214,8 @@ def test_open_source_records_how_a_real_file_was_opened(tmp_path):
         assert ("FFmpeg" in source.capture_note) == (expected == "opencv")
     finally:
         source.close()
+
+
+def test_no_element_checker_is_said():
+    plan = plan_capture(parse_source("rtsp://cam/live"), True, NOTHING, checker=None)
+    assert plan.backend == "opencv" and "install gstreamer1.0-tools" in plan.note

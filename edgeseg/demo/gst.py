@@ -211,14 +211,37 @@ def opencv_has_gstreamer(build_information: str | None = None) -> bool:
 
 @functools.cache
 def element_exists(name: str) -> bool:
-    """gst-inspect-1.0 --exists NAME (GStreamer >= 1.12); False when GStreamer's tools are not installed."""
+    """gst-inspect-1.0 --exists NAME (GStreamer >= 1.12), else PyGObject's Gst.ElementFactory.find; False when
+    neither is installed (element_checker_here says so)."""
     exe = shutil.which("gst-inspect-1.0")
-    if exe is None:
-        return False
+    if exe is not None:
+        try:
+            return subprocess.run([exe, "--exists", name], capture_output=True, timeout=20,
+                                  check=False).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            return False
+    gst = _gi_gst()
+    return gst is not None and gst.ElementFactory.find(name) is not None
+
+
+@functools.cache
+def _gi_gst():
     try:
-        return subprocess.run([exe, "--exists", name], capture_output=True, timeout=20, check=False).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+        import gi
+
+        gi.require_version("Gst", "1.0")
+        from gi.repository import Gst
+    except (ImportError, ValueError):
+        return None
+    Gst.init(None)
+    return Gst
+
+
+def element_checker_here() -> str | None:
+    """What checks elements on this machine (gst-inspect-1.0 or PyGObject); None: nothing can."""
+    if shutil.which("gst-inspect-1.0"):
+        return "gst-inspect-1.0"
+    return "PyGObject" if _gi_gst() is not None else None
 
 
 def missing_elements(pipeline: str, exists: Callable[[str], bool] = element_exists) -> list[str]:

@@ -313,8 +313,9 @@ def render_pipeline(spec: SourceSpec, codec: str | None = None, hardware_jpeg: b
 
 
 def plan_capture(spec: SourceSpec, opencv_gstreamer: bool, exists: Callable[[str], bool],
-                 codec: str | None = None) -> CapturePlan:
-    """Decide GStreamer or OpenCV's own backend for `spec` from two facts of the machine (pure)."""
+                 codec: str | None = None, checker: str | None = "gst-inspect-1.0") -> CapturePlan:
+    """Decide GStreamer or OpenCV's own backend for `spec` from the machine's facts (pure): OpenCV's build, which
+    elements exist, and what could look them up (`checker`)."""
     if spec.kind == "folder":
         return CapturePlan("opencv", None, "image folder: each file is read with cv2.imread; no pipeline")
     pipeline = render_pipeline(spec, codec, hardware_jpeg=exists("nvv4l2decoder"))
@@ -327,7 +328,8 @@ def plan_capture(spec: SourceSpec, opencv_gstreamer: bool, exists: Callable[[str
         decoder = " with hardware decode (nvv4l2decoder)" if "nvv4l2decoder" in pipeline else ""
         return CapturePlan("gstreamer", pipeline, f"GStreamer{decoder}")
     why = ("this OpenCV has no GStreamer (cv2.getBuildInformation)" if not opencv_gstreamer
-           else f"GStreamer elements missing here: {', '.join(missing)}")
+           else f"GStreamer elements missing here: {', '.join(missing)}"
+           + ("" if checker else " (no gst-inspect-1.0 or PyGObject to look them up: install gstreamer1.0-tools)"))
     if spec.kind == "csi":
         return CapturePlan("unavailable", pipeline, f"a CSI camera needs OpenCV with GStreamer and nvarguscamerasrc "
                                                     f"(JetPack); {why}")
@@ -354,7 +356,8 @@ def capture_plan_here(spec: SourceSpec) -> CapturePlan:
     """plan_capture with this machine's facts (OpenCV's build, gst-inspect-1.0, the file's codec)."""
     has_gstreamer = gst.opencv_has_gstreamer()
     codec = probe_file_codec(str(spec.target)) if spec.kind == "file" else None
-    return plan_capture(spec, has_gstreamer, gst.element_exists, codec)
+    return plan_capture(spec, has_gstreamer, gst.element_exists, codec,
+                        gst.element_checker_here() if has_gstreamer else None)
 
 
 def gstreamer_capture(pipeline: str) -> Capture:
