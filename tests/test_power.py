@@ -148,3 +148,19 @@ def test_no_sampler_off_a_jetson(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     if not __import__("os").path.exists("/usr/bin/tegrastats"):
         assert start_sampler() is None  # jtop is not installed here either: no power numbers, no failure
+
+
+def test_results_notes_and_env_line_carry_power_and_clocks():
+    from edgeseg.bench.outputs import environment_line, flat_row, row_notes
+
+    power = summarize_power(recorded("orin-nano-jp6.txt"), 12.5, "tegrastats")
+    row = {"id": "segformer-b0/int8/trt/360x480", "status": "ok", "power": power, "size": [360, 480]}
+    assert row_notes([row]) == ["- `segformer-b0/int8/trt/360x480`: board 9.05 W mean, 9.29 W peak (VDD_IN, "
+                                "tegrastats, 3 samples), 113.2 mJ/frame, GPU 96%"]
+    flat = flat_row({**row, "model": "m", "precision": "int8", "backend": "trt"})
+    assert flat["board_w_peak"] == 9.293 and flat["energy_mj_per_frame"] == power["energy_per_frame_mj"]
+    env = {"cpu_model": "ARMv8 Processor rev 1 (v8l)", "cpu_cores_usable": 6, "threads": None,
+           "jetson": {"power_mode": "NV Power Mode: 15W 2", "clocks": {"gpu": {"cur_mhz": 624.8, "max_mhz": 624.8}}},
+           "versions": {}}
+    assert "power mode: NV Power Mode: 15W 2" in environment_line(env)
+    assert "GPU clock 624.8/624.8 MHz" in environment_line(env)
