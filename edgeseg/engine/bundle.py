@@ -358,8 +358,9 @@ def build_bundle(bundle_dir: str | os.PathLike, precision: str | None = None, dl
                                   onnx_has_qdq=choice.facts.has_qdq, onnx_precision=choice.facts.onnx_precision)
     if target.name != planned.target:  # a family kit resolved to its module: the module's workspace applies
         options = dataclasses.replace(options, workspace_mb=None)
+        mode = current_power_mode()
         log(f"{target.resolved_from}; its power modes: {', '.join(m.name for m in target.power_modes) or '-'}"
-            + (f"; now {current_power_mode()} (nvpmodel -q)" if current_power_mode() else ""))
+            + (f"; now {mode} (nvpmodel -q)" if mode else ""))
     if dla_core is not None:
         options = dataclasses.replace(options, dla_core=dla_core, gpu_fallback=True)
     if workspace_mb is not None:
