@@ -187,3 +187,43 @@ def test_agx_orin_32gb_has_its_own_power_modes(family_kit):
     modules = json.loads((bundle / "modules.json").read_text())
     assert modules["jetson-agx-orin-32gb"]["power_modes"] == ["MAXN", "40W", "30W", "15W"]
     assert modules["jetson-agx-orin"]["power_modes"] == ["MAXN", "50W", "30W", "15W"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# On the device (a stand-in TensorRT, as in test_engine_bundle): the module's plan is applied
+
+def test_engine_build_applies_the_resolved_modules_plan(tmp_path, family_kit, monkeypatch):
+    from edgeseg.engine.bundle import build_bundle
+    from tests.test_engine_bundle import pretend_orin
+
+    bundle, _ = family_kit
+    monkeypatch.setenv("EDGESEG_PROC", str(fake_proc(tmp_path / "proc", *DEVICES["orin-nx-8gb"][:3])))
+    calls = pretend_orin(monkeypatch)
+    lines: list[str] = []
+    result = build_bundle(bundle, log=lines.append)
+    assert result["plan"]["target"] == "jetson-orin-nx" and result["plan"]["workspace_mb"] == 1024
+    assert ("set_memory_pool_limit", "WORKSPACE", 1024 << 20) in calls
+    assert any("resolved on this device" in line and "as jetson-orin-nx-8gb" in line and "power modes" in line
+               for line in lines), lines
+
+    # the Orin NX 8GB has one DLA core: core 1 is refused, core 0 is built
+    with pytest.raises(UsageError, match="DLA core 1 does not exist on jetson-orin-nx"):
+        build_bundle(bundle, precision="fp16", dla_core=1, log=lines.append)
+
+    monkeypatch.setenv("EDGESEG_PROC", str(fake_proc(tmp_path / "nano", *DEVICES["orin-nano-devkit"][:3])))
+    with pytest.raises(UsageError, match="target jetson-orin-nano has no DLA"):
+        build_bundle(bundle, precision="fp16", dla_core=0, log=lines.append)
+
+
+def test_edgeseg_build_on_the_device_itself_resolves_the_module(tmp_path, monkeypatch):
+    from tests.test_engine_bundle import pretend_orin
+
+    bundle = make_bundle(tmp_path / "bundle")
+    monkeypatch.setenv("EDGESEG_PROC", str(fake_proc(tmp_path / "proc", *DEVICES["agx-orin-64gb"][:3])))
+    pretend_orin(monkeypatch)
+    lines: list[str] = []
+    result = finish_for_target(bundle, load_target("jetson-orin"), "int8", log=lines.append)
+    assert result["engine"] == "model.int8.engine" and result["plan"]["target"] == "jetson-agx-orin"
+    assert result["plan"]["workspace_mb"] == 4096 and "as jetson-agx-orin" in result["plan"]["resolved_from"]
+    assert not (bundle / "modules.json").exists()  # built here: no kit
+    assert "## DeepStream" in (bundle / "README.md").read_text()
