@@ -372,7 +372,7 @@ class _Namespace:
 
 
 def fake_tensorrt(calls: list, version: str = "10.3.0.30", parse_errors=(), engine_bytes=b"ENGINE-BYTES",
-                  input_shape=(1, 3, 32, 32)):
+                  input_shape=(1, 3, 32, 32), build_messages=()):
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
 
@@ -439,6 +439,8 @@ def fake_tensorrt(calls: list, version: str = "10.3.0.30", parse_errors=(), engi
 
         def build_serialized_network(self, network, config):
             calls.append(("build_serialized_network",))
+            for message in build_messages:  # INFO lines the real builder prints (e.g. the DLA placement)
+                self.logger.log(ILogger.Severity.INFO, message)
             if engine_bytes is None:
                 self.logger.log(ILogger.Severity.ERROR, "no implementation obeys reformatting-free rules")
             return engine_bytes

@@ -227,3 +227,21 @@ def test_edgeseg_build_on_the_device_itself_resolves_the_module(tmp_path, monkey
     assert result["plan"]["workspace_mb"] == 4096 and "as jetson-agx-orin" in result["plan"]["resolved_from"]
     assert not (bundle / "modules.json").exists()  # built here: no kit
     assert "## DeepStream" in (bundle / "README.md").read_text()
+
+
+def test_dla_build_reports_the_placement(tmp_path, family_kit, monkeypatch):
+    from edgeseg.engine.bundle import build_bundle
+    from tests.test_engine_bundle import pretend_orin
+
+    bundle, _ = family_kit
+    recorded = (Path(__file__).parent / "fixtures" / "trt_dla_placement.log").read_text().splitlines()
+    messages = [line.split("[TRT] ", 1)[1] for line in recorded]  # as the ILogger receives them
+    monkeypatch.setenv("EDGESEG_PROC", str(fake_proc(tmp_path / "proc", *DEVICES["orin-nx-8gb"][:3])))
+    calls = pretend_orin(monkeypatch, build_messages=messages)
+    lines: list[str] = []
+    build_bundle(bundle, precision="fp16", dla_core=0, log=lines.append)
+    assert ("config.DLA_core", 0) in calls
+    assert "DLA placement: 2 subgraph(s) on DLA core 0, 4 layer(s) on the GPU" in lines
+    assert "  GPU: SOFTMAX /segformer/encoder/block.0.0/attention/self/Softmax" in lines
+    sidecar = json.loads((bundle / "model.fp16.engine.json").read_text())
+    assert len(sidecar["layers"]["placement"]["dla_subgraphs"]) == 2 and sidecar["dla_core"] == 0
