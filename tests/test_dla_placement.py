@@ -1,4 +1,5 @@
-"""DLA placement parsed from TensorRT's builder log (recorded trtexec --verbose output of a DLA build on Orin)."""
+"""DLA placement parsed from TensorRT's builder log (tests/fixtures/trt_dla_placement.log: a DLA build's
+report in the format trtexec --verbose prints it on an Orin; written for the test, not captured on a board)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""tegrastats parsing on recorded lines (tests/fixtures/tegrastats), the power summary, and the Jetson env block."""
+"""tegrastats parsing on lines in each board's format (tests/fixtures/tegrastats), the power summary, and the
+Jetson env block."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ from edgeseg.bench.power import TegraSample, jtop_sample, parse_tegrastats, summ
 FIXTURES = Path(__file__).parent / "fixtures" / "tegrastats"
 
 
-def recorded(name: str) -> list[TegraSample]:
+def fixture_lines(name: str) -> list[TegraSample]:
     samples = [parse_tegrastats(line) for line in (FIXTURES / name).read_text().splitlines()]
     assert len(samples) == 3 and all(samples)
     return samples
 
 
 def test_agx_orin_jetpack5_has_no_total_rail_so_the_rails_are_summed():
-    first = recorded("agx-orin-jp5.txt")[0]
+    first = fixture_lines("agx-orin-jp5.txt")[0]
     assert (first.ram_used_mb, first.ram_total_mb) == (5821, 30536)
     assert len(first.cpu_load_pct) == 12 and first.cpu_load_pct[4] == 21 and set(first.cpu_mhz) == {2201}
     assert first.gpu_load_pct == 97 and first.gpu_mhz == 1300 and first.emc_load_pct == 18
@@ -31,27 +32,27 @@ def test_agx_orin_jetpack5_has_no_total_rail_so_the_rails_are_summed():
 
 
 def test_orin_nano_jetpack6_reads_vdd_in_and_a_gpu_load_without_clock():
-    first = recorded("orin-nano-jp6.txt")[0]
+    first = fixture_lines("orin-nano-jp6.txt")[0]
     assert first.board_mw == 9012 and first.board_source == "VDD_IN"
     assert first.gpu_load_pct == 94 and first.gpu_mhz is None and first.emc_load_pct is None
     assert first.cpu_load_pct == (14, 9, 6, 11, 4, 2) and first.ram_total_mb == 7620
 
 
 def test_orin_nx_jetpack5():
-    first = recorded("orin-nx-jp5.txt")[0]
+    first = fixture_lines("orin-nx-jp5.txt")[0]
     assert first.board_mw == 14216 and first.gpu_load_pct == 92 and first.gpu_mhz == 918
     assert first.rails_mw["VDD_CPU_GPU_CV"] == 6384
 
 
 def test_xavier_nx_offline_cores_are_not_counted_as_idle():
-    first = recorded("xavier-nx-jp5.txt")[0]
+    first = fixture_lines("xavier-nx-jp5.txt")[0]
     assert first.cpu_load_pct == (18, 11, 9, 13)  # 'off,off': cores the power mode switched off
     assert first.cpu_load_mean_pct == pytest.approx(12.75)
     assert first.board_mw == 9832 and first.gpu_mhz == 1109
 
 
 def test_agx_xavier_jetpack4_rails_without_units():
-    first = recorded("agx-xavier-jp4.txt")[0]
+    first = fixture_lines("agx-xavier-jp4.txt")[0]
     assert first.rails_mw == {"GPU": 11542, "CPU": 1241, "SOC": 3257, "CV": 0, "VDDRQ": 1862, "SYS5V": 3542}
     assert first.board_mw == 21444 and first.board_source.startswith("sum of GPU+CPU")
     assert first.gpu_load_pct == 99 and first.gpu_mhz == 1377 and len(first.cpu_load_pct) == 8
@@ -66,7 +67,7 @@ def test_old_nano_format_and_non_tegrastats_lines():
 
 
 def test_summary_over_a_row_and_energy_per_frame():
-    samples = recorded("orin-nano-jp6.txt")
+    samples = fixture_lines("orin-nano-jp6.txt")
     summary = summarize_power(samples, mean_latency_ms=12.5, source="tegrastats")
     mean_w = (9012 + 9293 + 8851) / 3 / 1000
     assert summary["available"] and summary["samples"] == 3 and summary["board"] == "VDD_IN"
@@ -101,7 +102,7 @@ def test_nvpmodel_query(output, expected):
     assert parse_nvpmodel_query(output) == expected
 
 
-def test_clocks_from_a_recorded_sysfs(tmp_path):
+def test_clocks_from_a_sysfs_tree(tmp_path):
     gpu = tmp_path / "sys/class/devfreq/17000000.ga10b"
     gpu.mkdir(parents=True)
     for name, value in {"cur_freq": "1300500000", "min_freq": "306000000", "max_freq": "1300500000",
@@ -122,7 +123,7 @@ def test_clocks_from_a_recorded_sysfs(tmp_path):
 
 
 def test_sampler_runs_tegrastats_and_parses_what_it_prints(tmp_path, monkeypatch):
-    """A stand-in tegrastats on the PATH replays the recorded Orin Nano lines, as the real one prints them."""
+    """A stand-in tegrastats on the PATH replays the Orin Nano fixture lines, as the real one prints them."""
     from edgeseg.bench.power import start_sampler
 
     tool = tmp_path / "tegrastats"
@@ -153,7 +154,7 @@ def test_no_sampler_off_a_jetson(monkeypatch, tmp_path):
 def test_results_notes_and_env_line_carry_power_and_clocks():
     from edgeseg.bench.outputs import environment_line, flat_row, row_notes
 
-    power = summarize_power(recorded("orin-nano-jp6.txt"), 12.5, "tegrastats")
+    power = summarize_power(fixture_lines("orin-nano-jp6.txt"), 12.5, "tegrastats")
     row = {"id": "segformer-b0/int8/trt/360x480", "status": "ok", "power": power, "size": [360, 480]}
     assert row_notes([row]) == ["- `segformer-b0/int8/trt/360x480`: board 9.05 W mean, 9.29 W peak (VDD_IN, "
                                 "tegrastats, 3 samples), 113.2 mJ/frame, GPU 96%"]

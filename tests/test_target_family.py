@@ -1,5 +1,5 @@
-"""Target families: 'jetson-orin' resolves the module on the device. Resolution is checked on recorded
-/proc/device-tree strings, in Python (edgeseg engine build) and in the kit's build_engine.sh, which must agree."""
+"""Target families: 'jetson-orin' resolves the module on the device. Resolution is checked on /proc/device-tree
+strings in the boards' form, in Python (edgeseg engine build) and in the kit's build_engine.sh, which must agree."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from edgeseg.target_registry import load_family, load_target
 from tests.engine_helpers import make_bundle
 from tests.test_engine_bundle import fake_trtexec, no_tensorrt, quiet  # noqa: F401 (fixture)
 
-# (model, compatible as the device tree stores it, MemTotal kB) -> rule id; recorded on the boards or their
-# reference device trees (L4T 35 and 36).
+# (model, compatible as the device tree stores it, MemTotal kB) -> rule id, in the form the boards' reference
+# device trees (L4T 35 and 36) report them; written for these tests, not captured on a board.
 DEVICES = {
     "agx-orin-64gb": ("NVIDIA Jetson AGX Orin Developer Kit",
                       "nvidia,p3737-0000+p3701-0005\0nvidia,p3737-0000\0nvidia,p3701-0005\0nvidia,tegra234\0",
@@ -62,7 +62,7 @@ def fake_proc(root: Path, model: str, compatible: str, mem_kb: int) -> Path:
 
 
 @pytest.mark.parametrize("device", sorted(DEVICES))
-def test_orin_modules_resolve_from_recorded_device_trees(tmp_path, device):
+def test_orin_modules_resolve_from_reference_device_trees(tmp_path, device):
     model, compatible, mem_kb, expected = DEVICES[device]
     facts = read_device_facts(fake_proc(tmp_path / "proc", model, compatible, mem_kb))
     assert facts.model == model and facts.memory_gb == pytest.approx(mem_kb / 2**20)
@@ -234,8 +234,8 @@ def test_dla_build_reports_the_placement(tmp_path, family_kit, monkeypatch):
     from tests.test_engine_bundle import pretend_orin
 
     bundle, _ = family_kit
-    recorded = (Path(__file__).parent / "fixtures" / "trt_dla_placement.log").read_text().splitlines()
-    messages = [line.split("[TRT] ", 1)[1] for line in recorded]  # as the ILogger receives them
+    report = (Path(__file__).parent / "fixtures" / "trt_dla_placement.log").read_text().splitlines()
+    messages = [line.split("[TRT] ", 1)[1] for line in report]  # as the ILogger receives them
     monkeypatch.setenv("EDGESEG_PROC", str(fake_proc(tmp_path / "proc", *DEVICES["orin-nx-8gb"][:3])))
     calls = pretend_orin(monkeypatch, build_messages=messages)
     lines: list[str] = []

@@ -1,7 +1,7 @@
 """Power and energy on a Jetson: sample `tegrastats` (or jtop, when tegrastats is not on the PATH and jetson-stats
 is installed) while a benchmark row is timed, and report board power, GPU/CPU/RAM use and energy per frame.
 
-Parsing is pure and tested on recorded lines of each format (tests/fixtures/tegrastats/):
+Parsing is pure and tested on lines of each format (tests/fixtures/tegrastats/):
 - Orin, JetPack 5 and 6: `RAM 5821/30536MB ... CPU [12%@2201,...] GR3D_FREQ 97%@[1300,1300] ... VDD_GPU_SOC
   14794mW/14203mW ...` (AGX Orin) or `... GR3D_FREQ 94% ... VDD_IN 9012mW/8844mW ...` (Orin Nano / NX, JetPack 6);
 - Xavier, JetPack 4 and 5: `... GR3D_FREQ 99%@1377 ... GPU 11542/10987 CPU 1241/1190 ...` (AGX Xavier, milliwatts
