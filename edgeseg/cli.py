@@ -352,10 +352,15 @@ def build(
 
 @app.command()
 def demo(
-    model: str = typer.Option(..., "--model", "-m", help=".onnx model (with --card if foreign), TensorRT .engine or "
-                                                          "build bundle folder"),
-    source: str = typer.Option("0", "--source", "-s", help="camera index (0), /dev/videoN, video file, rtsp:// URL "
-                                                           "or image folder (played in name order)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=".onnx model (with --card if foreign), TensorRT "
+                                                                    ".engine or build bundle folder (required unless "
+                                                                    "--print-pipeline)"),
+    source: str = typer.Option("0", "--source", "-s", help="camera index (0), /dev/videoN, v4l2:///dev/videoN, "
+                                                           "csi://N?width=1920&height=1080&fps=30&sensor-mode=M&"
+                                                           "flip=F, "
+                                                           "video file, rtsp:// URL (#codec=h265) or image folder"),
+    print_pipeline: bool = typer.Option(False, "--print-pipeline", help="print the GStreamer pipeline the source "
+                                                                         "would be opened with, and exit"),
     show: bool = typer.Option(True, "--show/--no-show", help="open a window (q or Esc quits)"),
     save: Optional[Path] = typer.Option(None, help="write the rendered video here (.mp4), finalised even on Ctrl-C"),
     mode: str = typer.Option("overlay", help="overlay, mask or side-by-side"),
@@ -376,6 +381,13 @@ def demo(
     card: Optional[Path] = typer.Option(None, help="model card of a foreign .onnx (no edgeseg metadata)"),
 ):
     """Real-time segmentation of a camera, stream, video file or image folder, with legend, HUD and --save."""
+    if print_pipeline:
+        from edgeseg.demo.sources import print_pipeline as show_pipeline
+
+        raise typer.Exit(show_pipeline(source, out=lambda line: console.print(line, markup=False, highlight=False,
+                                                                              soft_wrap=True)))
+    if model is None:
+        raise UsageError("demo needs --model (an .onnx, .engine or build bundle folder)")
     import contextlib
 
     from edgeseg.demo.app import DemoConfig, format_summary, run_demo
@@ -553,6 +565,11 @@ def targets_command():
     console.print(table)
     console.print("TensorRT is the default for planning; a Jetson's comes with its JetPack, a desktop's is the "
                   "installed one. Memory on a Jetson is shared by CPU and GPU.")
+    from edgeseg.target_family import builtin_families
+
+    for family in dict.fromkeys(builtin_families().values()):  # the module is resolved on the device
+        console.print(f"family {family.name} ({', '.join(family.aliases)}): {family.description}: "
+                      f"{', '.join(rule.id for rule in family.modules)}", markup=False, highlight=False)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):

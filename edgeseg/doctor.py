@@ -19,6 +19,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edgeseg.demo.gst import GSTREAMER_ELEMENTS
 from edgeseg.lazy import EXTRAS
 
 DOCTOR_FORMAT, DOCTOR_SCHEMA = "edgeseg-doctor", 1
@@ -27,8 +28,8 @@ OK, MISSING, PARTIAL, NOT_APPLICABLE, BROKEN = "ok", "missing", "partial", "n/a"
 # The GStreamer elements behind the demo's hardware paths on a Jetson: CSI cameras (nvarguscamerasrc), USB
 # cameras (v4l2src), RTSP and files decoded by the hardware decoder (nvv4l2decoder), nvvidconv to leave NVMM
 # memory, and appsink to hand frames to OpenCV. Keep in step with the demo's pipelines.
-DEMO_GST_ELEMENTS = ("nvarguscamerasrc", "nvvidconv", "nvv4l2decoder", "v4l2src", "rtspsrc", "rtph264depay",
-                     "h264parse", "qtdemux", "videoconvert", "appsink")
+# The elements the demo's pipelines use (edgeseg/demo/gst.py renders them).
+DEMO_GST_ELEMENTS = GSTREAMER_ELEMENTS
 
 # L4T release (major, minor, patch) -> JetPack, for boards without the nvidia-jetpack meta package.
 L4T_JETPACK = {(32, 7): "4.6.x", (35, 1): "5.0.2", (35, 2): "5.1", (35, 3): "5.1.1", (35, 4): "5.1.2",

@@ -100,4 +100,13 @@ def write_reports(bundle: Path, model: str, target: str, measured: dict, manifes
         lines.append(f"TensorRT engine: {engine['engine']}.")
     elif engine.get("reason"):
         lines.append(f"Engine: not built here ({engine['reason']}).")
+    family = engine.get("family")
+    if family:
+        modules = ", ".join(f"{name} (workspace {entry['workspace_mb']} MiB, {entry['dla_cores']} DLA)"
+                            for name, entry in family["modules"].items())
+        lines.append(f"Module: {family['name']} is a family; the module is resolved on the device and its plan "
+                     f"applied: {modules}.")
+    deepstream = engine.get("deepstream") or {}
+    if deepstream.get("config"):
+        lines.append(f"DeepStream: {deepstream['config']} runs {deepstream['onnx']} ({deepstream['normalisation']}).")
     (bundle / "report.md").write_text("\n".join(lines) + "\n")

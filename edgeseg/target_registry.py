@@ -64,7 +64,8 @@ class Target:
     power_modes: tuple[PowerMode, ...] = ()
     from_device: bool = False  # properties are read from the local GPU when the target is loaded
     source: str = ""  # the TOML file it came from
-    resolved_from: str | None = None  # the alias or probe that led here, e.g. "jetson-orin"
+    resolved_from: str | None = None  # the alias or probe that led here, e.g. "agx-orin"
+    family: str | None = None  # set on a family's host stand-in ('jetson-orin'): the module is resolved on the device
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -343,11 +344,26 @@ def load_target(name_or_path: str | os.PathLike) -> Target:
             target = targets[key]
         elif key in aliases:
             target = replace(targets[aliases[key]], resolved_from=key)
+        elif key in _families():
+            from edgeseg.target_family import family_target
+
+            target = family_target(_families()[key], targets)
         else:
-            raise UsageError(_unknown_target_message(text, targets, aliases))
+            raise UsageError(_unknown_target_message(text, targets, {**aliases, **_families()}))
     if target.from_device:
         target = target_from_device(target, probe_cuda_device(), installed_tensorrt())
     return target
+
+
+def _families() -> dict:
+    from edgeseg.target_family import builtin_families
+
+    return builtin_families()
+
+
+def load_family(name: str):
+    """The TargetFamily named `name` (or an alias), None when it is not a family."""
+    return _families().get(name.strip().lower())
 
 
 def _unknown_target_message(name: str, targets: dict, aliases: dict) -> str:

@@ -29,7 +29,7 @@ from edgeseg.target_registry import CudaDevice, load_target
 from edgeseg.zoo.contract import Preprocessing
 from tests.engine_helpers import INPUT_NAME, PREPROCESSING, make_bundle, make_model
 
-KIT_TARGETS = ("jetson-orin", "jetson-xavier-nx", "rtx-4090")
+KIT_TARGETS = ("agx-orin", "jetson-xavier-nx", "rtx-4090")
 
 FAKE_TRTEXEC = r"""#!/bin/sh
 # Records its arguments and working directory, insists on a relative --onnx that exists from here, then
@@ -143,7 +143,7 @@ def test_precision_picks_its_onnx(bundle, precision, onnx_name, no_tensorrt):
 
 
 def test_bundle_moved_elsewhere_still_builds_with_trtexec(tmp_path, bundle, no_tensorrt):
-    result = finish_for_target(bundle, load_target("jetson-orin"), "int8", log=quiet([]))
+    result = finish_for_target(bundle, load_target("agx-orin"), "int8", log=quiet([]))
     moved = tmp_path / "somewhere" / "else" / "copied-bundle"
     moved.parent.mkdir(parents=True)
     shutil.move(str(bundle), str(moved))
@@ -371,7 +371,7 @@ class _Namespace:
 
 
 def fake_tensorrt(calls: list, version: str = "10.3.0.30", parse_errors=(), engine_bytes=b"ENGINE-BYTES",
-                  input_shape=(1, 3, 32, 32)):
+                  input_shape=(1, 3, 32, 32), build_messages=()):
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
 
@@ -438,6 +438,8 @@ def fake_tensorrt(calls: list, version: str = "10.3.0.30", parse_errors=(), engi
 
         def build_serialized_network(self, network, config):
             calls.append(("build_serialized_network",))
+            for message in build_messages:  # INFO lines the real builder prints (e.g. the DLA placement)
+                self.logger.log(ILogger.Severity.INFO, message)
             if engine_bytes is None:
                 self.logger.log(ILogger.Severity.ERROR, "no implementation obeys reformatting-free rules")
             return engine_bytes

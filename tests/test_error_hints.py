@@ -19,6 +19,7 @@ OTHER_TOOLS = {
     "--query-gpu", "--format",  # nvidia-smi (host probing)
     "--short", "--porcelain", "--untracked-files",  # git (benchmark environment)
     "--verbose",  # nvpmodel -q --verbose (power modes)
+    "--interval",  # tegrastats --interval (bench power sampling)
     "--write-manifest",  # python -m edgeseg.data.fetch (maintainer script)
     "--check",  # benchmarks/render_readme_table.py
     "--exists",  # gst-inspect-1.0 (edgeseg doctor)

@@ -232,7 +232,7 @@ def test_old_or_malformed_tensorrt_versions_are_refused():
 
 def test_fp8_is_refused_on_orin_naming_the_target():
     with pytest.raises(UsageError, match="target jetson-agx-orin does not support fp8"):
-        plan("jetson-orin", "fp8", trt="10.3")
+        plan("agx-orin", "fp8", trt="10.3")
 
 
 def test_fp8_on_an_fp8_gpu_needs_an_fp8_graph():
@@ -241,15 +241,15 @@ def test_fp8_on_an_fp8_gpu_needs_an_fp8_graph():
 
 
 def test_dla_build_on_agx_orin():
-    built = plan("jetson-orin", "fp16", "fp16", trt="10.3", dla_core=1)
-    assert built.dla_core == 1 and built.resolved_from == "jetson-orin"
+    built = plan("agx-orin", "fp16", "fp16", trt="10.3", dla_core=1)
+    assert built.dla_core == 1 and built.resolved_from == "agx-orin"
     # TensorRT 10 builds DLA engines weakly typed: the fp16 graph's precision is set with the flag.
     assert not built.strongly_typed and built.builder_flags == ("FP16", "GPU_FALLBACK")
     args = parse_trtexec(built.to_trtexec("m.engine"))
     assert args["--useDLACore"] == "1" and args["--allowGPUFallback"] is True and args["--fp16"] is True
     calls = built.to_api_calls()
     assert "config.default_device_type = trt.DeviceType.DLA" in calls and "config.DLA_core = 1" in calls
-    no_fallback = plan("jetson-orin", "int8", "qdq", trt="10.3", dla_core=0, gpu_fallback=False)
+    no_fallback = plan("agx-orin", "int8", "qdq", trt="10.3", dla_core=0, gpu_fallback=False)
     assert "GPU_FALLBACK" not in no_fallback.builder_flags
     assert plan("jetson-agx-orin", "fp16", "fp16", trt="11.4.1", dla_core=0).strongly_typed
 
@@ -343,8 +343,8 @@ def test_timing_cache_and_calibration_with_dynamic_shapes_in_the_api_calls():
 
 
 def test_plan_json_round_trip_keeps_every_field():
-    built = plan("jetson-orin", "int8", "qdq", trt="10.3", dla_core=0, sparse_weights=True)
+    built = plan("agx-orin", "int8", "qdq", trt="10.3", dla_core=0, sparse_weights=True)
     data = json.loads(json.dumps(built.to_dict()))
-    assert data["target"] == "jetson-agx-orin" and data["resolved_from"] == "jetson-orin"
+    assert data["target"] == "jetson-agx-orin" and data["resolved_from"] == "agx-orin"
     assert data["builder_flags"] == ["INT8", "GPU_FALLBACK", "SPARSE_WEIGHTS"]
     assert BuildPlan.from_dict(data) == built

@@ -82,11 +82,14 @@ def test_power_modes_are_listed_for_jetsons_only():
         assert bool(target.power_modes) == (target.kind == "jetson")
 
 
-def test_jetson_orin_alias_resolves_to_the_agx_and_says_so():
-    target = load_target("jetson-orin")
+def test_an_alias_resolves_and_says_so_and_jetson_orin_is_the_family():
+    target = load_target("agx-orin")
     assert target.name == "jetson-agx-orin"
-    assert target.resolved_from == "jetson-orin"
+    assert target.resolved_from == "agx-orin"
     assert load_target("jetson-agx-orin").resolved_from is None
+    family = load_target("jetson-orin")  # not silently the AGX: the module is resolved on the device
+    assert family.name == "jetson-orin" and family.family == "jetson-orin"
+    assert "resolved on the device" in family.resolved_from
     assert load_target("Jetson-Orin-Nano").name == "jetson-orin-nano"
 
 

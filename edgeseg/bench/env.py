@@ -84,7 +84,49 @@ def jetson_info() -> dict | None:
     power_mode = _run(["nvpmodel", "-q"]) if shutil.which("nvpmodel") else None
     return {"model": model.strip("\x00 \n") if model else None,
             "l4t": release.splitlines()[0] if release else None,
-            "power_mode": " ".join(power_mode.split()) if power_mode else None}
+            "power_mode": " ".join(power_mode.split()) if power_mode else None,
+            "nvpmodel": parse_nvpmodel_query(power_mode) if power_mode else None,
+            "clocks": read_jetson_clocks()}
+
+
+def parse_nvpmodel_query(output: str) -> dict | None:
+    """`nvpmodel -q`: 'NV Power Mode: MAXN' and, on the next line, the mode id (Xavier adds an 'NV Fan Mode' line)."""
+    match = re.search(r"NV Power Mode:[ \t]*(\S+)[ \t]*(?:\r?\n\s*(\d+))?", output)
+    if match is None:
+        return None
+    return {"name": match.group(1), "id": int(match.group(2)) if match.group(2) else None}
+
+
+_GPU_DEVFREQ = re.compile(r"(gpu|ga10b|gv11b|gp10b|gm20b)", re.IGNORECASE)
+
+
+def read_jetson_clocks(root: str | Path = "/") -> dict:
+    """Current, minimum and maximum clocks (MHz) of the GPU (devfreq) and each CPU policy (cpufreq), and the EMC
+    rate where it is readable without root: what `jetson_clocks --show` prints, from sysfs. With jetson_clocks on,
+    current equals maximum; a benchmark with current below maximum ran with dynamic clocks."""
+    root = Path(root)
+    clocks: dict = {"gpu": None, "cpu": {}, "emc_mhz": None}
+    for device in sorted((root / "sys/class/devfreq").glob("*")):
+        if _GPU_DEVFREQ.search(device.name):
+            clocks["gpu"] = {"device": device.name, "governor": _read_text(str(device / "governor")),
+                             **{f"{key}_mhz": _hz_to_mhz(_read_text(str(device / f"{key}_freq")), 1e6)
+                                for key in ("cur", "min", "max")}}
+            break
+    for policy in sorted((root / "sys/devices/system/cpu/cpufreq").glob("policy*")):
+        clocks["cpu"][policy.name] = {
+            "cpus": _read_text(str(policy / "related_cpus")), "governor": _read_text(str(policy / "scaling_governor")),
+            **{f"{key}_mhz": _hz_to_mhz(_read_text(str(policy / f"scaling_{key}_freq")), 1e3)
+               for key in ("cur", "min", "max")}}
+    emc = _read_text(str(root / "sys/kernel/debug/bpmp/debug/clk/emc/rate"))  # root only; None otherwise
+    clocks["emc_mhz"] = _hz_to_mhz(emc, 1e6)
+    return clocks
+
+
+def _hz_to_mhz(text: str | None, divisor: float) -> float | None:
+    try:
+        return round(int(text) / divisor, 1) if text is not None else None
+    except ValueError:
+        return None
 
 
 def machine_name(env: dict) -> str:

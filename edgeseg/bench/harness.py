@@ -365,7 +365,15 @@ def row_summary(record: dict) -> str:
     return (f"{record['id']}: p50 {record['latency_ms']['p50_ms']:.2f} ms, end-to-end "
             f"{record['e2e_latency_ms']['p50_ms']:.2f} ms, mIoU {accuracy['miou']:.4f}"
             + (f" (drop {drop:+.2f})" if drop is not None else "")
-            + f", peak RSS {memory['peak_rss_mb']:.0f} MB")
+            + f", peak RSS {memory['peak_rss_mb']:.0f} MB" + _power_summary(record.get("power")))
+
+
+def _power_summary(power: dict | None) -> str:
+    if not power or not power.get("available"):
+        return ""
+    energy = power.get("energy_per_frame_mj")
+    return (f", board {power['board_w']['mean']:.1f} W (peak {power['board_w']['peak']:.1f})"
+            + (f", {energy:.1f} mJ/frame" if energy is not None else ""))
 
 
 # ---------------------------------------------------------------------------------------------------------------

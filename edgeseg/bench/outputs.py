@@ -38,6 +38,10 @@ CSV_COLUMNS = (
     ("peak_rss_mb", lambda r: _get(r, "memory", "peak_rss_mb")),
     ("baseline_rss_mb", lambda r: _get(r, "memory", "baseline_rss_mb")),
     ("gpu_mb", lambda r: _get(r, "memory", "gpu_mb")),
+    ("board_w_mean", lambda r: _get(r.get("power") or {}, "board_w", "mean")),
+    ("board_w_peak", lambda r: _get(r.get("power") or {}, "board_w", "peak")),
+    ("energy_mj_per_frame", lambda r: _get(r, "power", "energy_per_frame_mj")),
+    ("gpu_util_pct", lambda r: _get(r, "power", "gpu_util_pct")),
     ("artifact_mb", lambda r: _get(r, "artifact", "mb")), ("params_m", lambda r: r.get("params_m")),
     ("gflops", lambda r: r.get("gflops")), ("threads", lambda r: _get(r, "runtime", "threads")),
     ("warnings", lambda r: "; ".join(r.get("warnings") or []) or None),
@@ -138,6 +142,13 @@ def row_notes(rows: list[dict]) -> list[str]:
             notes.append(f"- `{row['id']}`: {row['status']}: {row.get('reason')}")
         elif row.get("throughput_note"):
             notes.append(f"- `{row['id']}`: {row['throughput_note']}")
+        power = row.get("power") or {}
+        if power.get("available"):  # on a Jetson: tegrastats or jtop during the model-only timing
+            energy = power.get("energy_per_frame_mj")
+            notes.append(f"- `{row['id']}`: board {power['board_w']['mean']:.2f} W mean, {power['board_w']['peak']:.2f}"
+                         f" W peak ({power['board']}, {power['source']}, {power['samples']} samples)"
+                         + (f", {energy:.1f} mJ/frame" if energy is not None else "")
+                         + (f", GPU {power['gpu_util_pct']:.0f}%" if power.get("gpu_util_pct") is not None else ""))
         for warning in row.get("warnings") or []:
             notes.append(f"- `{row['id']}`: {warning}")
     return notes
@@ -152,6 +163,9 @@ def environment_line(env: dict) -> str:
         parts.append(f"{gpu['name']} (SM {gpu.get('clock_sm_mhz')}/{gpu.get('clock_max_sm_mhz')} MHz)")
     if jetson.get("power_mode"):
         parts.append(f"power mode: {jetson['power_mode']}")
+    jetson_gpu = (jetson.get("clocks") or {}).get("gpu") or {}
+    if jetson_gpu.get("cur_mhz"):
+        parts.append(f"GPU clock {jetson_gpu['cur_mhz']:g}/{jetson_gpu.get('max_mhz') or 0:g} MHz")
     versions = env.get("versions", {})
     parts.append(", ".join(f"{name} {versions[name]}" for name in ("onnxruntime", "torch", "tensorrt")
                            if name in versions))

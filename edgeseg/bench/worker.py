@@ -134,6 +134,7 @@ def accepts_batch(runner, batch: int) -> bool:
 def run_job(job: WorkerJob) -> dict:
     import numpy as np
 
+    from edgeseg.bench import power
     from edgeseg.bench.latency import measure
     from edgeseg.data.datasets import open_dataset
     from edgeseg.data.transforms import resize_pair
@@ -154,7 +155,13 @@ def run_job(job: WorkerJob) -> dict:
     timing = {"warmup": job.warmup, "min_runs": job.min_runs, "min_seconds": job.min_seconds}
 
     model_input = preprocessing.normalize(resize_pair(frame, None, preprocessing.input_size)[0])
-    model_only = measure(lambda: runner.infer(model_input), **timing)
+    sampler = power.start_sampler()  # tegrastats or jtop on a Jetson; None elsewhere
+    try:
+        model_only = measure(lambda: runner.infer(model_input), **timing)
+    finally:
+        samples = sampler.stop() if sampler else None
+    power_record = (power.summarize_power(samples, model_only.mean_ms, sampler.source) if sampler
+                    else power.unavailable())
 
     def end_to_end():
         resized = resize_pair(frame, None, preprocessing.input_size)[0]
@@ -213,6 +220,7 @@ def run_job(job: WorkerJob) -> dict:
         "memory": {"peak_rss_mb": rss_mb("VmHWM"), "baseline_rss_mb": baseline_rss, "gpu_mb": gpu_mb,
                    "gpu_method": gpu_method},
         "runtime": runtime,
+        "power": power_record,  # sampled during the model-only timing; energy per frame from its mean latency
         "worker_seconds": round(time.monotonic() - started, 2),
     }
 

@@ -108,7 +108,8 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = log_to_stderr,
 
     with runner:
         height, width = preprocessing.input_size
-        log(f"demo: {spec.describe()} -> {runner.backend} at {height}x{width}; "
+        via = f" (capture: {source.capture_note})" if getattr(source, "capture_note", None) else ""
+        log(f"demo: {spec.describe()}{via} -> {runner.backend} at {height}x{width}; "
             + ("q, Esc or Ctrl-C stops" if window else "Ctrl-C stops"))
         # Live sources, and files with --realtime, keep only the newest frame; files otherwise lose nothing.
         pipeline = Pipeline(source, runner, stop_event=stop_event, keep_latest_only=spec.live or cfg.realtime,

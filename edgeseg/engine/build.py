@@ -19,7 +19,8 @@ from edgeseg.engine.calibrator import CalibrationFeed, make_trt_calibrator
 from edgeseg.engine.host import live_environment, primary_context
 from edgeseg.engine.onnx_facts import read_onnx_facts
 from edgeseg.engine.plan import BuildPlan, parse_tensorrt_version
-from edgeseg.engine.sidecar import SIDECAR_FORMAT, SIDECAR_SCHEMA, sidecar_path, summarize_inspector
+from edgeseg.engine.sidecar import (SIDECAR_FORMAT, SIDECAR_SCHEMA, parse_layer_placement, placement_summary,
+                                    sidecar_path, summarize_inspector)
 from edgeseg.errors import EdgesegError, UsageError
 from edgeseg.lazy import lazy_import
 from edgeseg.manifest import atomic_path, library_versions, now_utc, sha256_file, write_json
@@ -195,6 +196,10 @@ def _build(trt, plan: BuildPlan, onnx_path: Path, engine_path: Path, base: Path,
     if dla_capable is not None:
         layers["network_layers_dla_capable"] = dla_capable
         layers["network_layers"] = network.num_layers
+        placement = parse_layer_placement(logger.placement)
+        layers["placement"] = placement
+        for line in placement_summary(placement, plan.dla_core):
+            log(line)
     return {"seconds": seconds, "layers": layers, "timing_cache": timing_record, "calibration": calibration_summary}
 
 
@@ -205,10 +210,13 @@ def _logger(trt, log: Callable[[str], None]):
         def __init__(self):
             trt.ILogger.__init__(self)
             self.errors: list[str] = []
+            self.placement: list[str] = []  # the builder's "Layers Running on DLA/GPU" report (INFO)
 
         def log(self, severity, message):
             if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
                 self.errors.append(_one_line(message))
+            if "Layers Running on" in message or "[DlaLayer]" in message or "[GpuLayer]" in message:
+                self.placement.append(_one_line(message))
             if int(severity) <= int(trt.ILogger.Severity.WARNING):  # lower is more severe
                 log(f"TensorRT {severity.name.lower()}: {_one_line(message)}")
 

@@ -35,6 +35,7 @@ from edgeseg.target_registry import (Target, installed_tensorrt, probe_cuda_devi
 ONNX_FOR_PRECISION = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 CALIBRATION_MANIFEST = "calibration.json"
 PLAN_FILE, TARGET_FILE, SCRIPT_FILE, README_FILE = "plan.json", "target.toml", "build_engine.sh", "README.md"
+MODULES_FILE, FAMILY_TARGETS_DIR = "modules.json", "targets"  # family kits only
 KIT_FILES = (TARGET_FILE, PLAN_FILE, SCRIPT_FILE, README_FILE)
 
 # finish_for_target options: BuildOptions fields a user may set, and what belongs to the bundle stage itself
@@ -164,6 +165,11 @@ def finish_for_target(bundle_dir: str | os.PathLike, target: Target, precision: 
 
     host = probe_host()
     reason = why_host_cannot_build(target, host)
+    if reason is None and target.family:  # on the device itself: the module is known, use its plan
+        from edgeseg.target_family import resolve_family_here
+
+        target = resolve_family_here(target.family)
+        log(f"{target.resolved_from}")
     if reason is None:
         if asked_tensorrt and parse_tensorrt_version(asked_tensorrt)[:2] != parse_tensorrt_version(host.tensorrt)[:2]:
             raise UsageError(f"asked to plan for TensorRT {asked_tensorrt}, but this host builds the engine itself "
@@ -175,16 +181,70 @@ def finish_for_target(bundle_dir: str | os.PathLike, target: Target, precision: 
     for warning in plan.warnings:
         log(f"warning: {warning}")
 
+    deepstream = _write_deepstream(bundle, choice, precision, log)
     if reason is None:
         sidecar = build_in_bundle(bundle, plan, data_root, log)
+        if deepstream.get("config"):
+            with atomic_path(bundle / README_FILE) as tmp:
+                tmp.write_text("\n".join([f"# edgeseg bundle: {choice.facts.metadata.get('edgeseg.model', 'model')} "
+                                          f"for {target.name}", "", *deepstream_readme(choice, precision)]))
         return {"engine": engine_name(precision), "sidecar": sidecar_path(engine_name(precision)).name,
-                "plan": plan.to_dict(), "tensorrt": sidecar["tensorrt"], "build_seconds": sidecar["build_seconds"]}
+                "plan": plan.to_dict(), "tensorrt": sidecar["tensorrt"], "build_seconds": sidecar["build_seconds"],
+                "deepstream": deepstream}
 
-    written = write_kit(bundle, target, plan, precision)
+    modules = module_plans(target, choice, precision, settings, version) if target.family else None
+    written = write_kit(bundle, target, plan, precision, modules)
     log(f"engine not built here: {reason}; wrote {', '.join(written)} into the bundle: finish on the {target.name} "
         "with 'edgeseg engine build .' (or ./build_engine.sh)")
-    return {"engine": None, "reason": reason, "plan": plan.to_dict(),
-            "trtexec": shlex.join(plan.to_trtexec(engine_name(precision))), "kit": written}
+    if modules:
+        log(f"{target.name} is a family: the kit resolves the module on the device ({', '.join(modules)}) and "
+            "applies its plan (workspace, DLA cores, power modes)")
+    result = {"engine": None, "reason": reason, "plan": plan.to_dict(),
+              "trtexec": shlex.join(plan.to_trtexec(engine_name(precision))), "kit": written, "deepstream": deepstream}
+    if modules:
+        result["family"] = {"name": target.family, "resolved": "on the device", "modules": {
+            rule_id: {"target": entry["target"], "workspace_mb": entry["plan"].workspace_mb,
+                      "dla_cores": entry["dla_cores"]} for rule_id, entry in modules.items()}}
+    return result
+
+
+def module_plans(target: Target, choice: OnnxChoice, precision: str, settings: dict, version: str) -> dict:
+    """Per module of a family: its target (with the rule's overrides) and the plan build_engine.sh applies there."""
+    from edgeseg.target_family import module_target
+    from edgeseg.target_registry import load_family, load_target
+
+    family = load_family(target.family)
+    plans = {}
+    for rule in family.modules:
+        member = module_target(rule, load_target(rule.target), family, None)
+        module_settings = {**settings, "workspace_mb": settings.get("workspace_mb")}  # None: the module's default
+        plan = plan_build(member, choice.name, build_options(precision, choice, member, module_settings), version)
+        plans[rule.id] = {"target": rule.target, "note": rule.note, "plan": plan, "dla_cores": member.dla_cores,
+                          "power_modes": [mode.name for mode in member.power_modes]}
+    return plans
+
+
+def _write_deepstream(bundle: Path, choice: OnnxChoice, precision: str, log: Callable[[str], None]) -> dict:
+    """The DeepStream nvinfer config (engine.deepstream); a model DeepStream cannot run is noted, not fatal."""
+    from edgeseg.engine.deepstream import write_deepstream
+    from edgeseg.zoo.contract import Preprocessing
+
+    preprocessing = Preprocessing.from_dict(choice.facts.preprocessing)
+    try:
+        written = write_deepstream(bundle, preprocessing, precision, choice.facts.metadata.get("edgeseg.model",
+                                                                                              "the model"))
+    except UsageError as exc:
+        log(f"warning: no DeepStream config: {exc}")
+        return {"config": None, "reason": str(exc)}
+    log(f"wrote the DeepStream nvinfer config {written['config']} ({written['normalisation']})")
+    return written
+
+
+def deepstream_readme(choice: OnnxChoice, precision: str) -> list[str]:
+    from edgeseg.engine.deepstream import readme_section
+    from edgeseg.zoo.contract import Preprocessing
+
+    return readme_section(Preprocessing.from_dict(choice.facts.preprocessing), precision)
 
 
 def _check_options(options: dict | None) -> dict:
@@ -229,11 +289,31 @@ def build_in_bundle(bundle: Path, plan: BuildPlan, data_root: str | os.PathLike 
 
 def load_kit_target(bundle: Path, plan: BuildPlan) -> Target:
     """The target from the kit's target.toml (its name need not match the file name, unlike load_target)."""
+    from edgeseg.target_family import is_family, read_toml
+
+    if (bundle / TARGET_FILE).is_file() and is_family(read_toml(bundle / TARGET_FILE)):
+        return resolve_kit_family(bundle)
     target = read_target_toml(bundle / TARGET_FILE,
                               f"{bundle} has no {TARGET_FILE}; prepare the bundle for a target first", TARGET_FILE)
     if target.from_device:  # 'cuda': whatever GPU this machine has
         return target_from_device(target, probe_cuda_device(), installed_tensorrt())
     return dataclasses.replace(target, resolved_from=plan.resolved_from)
+
+
+def resolve_kit_family(bundle: Path) -> Target:
+    """A family kit on the device: which module this is (device tree, memory; EDGESEG_MODULE overrides), and that
+    module's target from the kit's targets/ folder (the built-in one if the kit lacks it)."""
+    from edgeseg.target_family import (MODULE_ENV, module_target, parse_family, read_device_facts, read_toml,
+                                       resolve_module)
+    from edgeseg.target_registry import load_target
+
+    family = parse_family(read_toml(bundle / TARGET_FILE), TARGET_FILE)
+    forced = os.environ.get(MODULE_ENV)
+    facts = None if forced else read_device_facts()
+    rule = resolve_module(family, facts, forced)
+    copied = bundle / FAMILY_TARGETS_DIR / f"{rule.target}.toml"
+    base = read_target_toml(copied, "", str(copied)) if copied.is_file() else load_target(rule.target)
+    return module_target(rule, base, family, facts)
 
 
 def read_kit_plan(bundle: Path) -> BuildPlan:
@@ -269,6 +349,11 @@ def build_bundle(bundle_dir: str | os.PathLike, precision: str | None = None, dl
         choice = choose_onnx(bundle, precision, legacy_calibrator=bool(planned.calibrator) and precision == "int8")
     options = dataclasses.replace(options_from_plan(planned), precision=precision, input_name=choice.facts.input_name,
                                   onnx_has_qdq=choice.facts.has_qdq, onnx_precision=choice.facts.onnx_precision)
+    if target.name != planned.target:  # a family kit resolved to its module: the module's workspace applies
+        options = dataclasses.replace(options, workspace_mb=None)
+        mode = current_power_mode()
+        log(f"{target.resolved_from}; its power modes: {', '.join(m.name for m in target.power_modes) or '-'}"
+            + (f"; now {mode} (nvpmodel -q)" if mode else ""))
     if dla_core is not None:
         options = dataclasses.replace(options, dla_core=dla_core, gpu_fallback=True)
     if workspace_mb is not None:
@@ -286,6 +371,23 @@ def build_bundle(bundle_dir: str | os.PathLike, precision: str | None = None, dl
             "plan": plan.to_dict(), "tensorrt": sidecar["tensorrt"], "build_seconds": sidecar["build_seconds"]}
 
 
+def current_power_mode() -> str | None:
+    """The nvpmodel mode name on a Jetson (nvpmodel -q), None elsewhere."""
+    import shutil
+    import subprocess
+
+    from edgeseg.bench.env import parse_nvpmodel_query
+
+    if shutil.which("nvpmodel") is None:
+        return None
+    try:
+        done = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    parsed = parse_nvpmodel_query(done.stdout) if done.returncode == 0 else None
+    return parsed["name"] if parsed else None
+
+
 def record_kit_engine(engine_path: str | os.PathLike, log: Callable[[str], None] = print) -> dict:
     """`edgeseg engine sidecar ENGINE`: the sidecar of an engine build_engine.sh (trtexec) built in a kit."""
     from edgeseg.engine.build import record_trtexec_engine
@@ -293,6 +395,10 @@ def record_kit_engine(engine_path: str | os.PathLike, log: Callable[[str], None]
     engine_path = Path(engine_path)
     bundle = engine_path.parent
     plan = read_kit_plan(bundle)
+    if (bundle / MODULES_FILE).is_file():  # a family kit: build_engine.sh ran this module's plan
+        module = load_kit_target(bundle, plan)
+        rule_id = module.resolved_from.rsplit(" as ", 1)[-1]
+        plan = BuildPlan.from_dict(read_json(bundle / MODULES_FILE)[rule_id]["plan"])
     manifest = bundle / CALIBRATION_MANIFEST
     return record_trtexec_engine(plan, bundle / plan.onnx_path, engine_path, log,
                                  calibration_manifest=manifest if manifest.is_file() else None, base_dir=bundle)
@@ -308,8 +414,10 @@ def plan_changes(before: BuildPlan, after: BuildPlan) -> list[tuple[str, Any, An
 # ---------------------------------------------------------------------------------------------------------------
 # The kit
 
-def write_kit(bundle: Path, target: Target, plan: BuildPlan, precision: str) -> list[str]:
-    """Write target.toml, plan.json, build_engine.sh and README.md into the bundle; returns their names."""
+def write_kit(bundle: Path, target: Target, plan: BuildPlan, precision: str, modules: dict | None = None) -> list[str]:
+    """Write target.toml, plan.json, build_engine.sh and README.md into the bundle; returns their names. For a
+    family, also targets/<member>.toml and modules.json (each module's plan), and a script that resolves the
+    module before it builds."""
     for value in (plan.onnx_path, plan.timing_cache, plan.calibration_cache):
         if value and Path(value).is_absolute():  # a moved bundle would point back at this machine
             raise UsageError(f"the plan names {value}, an absolute path; bundle paths must be relative")
@@ -318,12 +426,47 @@ def write_kit(bundle: Path, target: Target, plan: BuildPlan, precision: str) -> 
     with atomic_path(bundle / TARGET_FILE) as tmp:
         tmp.write_text(Path(target.source).read_text())
     write_json(bundle / PLAN_FILE, plan.to_dict())
+    written = list(KIT_FILES)
+    if modules:
+        from edgeseg.target_registry import load_target
+
+        (bundle / FAMILY_TARGETS_DIR).mkdir(exist_ok=True)
+        for name in dict.fromkeys(entry["target"] for entry in modules.values()):
+            with atomic_path(bundle / FAMILY_TARGETS_DIR / f"{name}.toml") as tmp:
+                tmp.write_text(Path(load_target(name).source).read_text())
+        write_json(bundle / MODULES_FILE, {rule_id: {**entry, "plan": entry["plan"].to_dict()}
+                                           for rule_id, entry in modules.items()})
+        written += [MODULES_FILE, FAMILY_TARGETS_DIR + "/"]
     with atomic_path(bundle / SCRIPT_FILE) as tmp:
-        tmp.write_text(render_script(target, plan, precision))
+        tmp.write_text(render_family_script(target, plan, precision, modules) if modules
+                       else render_script(target, plan, precision))
         os.chmod(tmp, 0o755)
     with atomic_path(bundle / README_FILE) as tmp:
-        tmp.write_text(render_readme(bundle, target, plan, precision))
-    return list(KIT_FILES)
+        tmp.write_text(render_readme(bundle, target, plan, precision, modules))
+    return written
+
+
+def render_family_script(target: Target, plan: BuildPlan, precision: str, modules: dict) -> str:
+    """build_engine.sh of a family kit: resolve the module (same rules as edgeseg), then run its trtexec line."""
+    single = render_script(target, plan, precision).splitlines()
+    command = shlex.join(plan.to_trtexec(engine_name(precision)))
+    at = single.index(command)
+    lines = single[:at]
+    lines[1] = (f"# Build the TensorRT engine of this edgeseg bundle ON THE DEVICE: any {target.name} module; the "
+                "module is resolved here (device tree, memory; EDGESEG_MODULE=<id> overrides) and its plan applied.")
+    lines += render_resolver(target.family)
+    lines += ['module="$(edgeseg_module)"', 'echo "build_engine.sh: module $module"', 'case "$module" in']
+    for rule_id, entry in modules.items():
+        lines.append(f"    {rule_id}) {shlex.join(entry['plan'].to_trtexec(engine_name(precision)))} ;;")
+    lines += ['    *) echo "build_engine.sh: no plan for module $module" >&2; exit 1 ;;', "esac"]
+    return "\n".join(lines + single[at + 1:]) + "\n"
+
+
+def render_resolver(family_name: str) -> list[str]:
+    from edgeseg.target_family import render_resolver_shell
+    from edgeseg.target_registry import load_family
+
+    return render_resolver_shell(load_family(family_name))
 
 
 def render_script(target: Target, plan: BuildPlan, precision: str) -> str:
@@ -366,6 +509,25 @@ def render_script(target: Target, plan: BuildPlan, precision: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def family_readme(target: Target, modules: dict) -> list[str]:
+    lines = [
+        f"## {target.name} is a family: the module is resolved on the device",
+        "",
+        "This kit does not assume one module. On the device, `edgeseg engine build .` and `./build_engine.sh` read "
+        "`/proc/device-tree/model`, the module part number in `/proc/device-tree/compatible` and the memory size, "
+        "pick the first matching module below and build with its plan (set `EDGESEG_MODULE=<module>` on a carrier "
+        "board whose model string is its own). The plan above is what every module shares; DLA cores are chosen "
+        "on the device (`edgeseg engine build . --dla-core N`), and a module without a DLA refuses them.",
+        "",
+        "| module | target | workspace MiB | DLA cores | power modes | note |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for rule_id, entry in modules.items():
+        lines.append(f"| `{rule_id}` | {entry['target']} | {entry['plan'].workspace_mb} | {entry['dla_cores']} | "
+                     f"{' '.join(entry['power_modes'])} | {entry['note']} |")
+    return lines + [""]
+
+
 _FILE_NOTES = {
     "model.onnx": "the model in fp32 (ONNX), with the preprocessing contract in its metadata",
     "model.fp16.onnx": "the model in fp16 (ONNX)",
@@ -378,12 +540,17 @@ _FILE_NOTES = {
     PLAN_FILE: "the TensorRT build plan (BuildPlan.to_dict), paths relative to this folder",
     SCRIPT_FILE: "builds the engine with trtexec",
     README_FILE: "this file",
+    MODULES_FILE: "family kits: each module's target and TensorRT plan (build_engine.sh applies the device's)",
+    "nvinfer_config.txt": "DeepStream nvinfer config (semantic segmentation), paths relative to this folder",
+    "labels.txt": "class names, one a line (DeepStream labelfile-path)",
 }
 
 
 def _file_note(name: str) -> str:
     if name in _FILE_NOTES:
         return _FILE_NOTES[name]
+    if name.endswith(".deepstream.onnx"):
+        return "the model with a Softmax appended, for DeepStream's nvinfer"
     if name.endswith(".onnx.json"):
         return "the manifest of " + name.removesuffix(".json")
     if name.endswith(".engine.json"):
@@ -395,7 +562,7 @@ def _file_note(name: str) -> str:
     return ""
 
 
-def render_readme(bundle: Path, target: Target, plan: BuildPlan, precision: str) -> str:
+def render_readme(bundle: Path, target: Target, plan: BuildPlan, precision: str, modules: dict | None = None) -> str:
     engine = engine_name(precision)
     facts = read_onnx_facts(bundle / plan.onnx_path)
     model = facts.metadata.get("edgeseg.model", "the model")
@@ -423,6 +590,7 @@ def render_readme(bundle: Path, target: Target, plan: BuildPlan, precision: str)
         + (f", DLA core {plan.dla_core}" + (" with GPU fallback" if "GPU_FALLBACK" in plan.builder_flags else "")
            if plan.dla_core is not None else ""),
         "",
+        *(family_readme(target, modules) if modules else []),
         "## Finish the build on the device",
         "",
         f"Copy this folder to the {target.name}, then, inside it:",
@@ -456,6 +624,11 @@ def render_readme(bundle: Path, target: Target, plan: BuildPlan, precision: str)
         ]
     if plan.warnings:
         lines += ["## Warnings from the plan", ""] + [f"- {warning}" for warning in plan.warnings] + [""]
+    if (bundle / "nvinfer_config.txt").is_file():
+        from edgeseg.engine.deepstream import readme_section
+        from edgeseg.zoo.contract import Preprocessing
+
+        lines += readme_section(Preprocessing.from_dict(facts.preprocessing), precision)
     present = sorted(path.name for path in bundle.iterdir() if path.is_file() and not path.name.startswith("."))
     # manifest.json and the reports are written by 'edgeseg build' after this stage, so they are listed anyway
     names = sorted(set(present) | set(KIT_FILES) | {"manifest.json", "report.json", "report.md"})

@@ -322,8 +322,13 @@ def _check_dla(target: Target, options: BuildOptions, precision: str, version: t
     core = options.dla_core
     if core is None:
         return False
+    if target.family:
+        raise UsageError(f"{target.name} is a family of modules and only some have a DLA, so the DLA core is "
+                         "chosen on the device: 'edgeseg engine build . --dla-core N' there")
     if target.dla_cores == 0:
-        raise UsageError(f"target {target.name} has no DLA; drop the DLA core option "
+        resolved = f" ({target.resolved_from})" if target.resolved_from and target.family is None and \
+            "resolved on this device" in target.resolved_from else ""
+        raise UsageError(f"target {target.name} has no DLA{resolved}; drop the DLA core option "
                          "(DLA is on Jetson AGX Orin, Orin NX and the Xaviers)")
     if isinstance(core, bool) or not isinstance(core, int) or not 0 <= core < target.dla_cores:
         raise UsageError(f"DLA core {core} does not exist on {target.name}; "

@@ -10,6 +10,7 @@ mismatched engine fails deep inside TensorRT with a message that does not say "r
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -123,3 +124,47 @@ def _precision_of(format_text: str) -> str:
         if needle in text:
             return "uint8" if needle == "INT8" and "UINT8" in text else precision
     return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DLA placement from the builder's log
+
+_SECTION = re.compile(r"-+\s*Layers Running on (DLA|GPU)\s*-+", re.IGNORECASE)
+_PLACED = re.compile(r"\[(DlaLayer|GpuLayer)\]\s*(.+)$")
+
+
+def parse_layer_placement(lines: list[str]) -> dict:
+    """Which layers TensorRT placed on the DLA and which fell back to the GPU, from the builder's messages:
+
+        ---------- Layers Running on DLA ----------
+        [DlaLayer] {ForeignNode[/stem/conv/Conv.../stage1/Relu_3]}
+        ---------- Layers Running on GPU ----------
+        [GpuLayer] SHUFFLE: /decode/Reshape
+
+    (TensorRT 8.5 and later, INFO severity; trtexec prefixes them with "[I] [TRT]", which is ignored). A DLA entry
+    is a subgraph (ForeignNode[first...last]) the DLA runs as one; a GPU entry is one layer, "TYPE: name"."""
+    dla: list[str] = []
+    gpu: list[dict] = []
+    for line in lines:
+        match = _PLACED.search(line)
+        if match is None:
+            continue
+        text = match.group(2).strip()
+        if match.group(1) == "DlaLayer":
+            dla.append(text)
+        else:
+            kind, _, name = text.partition(": ")
+            gpu.append({"type": kind if name else None, "name": name or kind})
+    found = bool(dla or gpu) or any(_SECTION.search(line) for line in lines)
+    return {"dla_subgraphs": dla, "gpu_layers": gpu, "found": found}
+
+
+def placement_summary(placement: dict, dla_core: int | None) -> list[str]:
+    """The placement as log lines: every DLA subgraph and every layer that fell back to the GPU."""
+    if not placement.get("found"):
+        return ["DLA placement: TensorRT printed no layer placement (it does from 8.5 on, at INFO)"]
+    dla, gpu = placement["dla_subgraphs"], placement["gpu_layers"]
+    lines = [f"DLA placement: {len(dla)} subgraph(s) on DLA core {dla_core}, {len(gpu)} layer(s) on the GPU"]
+    lines += [f"  DLA: {entry}" for entry in dla]
+    lines += [f"  GPU: {layer['type'] + ' ' if layer['type'] else ''}{layer['name']}" for layer in gpu]
+    return lines
