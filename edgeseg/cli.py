@@ -23,6 +23,8 @@ app.add_typer(data_app, name="data")
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 SIZE_HELP = "input size HEIGHTxWIDTH, e.g. 360x480 (default: the model's own)"
+DIST_BACKEND_HELP = "under torchrun: gloo (CPU), nccl (CUDA GPUs) or auto (nccl when the device is CUDA)"
+DIST_TIMEOUT_HELP = "under torchrun: seconds a process waits for the others before giving up with an error"
 
 
 def _plain_log(line: str) -> None:
@@ -82,13 +84,20 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, help="evaluate only the first N images"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON here"),
+    dist_backend: str = typer.Option("auto", "--dist-backend", help=DIST_BACKEND_HELP),
+    dist_timeout: float = typer.Option(600.0, "--dist-timeout", help=DIST_TIMEOUT_HELP),
 ):
-    """Evaluate a model on a dataset split: per-class IoU, mIoU, pixel and mean class accuracy."""
+    """Evaluate a model on a dataset split: per-class IoU, mIoU, pixel and mean class accuracy.
+    Under torchrun the split is shared out across the processes and the results summed."""
+    from edgeseg.distributed import is_main_process
     from edgeseg.evaluate import EvalConfig, evaluate_model
     from edgeseg.manifest import write_json
 
     report = evaluate_model(EvalConfig(model=model, weights=weights, dataset=data, split=split, data_root=data_root,
-                                       size=parse_size(size), limit=limit, device=device))
+                                       size=parse_size(size), limit=limit, device=device, dist_backend=dist_backend,
+                                       dist_timeout_s=dist_timeout))
+    if not is_main_process():  # every rank holds the same report; rank 0 shows and writes it
+        return
     table = Table(title=f"{model} on {report['dataset']} ({report['images']} images, input "
                         f"{report['input_size'][0]}x{report['input_size'][1]})")
     table.add_column("class")
@@ -133,8 +142,15 @@ def train(
     distill_from: Optional[str] = typer.Option(None, help="teacher weights for knowledge distillation"),
     new_head: bool = typer.Option(False, "--new-head", help="--weights predict other classes (e.g. cityscapes) or "
                                   "lack a decoder (nvidia/mit-b0): start those layers afresh for this dataset"),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="under torchrun on GPUs: BatchNorm statistics over the "
+                                 "global batch (SyncBatchNorm)"),
+    freeze_bn: bool = typer.Option(False, "--freeze-bn", help="keep BatchNorm running statistics fixed (tiny "
+                                   "per-process batches, fine-tuning)"),
+    dist_backend: str = typer.Option("auto", "--dist-backend", help=DIST_BACKEND_HELP),
+    dist_timeout: float = typer.Option(600.0, "--dist-timeout", help=DIST_TIMEOUT_HELP),
 ):
-    """Train or fine-tune a model (AdamW, warmup + poly LR, augmentation, periodic eval, resumable)."""
+    """Train or fine-tune a model (AdamW, warmup + poly LR, augmentation, periodic eval, resumable).
+    Under torchrun: DistributedDataParallel, --batch-size per process, rank 0 writes the run."""
     from edgeseg.losses import LOSSES
     from edgeseg.train import TrainConfig
     from edgeseg.train import train as run_training
@@ -146,9 +162,13 @@ def train(
                       crop_size=parse_size(crop), scale_range=(scale_min, scale_max), loss=loss,
                       eval_every=eval_every, seed=seed, threads=threads, device=device, amp=not no_amp,
                       max_minutes=max_minutes, resume=resume, distill_from=distill_from,
-                      new_head=new_head)
+                      new_head=new_head, sync_bn=sync_bn, freeze_bn=freeze_bn, dist_backend=dist_backend,
+                      dist_timeout_s=dist_timeout)
     best = run_training(cfg)
-    console.print(f"best checkpoint: {best}")
+    from edgeseg.distributed import is_main_process
+
+    if is_main_process():
+        console.print(f"best checkpoint: {best}")
 
 
 @data_app.command("fetch")

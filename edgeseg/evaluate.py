@@ -14,6 +14,7 @@ import numpy as np
 
 from edgeseg.data.datasets import SegmentationDataset
 from edgeseg.data.transforms import resize_pair
+from edgeseg.distributed import shard, sum_across_ranks
 from edgeseg.metrics import ConfusionMatrix, SegmentationScores
 from edgeseg.progress import track
 from edgeseg.runners.labels import labels_from_logits
@@ -46,14 +47,20 @@ def evaluate(predict: Predictor, dataset: SegmentationDataset, preprocessing: Pr
 
 def confusion_on(predict: Predictor, dataset: SegmentationDataset, preprocessing: Preprocessing,
                  limit: int | None = None, description: str = "eval") -> ConfusionMatrix:
-    """The confusion matrix of `predict` over the dataset; matrices of disjoint parts merge into the whole's."""
+    """The confusion matrix of `predict` over the dataset; matrices of disjoint parts merge into the whole's.
+
+    Under torchrun (a process group is initialised) each rank evaluates every world_size-th image and the
+    integer matrices are summed across ranks: every rank returns the matrix one process would have computed.
+    """
     confusion = ConfusionMatrix(dataset.label_set.num_classes)
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    for index in track(range(count), description, total=count):
+    indices = shard(count)
+    for index in track(indices, description, total=len(indices)):
         image, mask = dataset.load(index)
         resized, _ = resize_pair(image, None, preprocessing.input_size)
         output = predict(preprocessing.normalize(resized))
         confusion.update(mask, labels_at(output, mask.shape))
+    confusion.matrix = sum_across_ranks(confusion.matrix, f"{description}: summing the confusion matrices")
     return confusion
 
 
@@ -81,13 +88,19 @@ class EvalConfig:
     limit: int | None = None
     device: str = "cpu"
     threads: int | None = None
+    dist_backend: str = "auto"  # under torchrun: gloo (CPU) or nccl (CUDA); auto picks by device
+    dist_timeout_s: float = 600.0  # a rank waiting longer than this for the others gives up with an error
 
 
 def evaluate_model(cfg: EvalConfig) -> dict:
-    """Evaluate a zoo model (with any --weights spec) on a dataset split; returns a JSON-ready report."""
+    """Evaluate a zoo model (with any --weights spec) on a dataset split; returns a JSON-ready report.
+
+    Under torchrun every rank evaluates its share of the images and returns the same (whole-split) report.
+    """
     import torch
 
     from edgeseg.data.datasets import open_dataset
+    from edgeseg.distributed import process_group
     from edgeseg.zoo.weights import load_model
 
     from edgeseg.zoo.registry import get_entry
@@ -98,8 +111,9 @@ def evaluate_model(cfg: EvalConfig) -> dict:
     dataset = open_dataset(cfg.dataset, cfg.split, cfg.data_root)
     loaded = load_model(cfg.model, cfg.weights, label_set=dataset.label_set)
     preprocessing = loaded.preprocessing.with_size(cfg.size) if cfg.size else loaded.preprocessing
-    scores = evaluate(torch_predictor(loaded.model, cfg.device), dataset, preprocessing, limit=cfg.limit,
-                      description=f"eval {cfg.model}")
+    with process_group(cfg.device, cfg.dist_backend, cfg.dist_timeout_s) as ctx:
+        scores = evaluate(torch_predictor(loaded.model, ctx.device), dataset, preprocessing, limit=cfg.limit,
+                          description=f"eval {cfg.model}")
     return {
         "model": cfg.model,
         "weights": loaded.source,
