@@ -27,6 +27,10 @@ DIST_BACKEND_HELP = "under torchrun: gloo (CPU), nccl (CUDA GPUs) or auto (nccl 
 DIST_TIMEOUT_HELP = "under torchrun: seconds a process waits for the others before giving up with an error"
 
 
+def _quiet(line: str) -> None:
+    """The log of torchrun ranks other than 0: they repeat what rank 0 says."""
+
+
 def _plain_log(line: str) -> None:
     # Build logs carry TensorRT's own text and names like edgeseg[trt]: print them as they are, not as markup.
     console.print(line, markup=False, highlight=False)
@@ -274,9 +278,14 @@ def quantize(
     cfg = QuantizeConfig(profile=profile, method=method, max_miou_drop=max_miou_drop, eval_dataset=data,
                          eval_split=eval_split, eval_limit=eval_limit, data_root=data_root,
                          keep_float=tuple(keep_float))
-    artifact = quantize_int8(onnx_model, calibration, cfg, out, log=_plain_log)
-    kept = artifact.manifest["layers_kept_float"]
-    console.print(f"wrote {artifact.path}; layers kept in float: {', '.join(kept) if kept else 'none'}")
+    from edgeseg.distributed import is_main_process, process_group
+
+    # Under torchrun (CPU processes, gloo) the accuracy budget's evaluations are shared out; rank 0 writes.
+    with process_group("cpu", "gloo"):
+        artifact = quantize_int8(onnx_model, calibration, cfg, out, log=_plain_log if is_main_process() else _quiet)
+    if is_main_process():
+        kept = artifact.manifest["layers_kept_float"]
+        console.print(f"wrote {artifact.path}; layers kept in float: {', '.join(kept) if kept else 'none'}")
 
 
 @app.command()

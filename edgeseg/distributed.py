@@ -10,6 +10,7 @@ imported torch has no process group, so `current()` answers "one process" withou
 from __future__ import annotations
 
 import os
+import re
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,11 +68,14 @@ def current() -> DistContext:
 
 
 def resolve_backend(backend: str, device: str) -> str:
-    """The backend for `device` ("cpu", "cuda", "cuda:N", "auto"); refuses NCCL where there is no GPU."""
-    import torch
-
+    """The backend for `device` ("cpu", "cuda", "cuda:N", "auto"); refuses NCCL where there is no GPU.
+    Imports torch only where the answer needs it (gloo on CPU does not: ONNX Runtime commands stay torch-free)."""
     if backend not in BACKENDS:
         raise UsageError(f"unknown --dist-backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if device == "cpu" and backend in ("auto", "gloo"):
+        return "gloo"
+    import torch
+
     wants_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if backend == "auto":
         return "nccl" if wants_cuda else "gloo"
@@ -92,19 +96,19 @@ def process_group(device: str = "auto", backend: str = "auto",
 
     Yields the rank's context; its `device` is the device this rank must use ("cuda:<local rank>" for CUDA runs).
     """
-    import datetime
-
-    import torch
-    import torch.distributed as dist
-
     chosen = resolve_backend(backend, device)  # validated even for one process: a wrong request is an error
-    if dist.is_available() and dist.is_initialized():  # the caller owns the group
+    if current().backend is not None:  # the caller owns the group
         yield _with_device(current(), device)
         return
     world_size = launched_world_size()
     if world_size == 1:
         yield DistContext(device=_single_device(device))
         return
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if chosen == "nccl":
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
@@ -130,9 +134,9 @@ def process_group(device: str = "auto", backend: str = "auto",
 
 
 def _single_device(device: str) -> str:
-    import torch
-
     if device == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
@@ -150,8 +154,10 @@ def _with_device(ctx: DistContext, requested: str) -> DistContext:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    """The gist of a torch.distributed error: no source location, no advice addressed to PyTorch bug reporters."""
+    lines = str(exc).strip().splitlines()
+    text = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]) if lines else type(exc).__name__
+    return text.split(". This is typically")[0][:300]
 
 
 @contextmanager

@@ -100,12 +100,13 @@ def evaluate_model(cfg: EvalConfig) -> dict:
     import torch
 
     from edgeseg.data.datasets import open_dataset
-    from edgeseg.distributed import process_group
+    from edgeseg.distributed import process_group, resolve_backend
     from edgeseg.zoo.weights import load_model
 
     from edgeseg.zoo.registry import get_entry
 
     get_entry(cfg.model)  # an unknown name fails before any data is read
+    resolve_backend(cfg.dist_backend, cfg.device)  # so does a backend that cannot run here
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dataset = open_dataset(cfg.dataset, cfg.split, cfg.data_root)

@@ -238,8 +238,13 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
                                  seed=cfg.seed, drop_last=True)
     net = model
     if ctx.distributed:  # averages gradients across ranks in backward; the optimizer steps on `model` as usual
+        import warnings
+
         from torch.nn.parallel import DistributedDataParallel
 
+        # Depthwise convolutions hand DDP gradients in another memory layout than its buckets: a copy per step,
+        # correct results; PyTorch warns on every rank on every run, which says nothing the user can act on.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         with distributed.peers_guard("wrapping the model in DistributedDataParallel"):
             net = DistributedDataParallel(model, device_ids=[ctx.local_rank] if device.startswith("cuda") else None)
     recipe = {k: v for k, v in dataclasses.asdict(cfg).items()
