@@ -12,7 +12,8 @@ For each process count the script launches itself under torchrun (`--worker`) an
   eval:  images/s of the sharded evaluation (`edgeseg.evaluate.confusion_on`, CamVid val, the bundled
          unet-mobilenetv2 checkpoint, the model's 360x480), timed between barriers, with the summed confusion
          matrix's mIoU (identical for every process count).
-Every process gets --threads torch threads. Writes benchmarks/results/distributed/scaling-<machine>.json (cpu-<model>-<N>c, gpu-<name>).
+Every process gets --threads torch threads. Writes benchmarks/results/distributed/scaling-<machine>.json
+(cpu-<model>-<N>c, gpu-<name>).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ Run directory layout (everything written atomically):
 
 Under torchrun (`torchrun --nproc_per_node N -m edgeseg train ...`) the same function trains with
 DistributedDataParallel: --batch-size is per process (global batch = batch x processes, recorded in the recipe),
-a DistributedSampler deals each rank its share of the epoch's shuffled order, validation is sharded across ranks,
-and only rank 0 writes the run directory. Plumbing: edgeseg/distributed.py.
+every rank draws the epoch's shuffled order and augmentations exactly as one process with the global batch would
+and keeps its slice of each global batch (`rank_batches`), validation is sharded across ranks, and only rank 0
+writes the run directory. Plumbing: edgeseg/distributed.py.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 
 from edgeseg.checkpoint import read_checkpoint_sidecar, save_checkpoint
 from edgeseg.data.datasets import IGNORE, SegmentationDataset, open_dataset
-from edgeseg.data.transforms import AugmentConfig, augment
+from edgeseg.data.transforms import AugmentConfig, AugmentDraw, apply_augment, draw_augment
 from edgeseg import distributed
 from edgeseg.errors import UsageError
 from edgeseg.evaluate import evaluate, torch_predictor
@@ -111,22 +112,40 @@ def lr_at(iteration: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * max(0.0, 1 - progress) ** cfg.poly_power
 
 
+def rank_batches(shapes: list[tuple], cfg: TrainConfig, epoch: int, rank: int = 0,
+                 world_size: int = 1) -> list[list[tuple[int, AugmentDraw]]]:
+    """This rank's batches of the epoch: (image index, augmentation choices) pairs.
+
+    The order and every augmentation choice are drawn from one generator seeded by (seed, epoch), in the order
+    one process training with the global batch (batch_size x world_size) draws them; rank r keeps items
+    [r*batch_size, (r+1)*batch_size) of each global batch. So N processes train on exactly the batches one process
+    would (what torch's DistributedSampler does for the order, extended to the augmentation), a one-process run
+    is what it always was, and a resumed epoch replays the same batches.
+    """
+    augment_cfg = AugmentConfig(cfg.crop_size, cfg.scale_range, True, cfg.colour_jitter)
+    rng = np.random.default_rng([cfg.seed, epoch])
+    order = rng.permutation(len(shapes))
+    global_batch = cfg.batch_size * world_size
+    mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
+    batches = []
+    for start in range(0, len(order) - global_batch + 1, global_batch):
+        draws = [(int(i), draw_augment(shapes[i], augment_cfg, rng)) for i in order[start:start + global_batch]]
+        batches.append(draws[mine])
+    return batches
+
+
 class _BatchPrefetcher:
     """Augment the next batches in a background thread (OpenCV releases the GIL) while the model trains."""
 
-    def __init__(self, images, masks, order, cfg: TrainConfig, epoch: int):
+    def __init__(self, images, masks, batches: list[list[tuple[int, AugmentDraw]]], cfg: TrainConfig):
         self._queue: queue.Queue = queue.Queue(maxsize=3)
         augment_cfg = AugmentConfig(cfg.crop_size, cfg.scale_range, True, cfg.colour_jitter)
-        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
         self.num_batches = len(batches)
 
         def work():
             try:
                 for batch in batches:
-                    # One generator per (epoch, image): an image gets the same augmentation whichever rank, batch
-                    # or resumed session draws it, so N processes see exactly the global batches one process sees.
-                    pairs = [augment(images[i], masks[i], augment_cfg, np.random.default_rng([cfg.seed, epoch, i]))
-                             for i in batch]
+                    pairs = [apply_augment(images[i], masks[i], draw, augment_cfg) for i, draw in batch]
                     self._queue.put((np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])))
             except BaseException as exc:  # surface augmentation errors in the training thread
                 self._queue.put(exc)
@@ -155,7 +174,6 @@ def train(cfg: TrainConfig) -> Path:
 
 def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
     import torch
-    from torch.utils.data import DistributedSampler
 
     from edgeseg.losses import enet_class_weights, make_loss, uses_class_weights
     from edgeseg.zoo.weights import load_model
@@ -232,10 +250,7 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
         raise UsageError(f"the training split has {len(images)} images, fewer than one global batch of {global_batch} "
                          f"({ctx.world_size} process(es) x --batch-size {cfg.batch_size})")
     total_iters = cfg.epochs * iters_per_epoch
-    # Every rank draws the same shuffled order per epoch (seed + epoch) and keeps every world_size-th image:
-    # the ranks' batches b together are exactly one process's batch b of the global batch size.
-    sampler = DistributedSampler(range(len(images)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                 seed=cfg.seed, drop_last=True)
+    shapes = [image.shape for image in images]
     net = model
     if ctx.distributed:  # averages gradients across ranks in backward; the optimizer steps on `model` as usual
         import warnings
@@ -270,11 +285,9 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
         task = progress.add_task(f"train {cfg.model}", total=total_iters, completed=iteration, info="")
         for epoch in range(start_epoch, cfg.epochs):
             _train_mode(model, cfg.freeze_bn)
-            sampler.set_epoch(epoch)  # per-epoch order from (seed, epoch): resume replays the same order
             torch.manual_seed(cfg.seed * 100_003 + epoch + 7919 * ctx.rank)  # dropout: own masks per rank
-            order = list(sampler)
             epoch_loss, epoch_start = 0.0, time.monotonic()
-            batches = _BatchPrefetcher(images, masks, order, cfg, epoch)
+            batches = _BatchPrefetcher(images, masks, rank_batches(shapes, cfg, epoch, ctx.rank, ctx.world_size), cfg)
             for batch_images, batch_masks in batches:
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(iteration, total_iters, cfg)

@@ -48,8 +48,9 @@ def _log(run: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_two_processes_train_like_one_with_the_same_global_batch_and_resume_on_every_rank(tmp_path):
-    """2 ranks x batch 2 against 1 process x batch 4: the same global batches (DistributedSampler order, per-image
-    augmentation seeds), gradients averaged by DDP. BatchNorm is frozen (--freeze-bn): with per-process statistics
+    """2 ranks x batch 2 against 1 process x batch 4: the same global batches (order and augmentations drawn as
+    one process draws them, see test_ranks_split_exactly_the_batches_one_process_trains_on), gradients averaged
+    by DDP. BatchNorm is frozen (--freeze-bn): with per-process statistics
     a rank normalises its 2 images by their own mean, not the 4 images' mean, so the runs would differ by design;
     SyncBatchNorm, the other fix, runs on GPUs only. The loss is plain CE on equal-sized crops (the same number of
     labelled pixels per rank), so the mean of the ranks' means is the global batch's mean."""
@@ -106,6 +107,21 @@ def test_two_processes_train_like_one_with_the_same_global_batch_and_resume_on_e
     with pytest.raises(UsageError, match="trained by 2 process"):
         train(TrainConfig(model="unet-mobilenetv2", out_dir=str(two), data_root=str(data), epochs=3, batch_size=2,
                           crop_size=(64, 96), resume=True, threads=1, freeze_bn=True))
+
+
+def test_ranks_split_exactly_the_batches_one_process_trains_on():
+    from edgeseg.train import TrainConfig, rank_batches
+
+    shapes = [(48 + i % 3, 64, 3) for i in range(11)]  # 11 images, global batch 4: 2 batches, 3 images left over
+    cfg = TrainConfig(model="fcn-resnet18", out_dir="x", batch_size=4, crop_size=(32, 48))
+    one = rank_batches(shapes, cfg, epoch=3)
+    split = TrainConfig(model="fcn-resnet18", out_dir="x", batch_size=2, crop_size=(32, 48))
+    ranks = [rank_batches(shapes, split, epoch=3, rank=rank, world_size=2) for rank in range(2)]
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == 2
+    for step, batch in enumerate(one):
+        assert ranks[0][step] + ranks[1][step] == batch  # same images, same augmentation choices, rank order
+    assert rank_batches(shapes, cfg, epoch=4) != one  # a new order every epoch
+    assert rank_batches(shapes, cfg, epoch=3) == one  # and the same one when an epoch is replayed on resume
 
 
 def _join_group(rank: int, world_size: int, port: int) -> None:
@@ -234,3 +250,36 @@ def test_sync_bn_and_freeze_bn_exclude_each_other():
 
     with pytest.raises(UsageError, match="exclude each other"):
         TrainConfig(model="fcn-resnet18", out_dir="x", sync_bn=True, freeze_bn=True)
+
+
+@pytest.mark.slow
+def test_quantize_budget_under_torchrun_decides_like_one_process(toy_checkpoint, tmp_path):
+    """The INT8 accuracy budget's evaluations are sharded across 2 ranks; every round's mIoU and the layers kept
+    in float must be those of one process, and only rank 0 writes the model."""
+    import cv2
+
+    from edgeseg.calibration import CalibConfig, make_calibration_set
+    from edgeseg.export import ExportConfig, export_model, onnx_preprocessing
+    from edgeseg.quantize import QuantizeConfig, quantize_int8
+    from edgeseg.zoo.weights import load_model
+
+    data, checkpoint = toy_checkpoint
+    fp32 = export_model(load_model("fcn-resnet18", str(checkpoint)), "fcn-resnet18",
+                        ExportConfig(size=(48, 64), data_root=str(data), parity_images=2), tmp_path / "model.onnx")
+    black = tmp_path / "black"  # black calibration frames break INT8: the budget loop must run several rounds
+    black.mkdir()
+    for index in range(4):
+        cv2.imwrite(str(black / f"{index}.png"), np.zeros((48, 64, 3), np.uint8))
+    calibration = make_calibration_set(onnx_preprocessing(fp32.path),
+                                       CalibConfig(images_dir=str(black), count=4, strategy="random"),
+                                       tmp_path / "black.json")
+    single = quantize_int8(fp32.path, calibration.path,
+                           QuantizeConfig(max_miou_drop=2.0, data_root=str(data), max_fallback_rounds=8),
+                           tmp_path / "one.onnx", log=lambda _: None).manifest["checks"]["accuracy"]
+    launched = _torchrun(["quantize", str(fp32.path), "--calibration", str(calibration.path), "--out",
+                          str(tmp_path / "two.onnx"), "--max-miou-drop", "2.0", "--data-root", str(data)])
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.stdout.count("wrote ") == 1  # rank 0 alone reports (and writes)
+    assert len(single["rounds"]) > 1
+    distributed = json.loads((tmp_path / "two.onnx.json").read_text())["checks"]["accuracy"]
+    assert distributed == single
