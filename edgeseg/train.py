@@ -205,7 +205,7 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
         head = loaded.new_head
         fresh = [*head["reinitialised"], *head.get("not_in_weights", [])]
         say(f"new head for {train_set.label_set.name}: {head['from_classes']} -> {head['to_classes']} classes, "
-              f"{len(fresh)} tensors start afresh ({', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''})")
+            f"{len(fresh)} tensors start afresh ({', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''})")
     model, preprocessing = loaded.model.to(device), loaded.preprocessing
     if cfg.sync_bn and ctx.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -263,7 +263,7 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
         with distributed.peers_guard("wrapping the model in DistributedDataParallel"):
             net = DistributedDataParallel(model, device_ids=[ctx.local_rank] if device.startswith("cuda") else None)
     recipe = {k: v for k, v in dataclasses.asdict(cfg).items()
-              if k not in ("out_dir", "data_root", "resume", "dist_timeout_s")}
+              if k not in ("out_dir", "data_root", "resume", "dist_backend", "dist_timeout_s")}
     recipe["world_size"] = ctx.world_size
     recipe["global_batch_size"] = global_batch
     recipe["class_weights"] = weights.tolist() if weights is not None else None
