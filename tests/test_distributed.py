@@ -190,6 +190,21 @@ def test_distributed_eval_sums_to_exactly_the_single_process_confusion_matrix(tm
         assert "--sync-bn needs CUDA" in reports[rank]["refusal"]
 
 
+@pytest.mark.slow
+def test_eval_command_under_torchrun_reports_what_one_process_reports(toy_checkpoint, tmp_path):
+    from edgeseg.evaluate import EvalConfig, evaluate_model
+
+    data, checkpoint = toy_checkpoint
+    args = ["eval", "--model", "fcn-resnet18", "--weights", str(checkpoint), "--data-root", str(data),
+            "--split", "val", "--size", "48x64", "--json", str(tmp_path / "two.json")]
+    launched = _torchrun(args)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.stdout.count("mIoU") == 1  # one table, from rank 0
+    single = evaluate_model(EvalConfig(model="fcn-resnet18", weights=str(checkpoint), data_root=str(data),
+                                       split="val", size=(48, 64)))
+    assert json.loads((tmp_path / "two.json").read_text()) == json.loads(json.dumps(single))
+
+
 def _failing_peer_worker(rank: int, port: int, behaviour: str, out: str) -> None:
     """Rank 1 dies (or hangs) after joining; rank 0 then needs it for a collective and must give up clearly."""
     from edgeseg.distributed import DistributedError, process_group, sum_across_ranks
