@@ -298,3 +298,24 @@ def test_quantize_budget_under_torchrun_decides_like_one_process(toy_checkpoint,
     assert len(single["rounds"]) > 1
     distributed = json.loads((tmp_path / "two.onnx.json").read_text())["checks"]["accuracy"]
     assert distributed == single
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_nccl_training_with_sync_bn_and_amp_on_two_gpus(tmp_path):
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs 2 CUDA GPUs for 2 NCCL ranks, this machine has {torch.cuda.device_count()}")
+    from edgeseg.checkpoint import read_checkpoint_sidecar
+
+    data = make_camvid(tmp_path / "data", per_split=8, size=(64, 96))
+    run = tmp_path / "run"
+    args = ["train", "--model", "unet-mobilenetv2", "--epochs", "2", "--warmup-iters", "2", "--crop", "64x96",
+            "--eval-every", "1", "--device", "cuda", "--sync-bn", "--batch-size", "2", "--data-root", str(data),
+            "--out", str(run)]
+    launched = _torchrun(args)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    recipe = read_checkpoint_sidecar(run / "last.safetensors")["recipe"]
+    assert recipe["world_size"] == 2 and recipe["global_batch_size"] == 4 and recipe["sync_bn"]
+    assert [record["epoch"] for record in _log(run)] == [1, 2] and "val_miou" in _log(run)[-1]
