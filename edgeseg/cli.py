@@ -55,9 +55,12 @@ def _version_callback(value: bool):
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+def _root(ctx: typer.Context,
+          version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
                                        help="print the version and exit")):
-    pass
+    from edgeseg.distributed import refuse_torchrun_for
+
+    refuse_torchrun_for(ctx.invoked_subcommand)
 
 
 @app.command()

@@ -55,6 +55,16 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+TORCHRUN_COMMANDS = ("train", "eval", "quantize")  # the commands that share their work across torchrun processes
+
+
+def refuse_torchrun_for(command: str | None) -> None:
+    """N copies of a one-process command would race on the same output files: say so instead."""
+    if command is not None and launched_world_size() > 1 and command not in TORCHRUN_COMMANDS:
+        raise UsageError(f"'edgeseg {command}' runs as one process; launch it without torchrun (commands that "
+                         f"run under torchrun: {', '.join(TORCHRUN_COMMANDS)})")
+
+
 def current() -> DistContext:
     """This process's place in an initialised process group, or a single-process context."""
     torch = sys.modules.get("torch")

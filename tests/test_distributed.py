@@ -260,6 +260,15 @@ def test_nccl_without_gpus_is_refused_in_one_line(capsys):
     assert_one_line_error(code, err, "unknown --dist-backend 'mpi'")
 
 
+def test_one_process_commands_refuse_to_run_as_torchrun_copies(capsys, monkeypatch):
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets in each process it starts
+    code, _, err = run_cli(["build", "--model", "fcn-resnet18", "--out", "never"], capsys)
+    assert_one_line_error(code, err, "'edgeseg build' runs as one process; launch it without torchrun")
+    assert not Path("never").exists()
+
+
 def test_sync_bn_and_freeze_bn_exclude_each_other():
     from edgeseg.train import TrainConfig
 
