@@ -31,6 +31,12 @@ DATA_HELP = ("dataset: camvid, cityscapes, cityscapes:PATH (as downloaded) or fo
 CLASSES_HELP = ("folder datasets: the class names, one per line ('name' or 'name R G B'), or a model card "
                 "(default: the model's classes)")
 CARD_HELP = "model card (TOML) of a foreign model: 'edgeseg card init MODEL.onnx' writes one"
+DIST_BACKEND_HELP = "under torchrun: gloo (CPU), nccl (CUDA GPUs) or auto (nccl when the device is CUDA)"
+DIST_TIMEOUT_HELP = "under torchrun: seconds a process waits for the others before giving up with an error"
+
+
+def _quiet(line: str) -> None:
+    """The log of torchrun ranks other than 0: they repeat what rank 0 says."""
 
 
 def _plain_log(line: str) -> None:
@@ -56,9 +62,12 @@ def _version_callback(value: bool):
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+def _root(ctx: typer.Context,
+          version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
                                        help="print the version and exit")):
-    pass
+    from edgeseg.distributed import refuse_torchrun_for
+
+    refuse_torchrun_for(ctx.invoked_subcommand)
 
 
 @app.command()
@@ -91,15 +100,22 @@ def eval_command(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON here"),
     card: Optional[Path] = typer.Option(None, help=CARD_HELP),
     classes: Optional[Path] = typer.Option(None, help=CLASSES_HELP),
+    dist_backend: str = typer.Option("auto", "--dist-backend", help=DIST_BACKEND_HELP),
+    dist_timeout: float = typer.Option(600.0, "--dist-timeout", help=DIST_TIMEOUT_HELP),
 ):
-    """Evaluate a model on a dataset split: per-class IoU, mIoU, pixel and mean class accuracy."""
+    """Evaluate a model on a dataset split: per-class IoU, mIoU, pixel and mean class accuracy.
+    Under torchrun the split is shared out across the processes and the results summed."""
+    from edgeseg.distributed import is_main_process
     from edgeseg.evaluate import EvalConfig, evaluate_model
     from edgeseg.manifest import write_json
 
     data = with_classes(data, classes)
     report = evaluate_model(EvalConfig(model=model, weights=weights, dataset=data, split=split, data_root=data_root,
                                        size=parse_size(size), limit=limit, device=device,
-                                       card=str(card) if card else None))
+                                       card=str(card) if card else None, dist_backend=dist_backend,
+                                       dist_timeout_s=dist_timeout))
+    if not is_main_process():  # every rank holds the same report; rank 0 shows and writes it
+        return
     table = Table(title=f"{model} on {report['dataset']} ({report['images']} images, input "
                         f"{report['input_size'][0]}x{report['input_size'][1]})")
     table.add_column("class")
@@ -145,8 +161,15 @@ def train(
     distill_from: Optional[str] = typer.Option(None, help="teacher weights for knowledge distillation"),
     new_head: bool = typer.Option(False, "--new-head", help="--weights predict other classes (e.g. cityscapes) or "
                                   "lack a decoder (nvidia/mit-b0): start those layers afresh for this dataset"),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="under torchrun on GPUs: BatchNorm statistics over the "
+                                 "global batch (SyncBatchNorm)"),
+    freeze_bn: bool = typer.Option(False, "--freeze-bn", help="keep BatchNorm running statistics fixed (tiny "
+                                   "per-process batches, fine-tuning)"),
+    dist_backend: str = typer.Option("auto", "--dist-backend", help=DIST_BACKEND_HELP),
+    dist_timeout: float = typer.Option(600.0, "--dist-timeout", help=DIST_TIMEOUT_HELP),
 ):
-    """Train or fine-tune a model (AdamW, warmup + poly LR, augmentation, periodic eval, resumable)."""
+    """Train or fine-tune a model (AdamW, warmup + poly LR, augmentation, periodic eval, resumable).
+    Under torchrun: DistributedDataParallel, --batch-size per process, rank 0 writes the run."""
     from edgeseg.losses import LOSSES
     from edgeseg.train import TrainConfig
     from edgeseg.train import train as run_training
@@ -158,9 +181,13 @@ def train(
                       crop_size=parse_size(crop), scale_range=(scale_min, scale_max), loss=loss,
                       eval_every=eval_every, seed=seed, threads=threads, device=device, amp=not no_amp,
                       max_minutes=max_minutes, resume=resume, distill_from=distill_from,
-                      new_head=new_head)
+                      new_head=new_head, sync_bn=sync_bn, freeze_bn=freeze_bn, dist_backend=dist_backend,
+                      dist_timeout_s=dist_timeout)
     best = run_training(cfg)
-    console.print(f"best checkpoint: {best}")
+    from edgeseg.distributed import is_main_process
+
+    if is_main_process():
+        console.print(f"best checkpoint: {best}")
 
 
 @data_app.command("fetch")
@@ -287,9 +314,15 @@ def quantize(
     cfg = QuantizeConfig(profile=profile, method=method, max_miou_drop=max_miou_drop, eval_dataset=data,
                          eval_split=eval_split, eval_limit=eval_limit, data_root=data_root,
                          keep_float=tuple(keep_float))
-    artifact = quantize_int8(onnx_model, calibration, cfg, out, log=_plain_log, card=loaded_card)
-    kept = artifact.manifest["layers_kept_float"]
-    console.print(f"wrote {artifact.path}; layers kept in float: {', '.join(kept) if kept else 'none'}")
+    from edgeseg.distributed import is_main_process, process_group
+
+    # Under torchrun (CPU processes, gloo) the accuracy budget's evaluations are shared out; rank 0 writes.
+    with process_group("cpu", "gloo"):
+        artifact = quantize_int8(onnx_model, calibration, cfg, out, log=_plain_log if is_main_process() else _quiet,
+                                 card=loaded_card)
+    if is_main_process():
+        kept = artifact.manifest["layers_kept_float"]
+        console.print(f"wrote {artifact.path}; layers kept in float: {', '.join(kept) if kept else 'none'}")
 
 
 def _calibration_from_images(onnx_model: Path, card, images: Path, count: int, out: Path) -> Path:

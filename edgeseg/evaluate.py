@@ -15,6 +15,7 @@ import numpy as np
 from edgeseg.data.datasets import SegmentationDataset
 from edgeseg.data.fit import fit_image, output_inner, rgb_mean, source_region
 from edgeseg.data.transforms import resize_pair
+from edgeseg.distributed import shard, sum_across_ranks
 from edgeseg.metrics import ConfusionMatrix, SegmentationScores
 from edgeseg.progress import track
 from edgeseg.runners.labels import labels_from_logits
@@ -47,10 +48,15 @@ def evaluate(predict: Predictor, dataset: SegmentationDataset, preprocessing: Pr
 
 def confusion_on(predict: Predictor, dataset: SegmentationDataset, preprocessing: Preprocessing,
                  limit: int | None = None, description: str = "eval") -> ConfusionMatrix:
-    """The confusion matrix of `predict` over the dataset; matrices of disjoint parts merge into the whole's."""
+    """The confusion matrix of `predict` over the dataset; matrices of disjoint parts merge into the whole's.
+
+    Under torchrun (a process group is initialised) each rank evaluates every world_size-th image and the
+    integer matrices are summed across ranks: every rank returns the matrix one process would have computed.
+    """
     confusion = ConfusionMatrix(dataset.label_set.num_classes)
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    for index in track(range(count), description, total=count):
+    indices = shard(count)
+    for index in track(indices, description, total=len(indices)):
         image, mask = dataset.load(index)
         if getattr(preprocessing, "fit", "resize") != "resize":  # a card's letterbox / crop, seen as deployed
             fitted, placement = fit_image(image, preprocessing.input_size, preprocessing.fit, rgb_mean(preprocessing))
@@ -61,6 +67,7 @@ def confusion_on(predict: Predictor, dataset: SegmentationDataset, preprocessing
         resized, _ = resize_pair(image, None, preprocessing.input_size)
         output = predict(preprocessing.normalize(resized))
         confusion.update(mask, labels_at(output, mask.shape))
+    confusion.matrix = sum_across_ranks(confusion.matrix, f"{description}: summing the confusion matrices")
     return confusion
 
 
@@ -90,16 +97,23 @@ class EvalConfig:
     device: str = "cpu"
     threads: int | None = None
     card: str | None = None  # model card of a foreign model (TOML)
+    dist_backend: str = "auto"  # under torchrun: gloo (CPU) or nccl (CUDA); auto picks by device
+    dist_timeout_s: float = 600.0  # a rank waiting longer than this for the others gives up with an error
 
 
 def evaluate_model(cfg: EvalConfig) -> dict:
     """Evaluate a model (zoo name with any --weights spec, or any model edgeseg.model_source resolves) on a dataset
-    split; returns a JSON-ready report."""
+    split; returns a JSON-ready report.
+
+    Under torchrun every rank evaluates its share of the images and returns the same (whole-split) report.
+    """
     from edgeseg.data.datasets import open_dataset
+    from edgeseg.distributed import process_group, resolve_backend
     from edgeseg.model_source import load_card_option, resolve_source
 
     source = resolve_source(cfg.model)  # an unknown name fails before any data is read
     card = load_card_option(cfg.card, source)
+    resolve_backend(cfg.dist_backend, cfg.device)  # so does a backend that cannot run here
     if source.kind in ("onnx", "bundle", "engine"):
         return _evaluate_runnable(cfg, source, card)
     import torch
@@ -115,8 +129,9 @@ def evaluate_model(cfg: EvalConfig) -> dict:
         loaded = load_torch(source, cfg.weights, card)
         dataset = open_dataset(cfg.dataset, cfg.split, cfg.data_root, label_set=loaded.preprocessing)
     preprocessing = loaded.preprocessing.with_size(cfg.size) if cfg.size else loaded.preprocessing
-    scores = evaluate(torch_predictor(loaded.model, cfg.device), dataset, preprocessing, limit=cfg.limit,
-                      description=f"eval {cfg.model}")
+    with process_group(cfg.device, cfg.dist_backend, cfg.dist_timeout_s) as ctx:
+        scores = evaluate(torch_predictor(loaded.model, ctx.device), dataset, preprocessing, limit=cfg.limit,
+                          description=f"eval {cfg.model}")
     return {
         "model": cfg.model,
         "weights": loaded.source,
@@ -130,6 +145,7 @@ def evaluate_model(cfg: EvalConfig) -> dict:
 def _evaluate_runnable(cfg: EvalConfig, source, card) -> dict:
     """An .onnx (with metadata or a card), a bundle or an engine, run by its runner at its own input size."""
     from edgeseg.data.datasets import open_dataset
+    from edgeseg.distributed import process_group
     from edgeseg.errors import UsageError
     from edgeseg.model_source import runnable_path
     from edgeseg.runners.base import open_runner
@@ -142,7 +158,10 @@ def _evaluate_runnable(cfg: EvalConfig, source, card) -> dict:
     with runnable_path(source, card) as path, open_runner(path, device=device, threads=cfg.threads) as runner:
         preprocessing = runner.preprocessing
         dataset = open_dataset(cfg.dataset, cfg.split, cfg.data_root, label_set=preprocessing)
-        scores = evaluate(runner.infer, dataset, preprocessing, limit=cfg.limit, description=f"eval {source.name}")
+        # Under torchrun the ranks share the split out over gloo (the runner itself needs no torch otherwise).
+        with process_group("cpu", cfg.dist_backend if cfg.dist_backend != "auto" else "gloo", cfg.dist_timeout_s):
+            scores = evaluate(runner.infer, dataset, preprocessing, limit=cfg.limit,
+                              description=f"eval {source.name}")
         backend = runner.backend
     return {
         "model": cfg.model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Iterable, Iterator, TypeVar
 
@@ -14,7 +15,8 @@ def make_progress(transient: bool = False) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        transient=transient, disable=not sys.stderr.isatty(), console=None,
+        # Under torchrun only rank 0 draws: N bars fighting over one terminal tell nobody anything.
+        transient=transient, disable=not sys.stderr.isatty() or os.environ.get("RANK", "0") != "0", console=None,
     )
 
 

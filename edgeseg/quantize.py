@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.calibration import calibration_batches, load_calibration_set
+from edgeseg.distributed import is_main_process
 from edgeseg.errors import EdgesegError, UsageError
 from edgeseg.export import onnx_preprocessing, read_onnx_metadata
 from edgeseg.manifest import Artifact, atomic_path, input_record, sha256_file, stage_manifest, write_json
@@ -207,6 +208,8 @@ def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: Quan
         accuracy = None
         if cfg.max_miou_drop is not None:
             accuracy = _fit_accuracy_budget(fp32_path, prepared, candidate, reader, cfg, excluded, cache, paths, log)
+        if not is_main_process():  # under torchrun the other ranks only shared the budget's evaluation
+            return Artifact(out_path, {"layers_kept_float": accuracy["kept_float"] if accuracy else excluded})
         graph = onnx.load(str(candidate))
         _set_precision(graph, "int8")
         with atomic_path(out_path) as tmp:

@@ -6,6 +6,12 @@ Run directory layout (everything written atomically):
   best.safetensors(.json)   weights with the best validation mIoU so far
   last.state.pt             optimizer, scheduler position, epoch (torch.save of tensors; loaded weights_only)
   log.jsonl                 one line per epoch: loss, lr, time, validation scores
+
+Under torchrun (`torchrun --nproc_per_node N -m edgeseg train ...`) the same function trains with
+DistributedDataParallel: --batch-size is per process (global batch = batch x processes, recorded in the recipe),
+every rank draws the epoch's shuffled order and augmentations exactly as one process with the global batch would
+and keeps its slice of each global batch (`rank_batches`), validation is sharded across ranks, and only rank 0
+writes the run directory. Plumbing: edgeseg/distributed.py.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import numpy as np
 
 from edgeseg.checkpoint import read_checkpoint_sidecar, save_checkpoint
 from edgeseg.data.datasets import IGNORE, SegmentationDataset, open_dataset
-from edgeseg.data.transforms import AugmentConfig, augment
+from edgeseg.data.transforms import AugmentConfig, AugmentDraw, apply_augment, draw_augment
+from edgeseg import distributed
 from edgeseg.errors import UsageError
 from edgeseg.evaluate import evaluate, torch_predictor
 from edgeseg.manifest import atomic_path
@@ -58,6 +65,10 @@ class TrainConfig:
     new_head: bool = False  # weights with another class count: replace their classifier (fine-tuning)
     distill_weight: float = 0.5
     distill_temperature: float = 2.0
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (CUDA only, PyTorch's rule)
+    freeze_bn: bool = False  # BatchNorm uses and keeps its running statistics (small per-process batches)
+    dist_backend: str = "auto"  # under torchrun: gloo (CPU) or nccl (CUDA); auto picks by device
+    dist_timeout_s: float = 600.0  # a rank waiting longer than this for the others gives up with an error
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -69,6 +80,10 @@ class TrainConfig:
         low, high = self.scale_range
         if not 0 < low <= high:
             raise UsageError("--scale-min and --scale-max must be positive, --scale-min <= --scale-max")
+        if self.sync_bn and self.freeze_bn:
+            raise UsageError("--sync-bn and --freeze-bn exclude each other: frozen BatchNorm computes no statistics")
+        if not self.dist_timeout_s > 0:
+            raise UsageError("--dist-timeout must be positive")
 
 
 def _pick_device(requested: str) -> str:
@@ -97,19 +112,40 @@ def lr_at(iteration: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * max(0.0, 1 - progress) ** cfg.poly_power
 
 
+def rank_batches(shapes: list[tuple], cfg: TrainConfig, epoch: int, rank: int = 0,
+                 world_size: int = 1) -> list[list[tuple[int, AugmentDraw]]]:
+    """This rank's batches of the epoch: (image index, augmentation choices) pairs.
+
+    The order and every augmentation choice are drawn from one generator seeded by (seed, epoch), in the order
+    one process training with the global batch (batch_size x world_size) draws them; rank r keeps items
+    [r*batch_size, (r+1)*batch_size) of each global batch. So N processes train on exactly the batches one process
+    would (what torch's DistributedSampler does for the order, extended to the augmentation), a one-process run
+    is what it always was, and a resumed epoch replays the same batches.
+    """
+    augment_cfg = AugmentConfig(cfg.crop_size, cfg.scale_range, True, cfg.colour_jitter)
+    rng = np.random.default_rng([cfg.seed, epoch])
+    order = rng.permutation(len(shapes))
+    global_batch = cfg.batch_size * world_size
+    mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
+    batches = []
+    for start in range(0, len(order) - global_batch + 1, global_batch):
+        draws = [(int(i), draw_augment(shapes[i], augment_cfg, rng)) for i in order[start:start + global_batch]]
+        batches.append(draws[mine])
+    return batches
+
+
 class _BatchPrefetcher:
     """Augment the next batches in a background thread (OpenCV releases the GIL) while the model trains."""
 
-    def __init__(self, images, masks, order, cfg: TrainConfig, rng: np.random.Generator):
+    def __init__(self, images, masks, batches: list[list[tuple[int, AugmentDraw]]], cfg: TrainConfig):
         self._queue: queue.Queue = queue.Queue(maxsize=3)
         augment_cfg = AugmentConfig(cfg.crop_size, cfg.scale_range, True, cfg.colour_jitter)
-        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
         self.num_batches = len(batches)
 
         def work():
             try:
                 for batch in batches:
-                    pairs = [augment(images[i], masks[i], augment_cfg, rng) for i in batch]
+                    pairs = [apply_augment(images[i], masks[i], draw, augment_cfg) for i, draw in batch]
                     self._queue.put((np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])))
             except BaseException as exc:  # surface augmentation errors in the training thread
                 self._queue.put(exc)
@@ -126,22 +162,40 @@ class _BatchPrefetcher:
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Train cfg.model; returns the path of the best checkpoint."""
+    """Train cfg.model; returns the path of the best checkpoint. Under torchrun: one DDP rank of the run."""
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _pick_device(cfg.device)  # a CUDA request without CUDA fails before any process group is formed
+    with distributed.process_group(cfg.device, cfg.dist_backend, cfg.dist_timeout_s) as ctx:
+        return _train(cfg, ctx)
+
+
+def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
     import torch
 
     from edgeseg.losses import enet_class_weights, make_loss, uses_class_weights
     from edgeseg.zoo.weights import load_model
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = _pick_device(cfg.device)
+    device = ctx.device
+    if cfg.sync_bn and ctx.distributed and not device.startswith("cuda"):
+        raise UsageError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only; on CPU use "
+                         "--freeze-bn or per-process BatchNorm (neither option)")
+    say = print if ctx.is_main else (lambda *args, **kwargs: None)  # one voice per run, not one per rank
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
     state_path = out_dir / "last.state.pt"
     resuming = cfg.resume and last_path.is_file() and state_path.is_file()
+    _check_ranks_agree(distributed.gather(resuming, "checking the run directory"), last_path)
+    state = None
+    if resuming:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        _check_same_world_size(state, ctx.world_size, cfg.batch_size, out_dir)
     if cfg.resume and not resuming:
-        print(f"no resumable run in {out_dir}; starting from {cfg.weights}")
+        say(f"no resumable run in {out_dir}; starting from {cfg.weights}")
 
     torch.manual_seed(cfg.seed)  # model initialisation is part of what --seed reproduces
     train_set = open_dataset(cfg.dataset, "train", cfg.data_root)
@@ -151,9 +205,11 @@ def train(cfg: TrainConfig) -> Path:
     if loaded.new_head:
         head = loaded.new_head
         fresh = [*head["reinitialised"], *head.get("not_in_weights", [])]
-        print(f"new head for {train_set.label_set.name}: {head['from_classes']} -> {head['to_classes']} classes, "
-              f"{len(fresh)} tensors start afresh ({', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''})")
+        say(f"new head for {train_set.label_set.name}: {head['from_classes']} -> {head['to_classes']} classes, "
+            f"{len(fresh)} tensors start afresh ({', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''})")
     model, preprocessing = loaded.model.to(device), loaded.preprocessing
+    if cfg.sync_bn and ctx.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     sparsity = (loaded.spec or {}).get("sparsity")
     if sparsity:  # a 2:4-sparse checkpoint (edgeseg prune --sparsity 2:4) stays 2:4: re-mask after every step
         from edgeseg.sparsity import current_2to4_masks, reapply_2to4
@@ -183,16 +239,34 @@ def train(cfg: TrainConfig) -> Path:
 
     start_epoch, iteration, best_miou = 0, 0, -1.0
     if resuming:
-        state = torch.load(state_path, map_location=device, weights_only=True)
         _check_same_teacher(_recorded(last_path, "distill_teacher"), teacher_record, out_dir)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, iteration, best_miou = state["epoch"], state["iteration"], state["best_miou"]
-        print(f"resuming {cfg.model} at epoch {start_epoch}/{cfg.epochs} (best val mIoU {best_miou:.4f})")
+        say(f"resuming {cfg.model} at epoch {start_epoch}/{cfg.epochs} (best val mIoU {best_miou:.4f})")
 
-    iters_per_epoch = len(images) // cfg.batch_size
+    global_batch = cfg.batch_size * ctx.world_size
+    iters_per_epoch = len(images) // global_batch
+    if iters_per_epoch == 0:
+        raise UsageError(f"the training split has {len(images)} images, fewer than one global batch of {global_batch} "
+                         f"({ctx.world_size} process(es) x --batch-size {cfg.batch_size})")
     total_iters = cfg.epochs * iters_per_epoch
-    recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out_dir", "data_root", "resume")}
+    shapes = [image.shape for image in images]
+    net = model
+    if ctx.distributed:  # averages gradients across ranks in backward; the optimizer steps on `model` as usual
+        import warnings
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Depthwise convolutions hand DDP gradients in another memory layout than its buckets: a copy per step,
+        # correct results; PyTorch warns on every rank on every run, which says nothing the user can act on.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        with distributed.peers_guard("wrapping the model in DistributedDataParallel"):
+            net = DistributedDataParallel(model, device_ids=[ctx.local_rank] if device.startswith("cuda") else None)
+    recipe = {k: v for k, v in dataclasses.asdict(cfg).items()
+              if k not in ("out_dir", "data_root", "resume", "dist_backend", "dist_timeout_s")}
+    recipe["world_size"] = ctx.world_size
+    recipe["global_batch_size"] = global_batch
     recipe["class_weights"] = weights.tolist() if weights is not None else None
     # Specs such as "default" move when the bundled weights are replaced: record the files they meant.
     recipe["weights_resolved"] = (_recorded(last_path, "weights_resolved") if resuming
@@ -208,15 +282,13 @@ def train(cfg: TrainConfig) -> Path:
                         extra={"epoch": epoch, "spec": loaded.spec, "sparsity": sparsity} if loaded.spec
                         else {"epoch": epoch})
 
-    with make_progress() as progress:
+    with make_progress() as progress, distributed.peers_guard("training"):
         task = progress.add_task(f"train {cfg.model}", total=total_iters, completed=iteration, info="")
         for epoch in range(start_epoch, cfg.epochs):
-            model.train()
-            rng = np.random.default_rng([cfg.seed, epoch])  # per-epoch seed: resume replays the same order
-            torch.manual_seed(cfg.seed * 100_003 + epoch)
-            order = rng.permutation(len(images))
+            _train_mode(model, cfg.freeze_bn)
+            torch.manual_seed(cfg.seed * 100_003 + epoch + 7919 * ctx.rank)  # dropout: own masks per rank
             epoch_loss, epoch_start = 0.0, time.monotonic()
-            batches = _BatchPrefetcher(images, masks, order, cfg, rng)
+            batches = _BatchPrefetcher(images, masks, rank_batches(shapes, cfg, epoch, ctx.rank, ctx.world_size), cfg)
             for batch_images, batch_masks in batches:
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(iteration, total_iters, cfg)
@@ -224,7 +296,7 @@ def train(cfg: TrainConfig) -> Path:
                 pixels = (pixels - mean) / std
                 target = torch.from_numpy(batch_masks).to(device).long()
                 with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
-                    logits = model(pixels)
+                    logits = net(pixels)
                     loss = criterion(logits.float(), target)
                     if teacher is not None:
                         loss = loss + cfg.distill_weight * _distillation_loss(logits, teacher, pixels, target, cfg)
@@ -239,7 +311,10 @@ def train(cfg: TrainConfig) -> Path:
                 epoch_loss += loss_value
                 progress.update(task, advance=1, info=f"epoch {epoch + 1} loss {loss_value:.3f}")
 
-            record = {"epoch": epoch + 1, "iteration": iteration, "loss": epoch_loss / max(1, batches.num_batches),
+            # The logged loss is the global batch's: the mean of the ranks' means (equal-sized batches).
+            epoch_loss = distributed.mean_across_ranks(epoch_loss / max(1, batches.num_batches))
+            distributed.sync_buffers_from_main(model)  # evaluate and save the weights rank 0 holds
+            record = {"epoch": epoch + 1, "iteration": iteration, "loss": epoch_loss,
                       "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": round(time.monotonic() - epoch_start, 1)}
             last_epoch = epoch + 1 == cfg.epochs
             if (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or last_epoch:
@@ -247,21 +322,54 @@ def train(cfg: TrainConfig) -> Path:
                                   description="val")
                 record["val_miou"] = scores.miou
                 record["val_per_class_iou"] = scores.to_dict(val_set.label_set.classes)["per_class_iou"]
-                if scores.miou > best_miou:
+                if scores.miou > best_miou:  # every rank holds the same (all-reduced) scores
                     best_miou = scores.miou
-                    save(best_path, {"val": scores.to_dict(val_set.label_set.classes), "epoch": epoch + 1}, epoch + 1)
-                model.train()
-            save(last_path, {"val_miou": record.get("val_miou")}, epoch + 1)
-            with atomic_path(state_path) as tmp:
-                torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
-                            "iteration": iteration, "best_miou": best_miou}, tmp)
-            with open(out_dir / "log.jsonl", "a") as log:
-                log.write(json.dumps(record) + "\n")
-            progress.console.print(_describe(record, best_miou))
-            if cfg.max_minutes is not None and (time.monotonic() - started) / 60 > cfg.max_minutes and not last_epoch:
-                print(f"stopping after {cfg.max_minutes} minutes at epoch {epoch + 1}; continue with --resume")
+                    if ctx.is_main:
+                        save(best_path, {"val": scores.to_dict(val_set.label_set.classes), "epoch": epoch + 1},
+                             epoch + 1)
+            if ctx.is_main:  # only rank 0 writes the run directory
+                save(last_path, {"val_miou": record.get("val_miou")}, epoch + 1)
+                with atomic_path(state_path) as tmp:
+                    torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
+                                "iteration": iteration, "best_miou": best_miou, "world_size": ctx.world_size}, tmp)
+                with open(out_dir / "log.jsonl", "a") as log:
+                    log.write(json.dumps(record) + "\n")
+                progress.console.print(_describe(record, best_miou))
+            out_of_time = cfg.max_minutes is not None and (time.monotonic() - started) / 60 > cfg.max_minutes
+            if distributed.from_main(out_of_time and not last_epoch, "agreeing to stop"):  # all ranks stop together
+                say(f"stopping after {cfg.max_minutes} minutes at epoch {epoch + 1}; continue with --resume")
                 break
     return best_path if best_path.is_file() else last_path
+
+
+def _train_mode(model, freeze_bn: bool) -> None:
+    """model.train(), with BatchNorm layers left in eval mode (running statistics used, not updated) for
+    --freeze-bn: then a sample's gradient does not depend on the rest of its batch, so any split of the global
+    batch across processes trains the same weights."""
+    import torch
+
+    model.train()
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def _check_ranks_agree(resuming_by_rank: list[bool], last_path: Path) -> None:
+    if len(set(resuming_by_rank)) > 1:
+        blind = [rank for rank, seen in enumerate(resuming_by_rank) if not seen]
+        raise UsageError(f"rank(s) {', '.join(map(str, blind))} do not see {last_path}: --resume needs --out on a "
+                         "filesystem every node shares")
+
+
+def _check_same_world_size(state: dict, world_size: int, batch_size: int, out_dir: Path) -> None:
+    """Resuming with another process count would change the global batch and the sample order mid-run."""
+    saved = int(state.get("world_size", 1))  # runs saved before distributed training were single-process
+    if saved != world_size:
+        raise UsageError(f"the run in {out_dir} was trained by {saved} process(es) (global batch "
+                         f"{saved * batch_size}) but this launch has {world_size} (global batch "
+                         f"{world_size * batch_size}); resume with {saved} process(es) in all (torchrun "
+                         f"--nproc_per_node x --nnodes) or start a new --out")
 
 
 def _recorded(last_path: Path, key: str) -> dict | None:

@@ -20,6 +20,7 @@ OTHER_TOOLS = {
     "--short", "--porcelain", "--untracked-files",  # git (benchmark environment)
     "--verbose",  # nvpmodel -q --verbose (power modes)
     "--interval",  # tegrastats --interval (bench power sampling)
+    "--nproc", "--nnodes", "--rdzv-endpoint",  # torchrun (--nproc_per_node reads as --nproc here)
     "--write-manifest",  # python -m edgeseg.data.fetch (maintainer script)
     "--check",  # benchmarks/render_readme_table.py
     "--exists",  # gst-inspect-1.0 (edgeseg doctor)
