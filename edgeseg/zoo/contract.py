@@ -17,6 +17,9 @@ from edgeseg.errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# How a frame of another shape is fitted to the input: letterbox (scale to fit, pad with the mean, pad cut out of
+# the mask), crop (scale to cover, centre crop) or resize (squeeze: distorts any other aspect ratio).
+FITS = ("letterbox", "crop", "resize")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,14 @@ class Preprocessing:
     classes: tuple[str, ...] = ()
     palette: tuple[tuple[int, int, int], ...] = ()
     ignore_index: int = 255
+    fit: str = "letterbox"  # one of FITS: aspect-preserving unless a model was trained on squeezed images
+    stride: int = 32  # the model's output stride: dynamic-size inputs are rounded to a multiple of it
+
+    def __post_init__(self):
+        if self.fit not in FITS:
+            raise UsageError(f"unknown fit {self.fit!r}; choose one of {', '.join(FITS)}")
+        if self.stride < 1:
+            raise UsageError(f"stride must be at least 1, got {self.stride}")
 
     @property
     def num_classes(self) -> int:
