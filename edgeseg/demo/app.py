@@ -132,16 +132,16 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = log_to_stderr,
         dynamic = is_dynamic(runner.input_spec.shape)
         size_note = f"~{height * width} pixels at the frame's aspect (dynamic input)" if dynamic else \
             f"{height}x{width}"
-        log(f"demo: {spec.describe()} -> {runner.backend} at {size_note}, fit {fit}; "
-            + ("q, Esc or Ctrl-C stops" if window else "Ctrl-C stops"))
-        if server:
-            log(f"demo: serving the live view on {server.url}")
         # Live sources, and files with --realtime, keep only the newest frame; files otherwise lose nothing.
         pipeline = Pipeline(source, runner, stop_event=stop_event, keep_latest_only=spec.live or cfg.realtime,
                             pace_fps=source.fps if cfg.realtime and not spec.live else None, fit=cfg.fit)
         stopped_by = "end-of-source"
         saved = None
         try:
+            log(f"demo: {spec.describe()} -> {runner.backend} at {size_note}, fit {fit}; "
+                + ("q, Esc or Ctrl-C stops" if window else "Ctrl-C stops"))
+            if server:
+                log(f"demo: serving the live view on {server.url}")
             with _sigterm_as_interrupt():
                 pipeline.start()
                 for prediction in pipeline.predictions():

@@ -206,6 +206,8 @@ class Pipeline:
         self.stop_event.set()
         self.frames_in.close()
         self.predictions_out.close()
+        if self._threads[0].ident is None:  # never started: the capture thread cannot close the source
+            self.source.close()
         deadline = time.perf_counter() + timeout_s
         for thread in self._threads:
             if thread.ident is not None:  # started

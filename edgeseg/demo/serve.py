@@ -153,7 +153,8 @@ class DemoServer:
 
     def close(self) -> None:
         self.broadcaster.close()  # ends the viewers' stream loops
-        self.httpd.shutdown()
+        if self._thread.ident is not None:  # shutdown() waits for serve_forever, which must have started
+            self.httpd.shutdown()
         self.httpd.server_close()
 
 
