@@ -163,7 +163,7 @@ class ServedDemo:
 
 
 def test_page_stream_stats_and_switches_over_loopback(serve_model, tmp_path):
-    clip = make_wide_clip(tmp_path / "wide.mp4", 150)
+    clip = make_wide_clip(tmp_path / "wide.mp4", 300)
     cfg = DemoConfig(model=str(serve_model), source=str(clip), show=False, threads=1, serve="127.0.0.1:0",
                      realtime=True)  # at the clip's 30 FPS, so the run lasts while the test looks at it
     with ServedDemo(cfg) as demo:
@@ -174,7 +174,7 @@ def test_page_stream_stats_and_switches_over_loopback(serve_model, tmp_path):
             assert f"</span>{name}</li>" in page  # the legend, with each class's colour
         assert 'src="stream.mjpg"' in page and 'id="mode"' in page and 'id="alpha"' in page
 
-        # A viewer that connects and never reads: its socket fills up and it must not hold anyone back.
+        # A viewer that connects and never reads: the others still get every new frame.
         stalled = socket.create_connection((host, port))
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -201,11 +201,23 @@ def test_page_stream_stats_and_switches_over_loopback(serve_model, tmp_path):
     assert demo.summary["served"] == demo.url and demo.summary["stopped_by"] == "end-of-source"
 
 
-def test_serve_address_defaults_to_loopback_and_bad_ones_are_refused():
+def test_serve_address_defaults_to_loopback_and_bad_ones_are_refused(serve_model, tmp_path, capsys):
+    from tests.test_cli import assert_one_line_error, run_cli
+
     assert parse_address("8080") == ("127.0.0.1", 8080) and parse_address(":0") == ("127.0.0.1", 0)
     assert parse_address("0.0.0.0:9000") == ("0.0.0.0", 9000)
     with pytest.raises(UsageError, match="give HOST:PORT"):
         parse_address("localhost:http")
+    clip = make_wide_clip(tmp_path / "short.mp4", 3)
+    code, _, err = run_cli(["demo", "--model", str(serve_model), "--source", str(clip), "--no-show",
+                            "--serve", "localhost:http"], capsys)
+    assert_one_line_error(code, err, "--serve 'localhost:http': give HOST:PORT")
+    with socket.socket() as taken:  # a port in use: one line, nothing left running
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, _, err = run_cli(["demo", "--model", str(serve_model), "--source", str(clip), "--no-show",
+                                "--serve", f"127.0.0.1:{taken.getsockname()[1]}"], capsys)
+    assert_one_line_error(code, err, "cannot listen there")
 
 
 # ---------------------------------------------------------------- a real browser
