@@ -200,6 +200,30 @@ def test_page_stream_stats_and_switches_over_loopback(serve_model, tmp_path):
     assert demo.summary["served"] == demo.url and demo.summary["stopped_by"] == "end-of-source"
 
 
+def test_broadcaster_encodes_each_frame_once_and_a_slow_viewer_gets_only_the_newest():
+    from edgeseg.demo.serve import FrameBroadcaster
+
+    images = [np.full((48, 64, 3), 10 * value, np.uint8) for value in range(20)]
+    broadcaster = FrameBroadcaster()
+    try:
+        broadcaster.publish(images[0])  # nobody watches: nothing is encoded
+        time.sleep(0.2)
+        assert broadcaster.encoded == 0
+        broadcaster.attach()
+        fast = []
+        for image in images:  # one viewer keeps up, the other (slow) reads only at the end
+            broadcaster.publish(image)
+            fast.append(broadcaster.next_jpeg(fast[-1][0] if fast else 0))
+        sequence, jpeg = broadcaster.next_jpeg(0)  # the slow viewer: the newest frame, the rest skipped
+        assert sequence == fast[-1][0] == broadcaster.encoded <= len(images)
+        assert int(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).mean()) == 190
+        assert fast[-1][1] is jpeg  # both got the very same bytes: encoded once, not once per viewer
+        assert [s for s, _ in fast] == sorted({s for s, _ in fast})  # newer frames only, never an old one again
+    finally:
+        broadcaster.close()
+    assert broadcaster.next_jpeg(0) is None  # closing ends the viewers' loops
+
+
 def test_serve_address_defaults_to_loopback_and_bad_ones_are_refused(serve_model, tmp_path, capsys):
     from tests.test_cli import assert_one_line_error, run_cli
 
