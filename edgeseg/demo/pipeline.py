@@ -36,10 +36,10 @@ class Frame:
     index: int  # position in the source (dropped frames leave gaps)
     image: np.ndarray  # BGR uint8, as read
     batch: np.ndarray  # the model's 1x3xHxW input, made from `image` by the capture thread
-    placement: Placement  # how `image` was fitted into `batch`, to map the mask back
     captured_at: float  # time.perf_counter() when the read returned
     capture_ms: float
     preprocess_ms: float
+    placement: Placement | None = None  # how `image` was fitted into `batch`; None: squeezed (the resize fit)
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,7 +198,10 @@ class Pipeline:
             except ChannelClosed:
                 return
             started = time.perf_counter()
-            labels = labels_to_frame(labels_from_output(item.output, output_kind), item.frame.placement)
+            labels = labels_from_output(item.output, output_kind)
+            placement = item.frame.placement or plan_fit(item.frame.image.shape[:2],
+                                                         self.runner.preprocessing.with_size(labels.shape), "resize")
+            labels = labels_to_frame(labels, placement)
             yield Prediction(item.frame, labels, item.infer_ms, (time.perf_counter() - started) * 1000.0)
 
     def stop(self, timeout_s: float = 5.0) -> bool:
@@ -246,8 +249,8 @@ class Pipeline:
                 placement = placements.get(size) or placements.setdefault(
                     size, plan_fit(size, preprocessing, self.fit, dynamic))
                 batch = fit_frame(image, placement, preprocessing)
-                frame = Frame(self.captured, image, batch, placement, read_at, (read_at - read_from) * 1000.0,
-                              (time.perf_counter() - read_at) * 1000.0)
+                frame = Frame(self.captured, image, batch, read_at, (read_at - read_from) * 1000.0,
+                              (time.perf_counter() - read_at) * 1000.0, placement)
                 self.captured += 1
                 if not self.frames_in.put(frame):
                     break
