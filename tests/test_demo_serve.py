@@ -256,11 +256,14 @@ def _playwright():
     return sync_playwright
 
 
-def frames_per_second(stats_url: str, seconds: float) -> float:
-    """Frames the server ran through the model per second over `seconds` (its own counter, read twice)."""
-    first, started = fetch_json(stats_url)["frames"], time.perf_counter()
+def frames_per_second(stats_url: str, seconds: float) -> tuple[float, float]:
+    """Frames the server ran through the model per second over `seconds` (its own counter, read twice), and the
+    JPEGs it sent per frame meanwhile (1 per viewer that keeps up)."""
+    first, started = fetch_json(stats_url), time.perf_counter()
     time.sleep(seconds)
-    return (fetch_json(stats_url)["frames"] - first) / (time.perf_counter() - started)
+    last = fetch_json(stats_url)
+    frames = last["frames"] - first["frames"]
+    return frames / (time.perf_counter() - started), (last["jpegs_sent"] - first["jpegs_sent"]) / max(frames, 1)
 
 
 def wait_for_viewers(stats_url: str, viewers: int, timeout_s: float = 10.0) -> None:
@@ -270,9 +273,10 @@ def wait_for_viewers(stats_url: str, viewers: int, timeout_s: float = 10.0) -> N
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_headless_chromium_watches_the_page_and_a_second_viewer_costs_no_frame_rate(serve_model, tmp_path):
     sync_playwright = _playwright()
-    clip = make_wide_clip(tmp_path / "long.mp4", 900)
+    clip = make_wide_clip(tmp_path / "long.mp4", 2400)
     command = [sys.executable, "-m", "edgeseg", "demo", "--model", str(serve_model), "--source", str(clip),
                "--no-show", "--threads", "1", "--serve", "127.0.0.1:0"]
     demo = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -286,8 +290,15 @@ def test_headless_chromium_watches_the_page_and_a_second_viewer_costs_no_frame_r
         assert url, f"the demo never said where it serves; exit code {demo.poll()}"
         threading.Thread(target=demo.stderr.read, daemon=True).start()  # keep draining its log
         stats_url = url + "stats"
+        # A viewer's browser runs on a laptop, not on the board; here it shares this machine's two cores with the
+        # demo (and whatever else runs), so it runs at the lowest priority to stand in for "elsewhere": what is
+        # measured is what a viewer costs the demo itself (the JPEG is encoded once; a viewer adds one socket
+        # write per frame). The JPEGs sent per frame show that the second viewer really was streaming.
+        browser_elsewhere = tmp_path / "chromium-elsewhere"
+        browser_elsewhere.write_text(f"#!/bin/sh\nexec nice -n 19 {CHROMIUM} \"$@\"\n")
+        browser_elsewhere.chmod(0o755)
         with sync_playwright() as playwright:  # the system browser; never `playwright install`
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            browser = playwright.chromium.launch(executable_path=str(browser_elsewhere), args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page()
                 page.goto(url)
@@ -309,15 +320,21 @@ def test_headless_chromium_watches_the_page_and_a_second_viewer_costs_no_frame_r
                 second = browser.new_page()
                 second.goto(url)
                 second.wait_for_function("document.getElementById('video').naturalWidth > 0", timeout=20_000)
-                one, two = [], []
-                for _ in range(5):
+                one, two, sent_per_frame = [], [], {1: [], 2: []}
+                for _ in range(6):
                     for viewers, rates, action in ((1, one, "v.removeAttribute('src')"),
                                                    (2, two, "v.src = 'stream.mjpg?' + Date.now()")):
                         second.evaluate(f"() => {{ const v = document.getElementById('video'); {action}; }}")
                         wait_for_viewers(stats_url, viewers)
-                        rates.append(frames_per_second(stats_url, 2.5))
+                        rate, sent = frames_per_second(stats_url, 2.5)
+                        rates.append(rate)
+                        sent_per_frame[viewers].append(sent)
+                print(f"JPEGs sent per frame with one viewer {np.round(sent_per_frame[1], 2)}, with two "
+                      f"{np.round(sent_per_frame[2], 2)}")
+                assert np.median(sent_per_frame[2]) >= 1.8 and np.median(sent_per_frame[1]) <= 1.2
                 assert demo.poll() is None, "the clip ended before the measurement did"
-                ratio = np.mean(two) / np.mean(one)
+                # Medians: a window in which another job on this machine starts or stops is an outlier, not a trend.
+                ratio = np.median(two) / np.median(one)
                 print(f"inference FPS with one viewer {np.round(one, 2)}, with two {np.round(two, 2)}: "
                       f"ratio {ratio:.3f}")
                 assert abs(ratio - 1.0) <= 0.10, f"a second viewer changed the frame rate by {ratio - 1:+.0%}"

@@ -52,6 +52,7 @@ class FrameBroadcaster:
         self._jpeg: bytes | None = None
         self.sequence = 0  # number of the newest JPEG
         self.encoded = 0  # JPEGs made (at most one per rendered frame)
+        self.sent = 0  # JPEGs written to viewers, all viewers together
         self.viewers = 0
         self._closed = False
         self._thread = threading.Thread(target=self._encode_loop, name="edgeseg-demo-encode", daemon=True)
@@ -71,6 +72,10 @@ class FrameBroadcaster:
             while not self._closed and (self._jpeg is None or self.sequence <= after):
                 self._changed.wait(_WAIT_S)
             return None if self._closed else (self.sequence, self._jpeg)
+
+    def count_sent(self) -> None:
+        with self._changed:
+            self.sent += 1
 
     def attach(self) -> None:
         with self._changed:
@@ -172,7 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/stats":
             self._send_json(200, {**self.demo.stats(), **self.demo.controls.state(),
                                   "viewers": self.demo.broadcaster.viewers,
-                                  "jpegs_encoded": self.demo.broadcaster.encoded})
+                                  "jpegs_encoded": self.demo.broadcaster.encoded,
+                                  "jpegs_sent": self.demo.broadcaster.sent})
         elif path == "/stream.mjpg":
             self._stream()
         else:
@@ -222,6 +228,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
                                  .encode() + jpeg + b"\r\n")
                 self.wfile.flush()
+                broadcaster.count_sent()
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             return  # the viewer went away
         finally:
