@@ -26,7 +26,7 @@ PALETTE = ((255, 0, 255), (128, 128, 128), (200, 30, 30), (30, 200, 30), (30, 30
 MODEL_SIZE = (96, 96)
 
 
-def make_model(path: Path, *, dynamic: bool = False) -> Path:
+def make_model(path: Path, *, dynamic: bool = False, pad: str = "mean") -> Path:
     """pixel_values 1x3xHxW -> logits 1x5xHxW: class 0 = 1000 * (0.01 - sum|x|) (10 on the pad, where x is 0; below
     -8 on any uint8 image, whose normalised pixels are never all within 0.01 of the mean), class 1 = 0, classes
     2-4 = a seeded 3x3 convolution. So a real pixel is never class 0 and a pad pixel always is."""
@@ -56,7 +56,7 @@ def make_model(path: Path, *, dynamic: bool = False) -> Path:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, len(CLASSES), height, width])], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    preprocessing = Preprocessing(input_size=MODEL_SIZE, classes=CLASSES, palette=PALETTE)
+    preprocessing = Preprocessing(input_size=MODEL_SIZE, classes=CLASSES, palette=PALETTE, pad=pad)
     helper.set_model_props(model, {"edgeseg.preprocessing": preprocessing.to_json(), "edgeseg.output": "logits"})
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -66,7 +66,8 @@ def make_model(path: Path, *, dynamic: bool = False) -> Path:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("fit-models")
-    return {"static": make_model(folder / "static.onnx"), "dynamic": make_model(folder / "dynamic.onnx", dynamic=True)}
+    return {"static": make_model(folder / "static.onnx"), "dynamic": make_model(folder / "dynamic.onnx", dynamic=True),
+            "reflect": make_model(folder / "reflect.onnx", pad="reflect")}
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +93,12 @@ def run_once(model: Path, frame: np.ndarray, folder: Path, **options) -> tuple[n
     return shown[0], summary
 
 
-def predict(session, rgb_input: np.ndarray, pad_rows: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """The model's labels for an RGB image already at its input size, with `pad_rows` rows of the mean above/below."""
+def predict(session, rgb_input: np.ndarray, pad_rows: tuple[int, int] = (0, 0), mirror: bool = False) -> np.ndarray:
+    """The model's labels for an RGB image, with `pad_rows` rows above/below: the mean colour, or the image
+    mirrored at its edge."""
+    if mirror:
+        rgb_input = cv2.copyMakeBorder(rgb_input, *pad_rows, 0, 0, cv2.BORDER_REFLECT_101)
+        pad_rows = (0, 0)
     normalised = Preprocessing(input_size=rgb_input.shape[:2]).normalize(rgb_input)
     padded = np.pad(normalised, ((0, 0), (0, 0), pad_rows, (0, 0)))  # 0 after normalising is the mean colour
     return session.run(None, {"pixel_values": padded})[0][0].argmax(axis=0).astype(np.uint8)
@@ -122,6 +127,13 @@ def test_letterboxed_mask_is_the_prediction_on_the_padded_input_cropped_back(mod
     assert shown.shape == wide_frame.shape
     assert np.array_equal(shown, colours(expected))  # pixel for pixel
     assert not (shown == np.asarray(PALETTE[0][::-1], np.uint8)).all(axis=2).any()  # the pad is never a class
+
+    # The default pad mirrors the frame at its edge (no flat band for the model to label): the same geometry.
+    mirrored = predict(session, content, pad_rows=(24, 24), mirror=True)
+    expected_mirrored = cv2.resize(np.ascontiguousarray(mirrored[24:72]), (480, 240), interpolation=cv2.INTER_NEAREST)
+    shown_mirrored, _ = run_once(models["reflect"], wide_frame, tmp_path / "letterbox-reflect")
+    assert np.array_equal(shown_mirrored, colours(expected_mirrored))
+    assert not np.array_equal(mirrored[:24], on_padded_input[:24])  # the pad really was different
 
     # The old squeeze is still there on request, and it is a different picture of the same frame.
     squeezed, summary = run_once(models["static"], wide_frame, tmp_path / "resize", fit="resize")
@@ -169,7 +181,12 @@ def test_fit_geometry_for_tall_and_odd_frames():
         plan_fit((10, 10), contract, "stretch")
     with pytest.raises(UsageError, match="unknown fit"):
         Preprocessing((8, 8), fit="stretch")
-    assert Preprocessing.from_dict(json.loads(Preprocessing((8, 8)).to_json())).fit == "letterbox"
+    with pytest.raises(UsageError, match="unknown pad"):
+        Preprocessing((8, 8), pad="zeros")
+    read_back = Preprocessing.from_dict(json.loads(Preprocessing((8, 8)).to_json()))
+    assert (read_back.fit, read_back.pad, read_back.stride) == ("letterbox", "reflect", 32)
+    # A contract written before these fields existed (checkpoints, ONNX metadata, sidecars) reads with the defaults.
+    assert Preprocessing.from_dict({"input_size": [8, 8]}).fit == "letterbox"
 
 
 def test_bad_fit_is_one_line_error(models, capsys):

@@ -3,9 +3,10 @@
 A 1024x512 street frame squeezed into a 360x480 input shows the model a scene 1.5x narrower than anything it was
 trained on, and it mislabels it. So the default keeps the aspect ratio:
 
-- letterbox: scale the frame to fit inside the input and pad the rest with the dataset mean (0 after
-  normalisation, the most neutral value); the pad rows/columns are cut out of the predicted mask before it is
-  scaled back, so the pad can never show up as a class;
+- letterbox: scale the frame to fit inside the input and pad the rest, by default with the frame mirrored at
+  its edge (a flat band of the dataset mean, the contract's `pad: mean`, is nothing the model saw in training and
+  costs accuracy next to it); the pad rows/columns are cut out of the predicted mask before it is scaled back, so
+  the pad can never show up as a class;
 - crop: scale the frame to cover the input and cut the centre; the uncovered edges of the frame get no label
   (void: the overlay leaves them as the camera image);
 - resize: squeeze, as before (for models trained on squeezed images).
@@ -101,19 +102,23 @@ def plan_fit(frame_size: tuple[int, int], preprocessing: Preprocessing, fit: str
 
 
 def fit_frame(image_bgr: np.ndarray, placement: Placement, preprocessing: Preprocessing) -> np.ndarray:
-    """BGR frame -> the model's 1x3xHxW input: crop, resize (on the fewer pixels), normalise, then pad with 0."""
+    """BGR frame -> the model's 1x3xHxW input: crop, resize (on the fewer pixels), pad, normalise."""
     region, content = placement.region, placement.content
     if placement.cropped:
         image_bgr = image_bgr[region.slices()]
     if image_bgr.shape[:2] != (content.height, content.width):
         image_bgr = cv2.resize(image_bgr, (content.width, content.height),
                                interpolation=INTERPOLATION.get(preprocessing.interpolation, cv2.INTER_LINEAR))
-    blob = preprocessing.normalize_bgr(image_bgr)
     if not placement.padded:
-        return blob
-    # Pad after normalising: 0 is exactly the dataset mean, which a padded uint8 colour could only approximate.
-    batch = np.zeros((1, 3, *placement.input_size), np.float32)
-    batch[(..., *content.slices())] = blob
+        return preprocessing.normalize_bgr(image_bgr)
+    in_height, in_width = placement.input_size
+    if preprocessing.pad == "reflect":
+        image_bgr = cv2.copyMakeBorder(image_bgr, content.top, in_height - content.top - content.height,
+                                       content.left, in_width - content.left - content.width, cv2.BORDER_REFLECT_101)
+        return preprocessing.normalize_bgr(image_bgr)
+    # The mean: pad after normalising, where 0 is exactly the mean (a uint8 colour could only approximate it).
+    batch = np.zeros((1, 3, in_height, in_width), np.float32)
+    batch[(..., *content.slices())] = preprocessing.normalize_bgr(image_bgr)
     return batch
 
 
