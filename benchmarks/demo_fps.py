@@ -2,19 +2,31 @@
 """End-to-end `edgeseg demo` FPS on a clip against model-only FPS (runner.infer in a loop on the same input).
 
     python benchmarks/demo_fps.py --model bundles/fcn-resnet18-cpu --source clip.mp4 --frames 300
+    python benchmarks/demo_fps.py --model model.int8.onnx --source wide.mp4 --fit letterbox --viewer chromium
 
 The demo runs headless (no window, no --save) over every frame of the clip, so its FPS is what the full pipeline
 (decode, preprocess, infer, argmax, render with legend and HUD) sustains; the model-only loop is the ceiling it is
 compared with. On a shared, noisy machine one pair of runs can be off by 20% either way, so the two alternate for
 --rounds rounds and the result is the median of the per-round ratios (each ratio compares runs seconds apart).
+--fit fits the clip's frames as the demo would (the model-only loop runs on the same fitted input), and
+--viewer chromium runs the demo with --serve and a headless Chromium watching the page for the whole run.
 Writes benchmarks/results/demo-fps-<model>-<backend>.json (or --out). Imports no torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -24,12 +36,16 @@ import numpy as np  # noqa: E402
 
 from edgeseg.bench.env import collect_env  # noqa: E402
 from edgeseg.demo.app import DemoConfig, format_summary, run_demo  # noqa: E402
-from edgeseg.demo.pipeline import preprocess  # noqa: E402
+from edgeseg.demo.fit import fit_frame, is_dynamic, plan_fit  # noqa: E402
 from edgeseg.demo.render import MODES  # noqa: E402
 from edgeseg.demo.sources import open_source, parse_source  # noqa: E402
 from edgeseg.errors import EdgesegError, UsageError  # noqa: E402
 from edgeseg.manifest import write_json  # noqa: E402
 from edgeseg.runners import open_runner  # noqa: E402
+from edgeseg.zoo.contract import FITS  # noqa: E402
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def first_frame(source: str) -> np.ndarray:
@@ -46,7 +62,8 @@ def first_frame(source: str) -> np.ndarray:
 def model_only(model: str, frame: np.ndarray, args: argparse.Namespace) -> dict:
     """runner.infer on the clip's first frame, preprocessed once: the most the demo could reach."""
     with open_runner(model, device=args.device, threads=args.threads) as runner:
-        batch = preprocess(frame, runner.preprocessing)
+        placement = plan_fit(frame.shape[:2], runner.preprocessing, args.fit, is_dynamic(runner.input_spec.shape))
+        batch = fit_frame(frame, placement, runner.preprocessing)
         for _ in range(args.warmup):
             runner.infer(batch)
         times_ms = []
@@ -62,6 +79,53 @@ def model_only(model: str, frame: np.ndarray, args: argparse.Namespace) -> dict:
                    "p99": round(float(np.percentile(times, 99)), 3)}}
 
 
+class Viewer:
+    """A headless Chromium on the demo's --serve page for the whole run. It is started from the demo's log line
+    that gives the page's address, and the run waits until the server counts it as a viewer, so every measured
+    frame is also encoded and streamed to a browser."""
+
+    def __init__(self, kind: str):
+        self.wanted = kind == "chromium"
+        self.attached = 0
+        self._browser: subprocess.Popen | None = None
+        self._profile = None
+
+    def __enter__(self) -> "Viewer":
+        if self.wanted and not shutil.which("chromium"):
+            raise UsageError("--viewer chromium needs Debian's chromium (apt-get install chromium)")
+        return self
+
+    def log(self, message: str) -> None:
+        print(f"edgeseg: {message}", file=sys.stderr)
+        found = re.search(r"serving the live view on (http://\S+)", message)
+        if not (self.wanted and found):
+            return
+        url = found.group(1)
+        self._profile = tempfile.TemporaryDirectory(prefix="demo-fps-chromium-")
+        self._browser = subprocess.Popen(["chromium", *CHROMIUM_ARGS, f"--user-data-dir={self._profile.name}", url],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         start_new_session=True)  # its own process group, ended by __exit__
+        deadline = time.perf_counter() + 60
+        while self.attached < 1:
+            if time.perf_counter() > deadline:
+                raise UsageError("headless Chromium did not open the demo's stream within 60 s")
+            time.sleep(0.2)
+            with urllib.request.urlopen(url + "stats", timeout=5) as response:
+                self.attached = json.loads(response.read())["viewers"]
+
+    def __exit__(self, *exc) -> None:
+        if self._browser is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._browser.pid, signal.SIGTERM)
+            try:
+                self._browser.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._browser.pid, signal.SIGKILL)
+                self._browser.wait()
+        if self._profile is not None:
+            self._profile.cleanup()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help=".onnx, .engine or build bundle folder")
@@ -70,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20, help="model-only warm-up iterations")
     parser.add_argument("--rounds", type=int, default=5, help="alternating model-only / demo pairs")
     parser.add_argument("--mode", default="overlay", choices=MODES)
+    parser.add_argument("--fit", default=None, choices=FITS, help="default: the model contract's (letterbox)")
+    parser.add_argument("--viewer", default="none", choices=("none", "chromium"),
+                        help="chromium: serve the live view and keep a headless Chromium watching it")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="JSON to write (default: benchmarks/results/...)")
@@ -85,8 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         for number in range(1, args.rounds + 1):
             # The model alone first in each round, so the demo does not warm caches the model-only number reuses.
             ceiling = model_only(args.model, frame, args)
-            summary = run_demo(DemoConfig(model=args.model, source=args.source, show=False, mode=args.mode,
-                                          max_frames=args.frames, device=args.device, threads=args.threads))
+            with Viewer(args.viewer) as viewer:
+                summary = run_demo(DemoConfig(model=args.model, source=args.source, show=False, mode=args.mode,
+                                              max_frames=args.frames, device=args.device, threads=args.threads,
+                                              fit=args.fit, serve="127.0.0.1:0" if viewer.wanted else None),
+                                   log=viewer.log)
+            summary["viewers"] = viewer.attached
             ratio = summary["mean_fps"] / ceiling["fps"] if ceiling["fps"] else float("nan")
             rounds.append({"demo": summary, "model_only": ceiling, "demo_over_model_fps": round(ratio, 3)})
             print(f"round {number}: demo {summary['mean_fps']:.2f} FPS, model only {ceiling['fps']:.2f} FPS, "
@@ -101,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "source": args.source,
         "mode": args.mode,
+        "fit": summary["fit"],
+        "viewer": args.viewer,
         # Share of the model-only rate the whole pipeline keeps; near 1 means capture and rendering are hidden.
         "demo_over_model_fps": median_round["demo_over_model_fps"],
         "demo_over_model_fps_rounds": ratios,

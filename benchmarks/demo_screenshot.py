@@ -23,6 +23,7 @@ import cv2  # noqa: E402
 
 from edgeseg.demo.pipeline import labels_from_output, preprocess  # noqa: E402
 from edgeseg.demo.render import EFFECTS, MODES, compose, draw_hud, draw_legend, hud_lines, make_style  # noqa: E402
+from edgeseg.demo.stats import Rates  # noqa: E402
 from edgeseg.errors import EdgesegError, UsageError  # noqa: E402
 from edgeseg.runners import open_runner  # noqa: E402
 
@@ -61,7 +62,7 @@ def render_screenshot(args: argparse.Namespace) -> Path:
                     "render": render_ms}
         # Pipelined (capture+preprocess | infer | postprocess+render): the slowest thread sets the rate.
         fps = 1000.0 / max(infer_ms, preprocess_ms, postprocess_ms + render_ms)
-        draw_hud(image, hud_lines(fps, stage_ms, runner.backend, dropped=0))
+        draw_hud(image, hud_lines(Rates(1, fps, stage_ms, "modelled"), runner.backend, dropped=0))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(args.out), image):
         raise UsageError(f"cannot write {args.out}; give a .png path in a writable folder")

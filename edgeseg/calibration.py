@@ -197,7 +197,8 @@ def calibration_batches(paths: list[Path], preprocessing: Preprocessing):
         if fit != "resize":  # calibrate on frames fitted the way the deployed model sees them
             from edgeseg.data.fit import fit_image, rgb_mean
 
-            image = fit_image(read_rgb(path), preprocessing.input_size, fit, rgb_mean(preprocessing))[0]
+            image = fit_image(read_rgb(path), preprocessing.input_size, fit, rgb_mean(preprocessing),
+                              getattr(preprocessing, "pad", "mean"))[0]
         else:
             image = resize_pair(read_rgb(path), None, preprocessing.input_size)[0]
         yield preprocessing.normalize(image)

@@ -412,6 +412,12 @@ def demo(
                                                    "(waits start at 0.5 s and double)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the run summary as JSON here"),
     card: Optional[Path] = typer.Option(None, help="model card of a foreign .onnx (no edgeseg metadata)"),
+    fit: Optional[str] = typer.Option(None, "--fit", help="frames of another shape: letterbox (keep the aspect, pad "
+                                                          "cut out of the mask), crop or resize (squeeze); default: "
+                                                          "the model's contract (letterbox)"),
+    serve: Optional[str] = typer.Option(None, "--serve", help="HOST:PORT: live view in a browser (MJPEG, legend, FPS, "
+                                                              "mode and alpha); 127.0.0.1:8080 for this machine only, "
+                                                              "0.0.0.0:8080 for the network, port 0 picks one"),
 ):
     """Real-time segmentation of a camera, stream, video file or image folder, with legend, HUD and --save."""
     if print_pipeline:
@@ -435,7 +441,7 @@ def demo(
                          alpha=alpha,
                          classes=tuple(name.strip() for name in (classes or "").split(",") if name.strip()),
                          effect=effect, realtime=realtime, max_frames=max_frames, device=device, threads=threads,
-                         legend=legend, hud=hud, reconnect_attempts=reconnect_attempts)
+                         legend=legend, hud=hud, reconnect_attempts=reconnect_attempts, fit=fit, serve=serve)
         summary = run_demo(cfg)
     console.print(format_summary(summary), markup=False, highlight=False)
     if json_out:

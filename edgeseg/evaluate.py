@@ -59,7 +59,8 @@ def confusion_on(predict: Predictor, dataset: SegmentationDataset, preprocessing
     for index in track(indices, description, total=len(indices)):
         image, mask = dataset.load(index)
         if getattr(preprocessing, "fit", "resize") != "resize":  # a card's letterbox / crop, seen as deployed
-            fitted, placement = fit_image(image, preprocessing.input_size, preprocessing.fit, rgb_mean(preprocessing))
+            fitted, placement = fit_image(image, preprocessing.input_size, preprocessing.fit, rgb_mean(preprocessing),
+                                          getattr(preprocessing, "pad", "mean"))
             output = output_inner(predict(preprocessing.normalize(fitted)), placement)
             seen = source_region(mask, placement)
             confusion.update(seen, labels_at(output, seen.shape))

@@ -46,7 +46,7 @@ def colour_bands(tmp_path):
 def test_evaluation_feeds_fitted_frames_and_maps_the_output_back(tmp_path, fit):
     dataset = colour_bands(tmp_path)
     contract = Preprocessing(input_size=(40, 40), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), classes=("r", "g", "b"),
-                             fit=fit)
+                             fit=fit, pad="mean")  # a flat pad, so the test can see exactly where it is
     seen = []
 
     def colour_model(batch):  # the "model": logits are the image's own channels
@@ -59,3 +59,13 @@ def test_evaluation_feeds_fitted_frames_and_maps_the_output_back(tmp_path, fit):
         assert np.abs(seen[0][0, :, :10]).max() == 0 and np.abs(seen[0][0, :, 30:]).max() == 0
     else:  # the model saw the centre 40x40, at full scale
         assert seen[0].shape == (1, 3, 40, 40) and np.abs(seen[0][0, :, :10]).max() > 0
+
+
+def test_a_reflect_pad_is_the_image_mirrored_as_the_demo_fills_it():
+    from edgeseg.data.fit import fit_image
+
+    image = np.arange(20 * 40 * 3, dtype=np.uint8).reshape(20, 40, 3)
+    fitted, placement = fit_image(image, (40, 40), "letterbox", pad="reflect")
+    top, left, height, width = placement.inner
+    assert (top, height) == (10, 20) and np.array_equal(fitted[top:top + height], image)
+    assert np.array_equal(fitted[top - 1], image[1]) and np.array_equal(fitted[top + height], image[-2])

@@ -26,8 +26,11 @@ class Placement:
 
 
 def fit_image(image: np.ndarray, size: tuple[int, int], fit: str = "resize",
-              mean: tuple[float, float, float] = (0.485, 0.456, 0.406)) -> tuple[np.ndarray, Placement]:
-    """HxWx3 uint8 -> (image at `size`, placement). `mean` (0-1, the image's channel order) is the letterbox pad."""
+              mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+              pad: str = "mean") -> tuple[np.ndarray, Placement]:
+    """HxWx3 uint8 -> (image at `size`, placement). The letterbox pad is `mean` (0-1, the image's channel order)
+    or, with pad="reflect", the image mirrored at its edge: the contract's `pad`, as the demo fills it
+    (edgeseg/demo/fit.py), so evaluation and calibration see frames as the deployed demo does."""
     height, width = image.shape[:2]
     out_h, out_w = size
     if fit == "resize" or (height, width) == (out_h, out_w):
@@ -38,9 +41,14 @@ def fit_image(image: np.ndarray, size: tuple[int, int], fit: str = "resize",
         scale = min(out_h / height, out_w / width)
         new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
         top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
-        canvas = np.empty((out_h, out_w, 3), np.uint8)
-        canvas[:] = np.round(np.asarray(mean) * 255).astype(np.uint8)
-        canvas[top:top + new_h, left:left + new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        inner = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        if pad == "reflect":
+            canvas = cv2.copyMakeBorder(inner, top, out_h - top - new_h, left, out_w - left - new_w,
+                                        cv2.BORDER_REFLECT_101)
+        else:
+            canvas = np.empty((out_h, out_w, 3), np.uint8)
+            canvas[:] = np.round(np.asarray(mean) * 255).astype(np.uint8)
+            canvas[top:top + new_h, left:left + new_w] = inner
         return canvas, Placement(size, (top, left, new_h, new_w), (0, 0, height, width))
     if fit == "crop":
         scale = max(out_h / height, out_w / width)

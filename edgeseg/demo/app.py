@@ -13,10 +13,13 @@ from typing import Callable
 import numpy as np
 
 from edgeseg.demo.outputs import AtomicVideoWriter, Window
-from edgeseg.demo.pipeline import DemoStats, Pipeline
+from edgeseg.demo.fit import is_dynamic
+from edgeseg.demo.pipeline import Pipeline
 from edgeseg.demo.render import (EFFECTS, MODES, compose, draw_hud, draw_legend, hud_lines, make_style)
 from edgeseg.demo.sources import Backoff, CaptureFactory, log_to_stderr, open_source, parse_source
+from edgeseg.demo.stats import DemoStats
 from edgeseg.errors import UsageError
+from edgeseg.zoo.contract import FITS
 from edgeseg.runners import open_runner
 
 @dataclass(frozen=True)
@@ -38,8 +41,16 @@ class DemoConfig:
     reconnect_attempts: int = 5
     reconnect_delay_s: float = 0.5  # first wait; doubles each attempt
     reconnect_max_delay_s: float = 8.0
+    fit: str | None = None  # letterbox, crop or resize; None: the model contract's choice (letterbox by default)
+    serve: str | None = None  # HOST:PORT to serve the live view on (edgeseg.demo.serve)
 
     def __post_init__(self):
+        if self.fit is not None and self.fit not in FITS:
+            raise UsageError(f"unknown --fit {self.fit!r}; choose one of {', '.join(FITS)}")
+        if self.serve is not None:
+            from edgeseg.demo.serve import parse_address
+
+            parse_address(self.serve)
         if self.mode not in MODES:
             raise UsageError(f"unknown --mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.effect not in EFFECTS:
@@ -94,12 +105,22 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = log_to_stderr,
         if window:
             window.close()
         raise
+    server = None
     try:
         runner = open_runner(cfg.model, device=cfg.device, threads=cfg.threads)
         preprocessing = runner.preprocessing
-        style = make_style(preprocessing.classes, preprocessing.palette, shown=cfg.classes, mode=cfg.mode,
-                           alpha=cfg.alpha, effect=cfg.effect)
+        fit = cfg.fit or preprocessing.fit
+
+        def style_for(mode: str, alpha: float):
+            return make_style(preprocessing.classes, preprocessing.palette, shown=cfg.classes, mode=mode,
+                              alpha=alpha, effect=cfg.effect)
+
+        style = style_for(cfg.mode, cfg.alpha)
         writer = AtomicVideoWriter(cfg.save, source.fps) if cfg.save else None
+        stats = DemoStats()
+        pipeline = None
+        if cfg.serve:
+            server = _start_server(cfg, style_for, style, stats, lambda: pipeline, runner.backend, fit)
     except BaseException:
         source.close()
         if window:
@@ -108,31 +129,41 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = log_to_stderr,
 
     with runner:
         height, width = preprocessing.input_size
-        via = f" (capture: {source.capture_note})" if getattr(source, "capture_note", None) else ""
-        log(f"demo: {spec.describe()}{via} -> {runner.backend} at {height}x{width}; "
-            + ("q, Esc or Ctrl-C stops" if window else "Ctrl-C stops"))
+        dynamic = is_dynamic(runner.input_spec.shape)
+        size_note = f"~{height * width} pixels at the frame's aspect (dynamic input)" if dynamic else \
+            f"{height}x{width}"
         # Live sources, and files with --realtime, keep only the newest frame; files otherwise lose nothing.
         pipeline = Pipeline(source, runner, stop_event=stop_event, keep_latest_only=spec.live or cfg.realtime,
-                            pace_fps=source.fps if cfg.realtime and not spec.live else None)
-        stats = DemoStats()
+                            pace_fps=source.fps if cfg.realtime and not spec.live else None, fit=cfg.fit)
         stopped_by = "end-of-source"
         saved = None
         try:
+            via = f" (capture: {source.capture_note})" if getattr(source, "capture_note", None) else ""
+            log(f"demo: {spec.describe()}{via} -> {runner.backend} at {size_note}, fit {fit}; "
+                + ("q, Esc or Ctrl-C stops" if window else "Ctrl-C stops"))
+            if server:
+                log(f"demo: serving the live view on {server.url}")
             with _sigterm_as_interrupt():
                 pipeline.start()
                 for prediction in pipeline.predictions():
                     started = time.perf_counter()
+                    if server:
+                        style = server.controls.style  # the page may have switched mode or alpha
                     image = compose(prediction.frame.image, prediction.labels, style)
                     if cfg.legend:
                         draw_legend(image, style.legend_entries)
                     if cfg.hud:
-                        draw_hud(image, hud_lines(stats.recent_fps(), stats.recent_stage_ms(), runner.backend,
-                                                  pipeline.dropped))
+                        draw_hud(image, hud_lines(stats.window(), runner.backend, pipeline.dropped))
                     if writer:
                         writer.write(image)
+                    if server:
+                        server.broadcaster.publish(image)  # hands the image over; encoding is another thread's
                     keep_going = window.show(image) if window else True
                     rendered = time.perf_counter()  # "render" is all the output thread does for a frame
-                    stats.record(prediction, (rendered - started) * 1000.0, rendered)
+                    stats.record({"capture": prediction.frame.capture_ms,
+                                  "preprocess": prediction.frame.preprocess_ms, "infer": prediction.infer_ms,
+                                  "postprocess": prediction.postprocess_ms, "render": (rendered - started) * 1000.0},
+                                 prediction.frame.captured_at, rendered)
                     if on_frame:
                         on_frame(stats.frames, image)
                     if not keep_going:
@@ -155,6 +186,8 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = log_to_stderr,
                     saved = writer.close()
                 if window:
                     window.close()
+                if server:
+                    server.close()
         if pipeline.error is not None:
             raise pipeline.error
 
@@ -168,20 +201,46 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = log_to_stderr,
         "model": str(cfg.model),
         "backend": runner.backend,
         "input_size": [height, width],
+        "fit": fit,
         "mode": cfg.mode,
         "saved": str(saved) if saved else None,
+        "served": server.url if server else None,
     })
     return summary
 
 
+def _start_server(cfg: DemoConfig, style_for, style, stats: DemoStats, pipeline_now, backend: str, fit: str):
+    """Start the --serve web page; its /stats reads the same recorder as the HUD and the summary."""
+    from edgeseg.demo.serve import DemoServer, FrameBroadcaster, LiveControls, parse_address
+
+    def snapshot() -> dict:
+        pipeline = pipeline_now()
+        return {"frames": stats.frames, "window": stats.window().to_dict(), "whole_run": stats.whole_run().to_dict(),
+                "dropped": pipeline.dropped if pipeline else 0, "backend": backend, "fit": fit}
+
+    broadcaster = FrameBroadcaster()
+    try:
+        server = DemoServer(parse_address(cfg.serve), broadcaster=broadcaster,
+                            controls=LiveControls(style_for, cfg.mode, cfg.alpha), stats=snapshot,
+                            legend=style.legend_entries, modes=MODES)
+    except BaseException:
+        broadcaster.close()
+        raise
+    return server.start()
+
+
 def format_summary(summary: dict) -> str:
     """The summary as two lines for the terminal."""
-    latency = summary["latency_ms"]
-    stages = ", ".join(f"{stage} {value:.1f}" for stage, value in summary["stage_ms"].items())
-    lines = [f"demo: {summary['frames']} frames, {summary['mean_fps']:.1f} FPS, latency p50 {latency['p50']:.1f} ms "
-             f"/ p99 {latency['p99']:.1f} ms, dropped {summary['dropped_frames']}, reconnects "
+    def figure(value) -> str:
+        return "--" if value is None else f"{value:.1f}"
+
+    latency, recent = summary["latency_ms"], summary["window"]
+    stages = ", ".join(f"{stage} {value:.1f}" for stage, value in summary["stage_ms"].items()) or "no frame"
+    lines = [f"demo: {summary['frames']} frames, {figure(summary['mean_fps'])} FPS ({summary['fps_over']}; "
+             f"{recent['label']}: {figure(recent['fps'])} FPS), latency p50 {figure(latency['p50'])} ms / p99 "
+             f"{figure(latency['p99'])} ms, dropped {summary['dropped_frames']}, reconnects "
              f"{summary['reconnects']}; stopped: {summary['stopped_by']}",
-             f"demo: mean ms per frame: {stages} ({summary['backend']})"]
+             f"demo: mean ms per frame ({summary['fps_over']}): {stages} ({summary['backend']}, fit {summary['fit']})"]
     if summary["saved"]:
         lines.append(f"demo: wrote {summary['saved']}")
     return "\n".join(lines)

@@ -61,6 +61,14 @@ class AtomicVideoWriter:
         return self.path
 
 
+    def abort(self) -> None:
+        """Drop what was written: the temporary file goes, nothing appears under the real name."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        self.temp_path.unlink(missing_ok=True)
+
+
 class Window:
     """An OpenCV window; q, Esc or closing the window asks the demo to stop."""
 

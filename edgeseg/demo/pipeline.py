@@ -21,15 +21,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import cv2
 import numpy as np
 
+from edgeseg.demo.fit import Placement, fit_frame, is_dynamic, labels_to_frame, plan_fit
+from edgeseg.demo.stats import STAGES, DemoStats  # noqa: F401 (DemoStats: re-exported for callers)
 from edgeseg.runners.labels import labels_from_logits
 from edgeseg.zoo.contract import Preprocessing
 
-STAGES = ("capture", "preprocess", "infer", "postprocess", "render")
-_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "bicubic": cv2.INTER_CUBIC,
-                  "area": cv2.INTER_AREA}
 _POLL_S = 0.1  # how often blocked threads look at the stop flag
 
 
@@ -41,6 +39,7 @@ class Frame:
     captured_at: float  # time.perf_counter() when the read returned
     capture_ms: float
     preprocess_ms: float
+    placement: Placement | None = None  # how `image` was fitted into `batch`; None: squeezed (the resize fit)
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,9 +54,9 @@ class Inference:
 @dataclass(frozen=True, eq=False)
 class Prediction:
     frame: Frame
-    labels: np.ndarray  # HxW uint8 at the model's resolution
+    labels: np.ndarray  # HxW uint8 at the frame's resolution (pad cut off, crop edges VOID)
     infer_ms: float
-    postprocess_ms: float  # logits -> labels (argmax), on the caller's thread
+    postprocess_ms: float  # logits -> labels (argmax) -> frame, on the caller's thread
 
 
 class ChannelClosed(Exception):
@@ -139,12 +138,9 @@ class BoundedChannel:
 
 
 def preprocess(image_bgr: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
-    """BGR frame -> the model's 1x3xHxW input: resize first (cheaper on fewer pixels), then RGB and normalise."""
-    height, width = preprocessing.input_size
-    if image_bgr.shape[:2] != (height, width):
-        image_bgr = cv2.resize(image_bgr, (width, height),
-                               interpolation=_INTERPOLATION.get(preprocessing.interpolation, cv2.INTER_LINEAR))
-    return preprocessing.normalize_bgr(image_bgr)
+    """BGR frame -> the model's 1x3xHxW input, squeezed to the input size (the `resize` fit)."""
+    placement = plan_fit(image_bgr.shape[:2], preprocessing, "resize")
+    return fit_frame(image_bgr, placement, preprocessing)
 
 
 def labels_from_output(output: np.ndarray, output_kind: str) -> np.ndarray:
@@ -156,50 +152,6 @@ def labels_from_output(output: np.ndarray, output_kind: str) -> np.ndarray:
     return labels_from_logits(output)
 
 
-class DemoStats:
-    """Per-frame timings: a rolling window for the HUD and full history for the summary."""
-
-    def __init__(self, window: int = 30):
-        self.latencies_ms: list[float] = []
-        self.stage_totals_ms = dict.fromkeys(STAGES, 0.0)
-        self.recent_ms = {stage: collections.deque(maxlen=window) for stage in STAGES}
-        self.rendered_at: collections.deque = collections.deque(maxlen=window)
-        self.first_rendered_at: float | None = None
-        self.frames = 0
-
-    def record(self, prediction: Prediction, render_ms: float, rendered_at: float) -> None:
-        stage_ms = {"capture": prediction.frame.capture_ms, "preprocess": prediction.frame.preprocess_ms,
-                    "infer": prediction.infer_ms, "postprocess": prediction.postprocess_ms, "render": render_ms}
-        for stage, value in stage_ms.items():
-            self.stage_totals_ms[stage] += value
-            self.recent_ms[stage].append(value)
-        self.latencies_ms.append((rendered_at - prediction.frame.captured_at) * 1000.0)
-        self.rendered_at.append(rendered_at)
-        self.first_rendered_at = self.first_rendered_at or rendered_at
-        self.frames += 1
-
-    def recent_fps(self) -> float:
-        if len(self.rendered_at) < 2:
-            return 0.0
-        return (len(self.rendered_at) - 1) / max(self.rendered_at[-1] - self.rendered_at[0], 1e-9)
-
-    def recent_stage_ms(self) -> dict[str, float]:
-        return {stage: float(np.mean(values)) if values else 0.0 for stage, values in self.recent_ms.items()}
-
-    def summary(self) -> dict:
-        """frames, mean FPS (rendered frames over the time between the first and last one shown, so model
-        loading and warm-up do not count), p50/p99 capture->rendered latency and mean per-stage times."""
-        latencies = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
-        span = (self.rendered_at[-1] - self.first_rendered_at) if self.frames > 1 else 0.0
-        return {
-            "frames": self.frames,
-            "mean_fps": round((self.frames - 1) / span, 2) if span > 0 else 0.0,
-            "latency_ms": {"p50": round(float(np.percentile(latencies, 50)), 2),
-                           "p99": round(float(np.percentile(latencies, 99)), 2)},
-            "stage_ms": {stage: round(total / max(self.frames, 1), 2) for stage, total in self.stage_totals_ms.items()},
-        }
-
-
 class Pipeline:
     """Runs capture and inference threads and yields predictions to the caller's thread.
 
@@ -207,9 +159,10 @@ class Pipeline:
     read() can crash FFmpeg."""
 
     def __init__(self, source, runner, *, stop_event: threading.Event, keep_latest_only: bool,
-                 pace_fps: float | None = None, queue_size: int = 2):
+                 pace_fps: float | None = None, queue_size: int = 2, fit: str | None = None):
         self.source = source
         self.runner = runner
+        self.fit = fit  # None: the model contract's choice
         self.stop_event = stop_event
         self.pace_fps = pace_fps  # --realtime for files: read at the file's own rate
         self.frames_in = LatestSlot() if keep_latest_only else BoundedChannel(queue_size)
@@ -246,6 +199,9 @@ class Pipeline:
                 return
             started = time.perf_counter()
             labels = labels_from_output(item.output, output_kind)
+            placement = item.frame.placement or plan_fit(item.frame.image.shape[:2],
+                                                         self.runner.preprocessing.with_size(labels.shape), "resize")
+            labels = labels_to_frame(labels, placement)
             yield Prediction(item.frame, labels, item.infer_ms, (time.perf_counter() - started) * 1000.0)
 
     def stop(self, timeout_s: float = 5.0) -> bool:
@@ -253,6 +209,8 @@ class Pipeline:
         self.stop_event.set()
         self.frames_in.close()
         self.predictions_out.close()
+        if self._threads[0].ident is None:  # never started: the capture thread cannot close the source
+            self.source.close()
         deadline = time.perf_counter() + timeout_s
         for thread in self._threads:
             if thread.ident is not None:  # started
@@ -273,6 +231,8 @@ class Pipeline:
 
     def _capture_loop(self) -> None:
         preprocessing = self.runner.preprocessing
+        dynamic = is_dynamic(getattr(getattr(self.runner, "input_spec", None), "shape", ()))
+        placements: dict[tuple[int, int], Placement] = {}  # per frame size: a camera may come back at another
         try:
             started = time.perf_counter()
             while not self.stop_event.is_set():
@@ -285,9 +245,12 @@ class Pipeline:
                 read_at = time.perf_counter()
                 if image is None:
                     break
-                batch = preprocess(image, preprocessing)
+                size = image.shape[:2]
+                placement = placements.get(size) or placements.setdefault(
+                    size, plan_fit(size, preprocessing, self.fit, dynamic))
+                batch = fit_frame(image, placement, preprocessing)
                 frame = Frame(self.captured, image, batch, read_at, (read_at - read_from) * 1000.0,
-                              (time.perf_counter() - read_at) * 1000.0)
+                              (time.perf_counter() - read_at) * 1000.0, placement)
                 self.captured += 1
                 if not self.frames_in.put(frame):
                     break

@@ -89,7 +89,8 @@ def make_style(classes: Sequence[str], palette: Sequence[Sequence[int]], *, show
 
 
 def labels_to_frame(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Model-resolution labels -> labels at the frame's (height, width); nearest, so no invented classes."""
+    """Labels at another resolution -> the frame's (height, width); nearest, so no invented classes. (The demo's
+    pipeline already maps the mask back with its fit, edgeseg.demo.fit; this is for squeezed label maps.)"""
     if labels.shape[:2] == tuple(size):
         return labels
     return cv2.resize(labels, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
@@ -183,6 +184,12 @@ def draw_hud(image: np.ndarray, lines: Sequence[str]) -> np.ndarray:
 HUD_STAGE_NAMES = {"capture": "cap", "preprocess": "pre", "infer": "infer", "postprocess": "post", "render": "draw"}
 
 
-def hud_lines(fps: float, stage_ms: dict[str, float], backend: str, dropped: int) -> list[str]:
-    stages = "  ".join(f"{HUD_STAGE_NAMES.get(name, name)} {value:.1f}" for name, value in stage_ms.items())
-    return [f"{fps:5.1f} FPS  {backend}  dropped {dropped}", f"ms: {stages}"]
+def hud_lines(rates, backend: str, dropped: int) -> list[str]:
+    """The HUD text for a `Rates` (edgeseg.demo.stats): "--" until something was measured, never a made-up 0.0."""
+    fps = "--" if rates.fps is None else f"{rates.fps:5.1f}"
+    if rates.stage_ms is None:
+        stages = "  ".join(f"{name} --" for name in HUD_STAGE_NAMES.values())
+    else:
+        stages = "  ".join(f"{HUD_STAGE_NAMES.get(name, name)} {value:.1f}" for name, value in rates.stage_ms.items())
+    over = rates.label.replace(" frames", "")  # "last 30": short enough for a 480-pixel-wide frame
+    return [f"{fps} FPS ({over})  {backend}  dropped {dropped}", f"ms: {stages}"]
