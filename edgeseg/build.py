@@ -10,6 +10,7 @@ interrupted or failed build never leaves a bundle that looks complete.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,9 +20,11 @@ from edgeseg.calibration import CalibConfig, make_calibration_set
 from edgeseg.errors import UsageError
 from edgeseg.export import ExportConfig, export_model
 from edgeseg.manifest import input_record, stage_manifest, write_json
+from edgeseg.output_paths import check_output_folder
 from edgeseg.quantize import QuantizeConfig, convert_fp16, quantize_int8
 from edgeseg.report import measure_precisions, write_reports
 
+PARTIAL_MARKER = ".edgeseg-partial"
 PRECISION_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
 
@@ -49,6 +52,7 @@ class BuildConfig:
     prune_ratio: float | None = None  # prune first (edgeseg.prune), then build the pruned model
     prune_importance: str = "l1"
     finetune_epochs: int = 0  # recovery fine-tune of the pruned model, distilled from the unpruned one
+    force: bool = False  # replace an earlier bundle at out_dir (never a folder edgeseg did not write)
     extra: dict = field(default_factory=dict)  # recorded as is
 
     def __post_init__(self):
@@ -75,6 +79,7 @@ def build(cfg: BuildConfig, log=print) -> Path:
         raise UsageError(f"target {target.name} does not support {cfg.engine_precision}; "
                          f"it supports {', '.join(target.precisions)}")
     final_dir = bundle_dir_for(cfg, target.name)
+    check_output_folder(final_dir, "bundle", force=cfg.force)  # before any work: a user's folder is never replaced
     work_dir = final_dir.with_name(final_dir.name + ".partial")
     _prepare_dir(work_dir)
     started = time.monotonic()
@@ -118,7 +123,7 @@ def build(cfg: BuildConfig, log=print) -> Path:
         engine = _engine_stage(work_dir, target, cfg, loaded.spec, log)
         manifest = stage_manifest(
             "build",
-            inputs={"weights": loaded.input_record(),
+            inputs={"weights": loaded.input_record(base=work_dir),
                     "calibration": {"path": "calibration.json", "count": calibration.manifest["count"]}},
             settings={**asdict(cfg), "quant_profile": profile},
             checks={"parity": export.manifest["checks"]["parity"],
@@ -134,18 +139,41 @@ def build(cfg: BuildConfig, log=print) -> Path:
     except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)  # nothing half-built is left looking valid
         raise
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    work_dir.rename(final_dir)
+    (work_dir / PARTIAL_MARKER).unlink()
+    _replace_bundle(work_dir, final_dir, force=cfg.force)
     log(f"bundle ready in {final_dir} ({time.monotonic() - started:.0f} s)")
     return final_dir
+
+
+def _replace_bundle(work_dir: Path, final_dir: Path, force: bool) -> None:
+    """Move the finished bundle onto final_dir. The folder there is checked again (it may have changed during a
+    long build): only an earlier bundle is removed, and only with force; an empty folder is replaced."""
+    try:
+        check_output_folder(final_dir, "bundle", force=force)
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    if final_dir.is_dir():
+        if any(final_dir.iterdir()):
+            old = final_dir.with_name(f".{final_dir.name}.replaced-{os.getpid()}")  # a name no user picks
+            final_dir.rename(old)  # keep the earlier bundle until the new one is in place
+            work_dir.rename(final_dir)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        final_dir.rmdir()
+    work_dir.rename(final_dir)
 
 
 def _prepare_dir(work_dir: Path) -> None:
     try:
         if work_dir.exists():
-            shutil.rmtree(work_dir)  # the leftover of an earlier interrupted build
+            # Only the leftover of an earlier build (it carries the marker); a user's folder of that name is
+            # refused, not removed.
+            if not (work_dir / PARTIAL_MARKER).is_file():
+                raise UsageError(f"{work_dir} exists and is not an unfinished edgeseg bundle; move it away first")
+            shutil.rmtree(work_dir)
         work_dir.mkdir(parents=True)
+        (work_dir / PARTIAL_MARKER).write_text("an unfinished edgeseg build; safe to delete\n")
     except OSError as exc:
         raise UsageError(f"cannot write the bundle in {work_dir.parent}: {exc.strerror}; choose another --out") \
             from exc

@@ -3,11 +3,11 @@ errors from the stages (EdgesegError) become one line on stderr and a non-zero e
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -507,15 +507,39 @@ def engine_sidecar(engine: Path = typer.Argument(..., help="the engine build_eng
 
 def _click_exception_types() -> tuple[tuple, tuple, tuple]:
     """(Exit, ClickException, Abort) classes. Typer up to 0.2x raises click's own; later typer raises those of
-    a vendored copy (typer._click) that are not click's, so both must be caught."""
-    usage_errors = {click.ClickException}
+    its vendored copy (typer._click). click is imported only where that typer depends on it: it is not one of
+    edgeseg's dependencies, and a core install (a Jetson) has a typer without it."""
     try:
-        from typer._click.exceptions import ClickException as VendoredClickException
+        from typer._click.exceptions import ClickException
     except ImportError:
-        pass
-    else:
-        usage_errors.add(VendoredClickException)
-    return ((click.exceptions.Exit, typer.Exit), tuple(usage_errors), (click.exceptions.Abort, typer.Abort))
+        from click.exceptions import Abort, ClickException, Exit
+        return (Exit, typer.Exit), (ClickException,), (Abort, typer.Abort)
+    return (typer.Exit,), (ClickException,), (typer.Abort,)
+
+
+class _CtrlC:
+    """Remembers that SIGINT arrived. Typer decides what a KeyboardInterrupt becomes (click's Abort up to 0.2x;
+    `Exit(130)`, returned as a plain value when standalone_mode is False, in later versions), so main() asks
+    this flag instead of relying on which exception, if any, reaches it."""
+
+    seen = False
+
+    @classmethod
+    def handler(cls, signum, frame):
+        cls.seen = True
+        raise KeyboardInterrupt
+
+    @classmethod
+    def install(cls) -> None:
+        cls.seen = False
+        # Respect an ignored SIGINT (a job started with nohup or in the background of a non-interactive shell).
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, cls.handler)
+
+
+def _interrupted() -> None:
+    print("edgeseg: interrupted; nothing unfinished was kept", file=sys.stderr)
+    sys.exit(130)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -526,19 +550,31 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     exits, usage_errors, aborts = _click_exception_types()
+    _CtrlC.install()
     try:
-        app(args=argv, standalone_mode=False, prog_name="edgeseg")
+        result = app(args=argv, standalone_mode=False, prog_name="edgeseg")
     except exits as exc:
+        if _CtrlC.seen:
+            _interrupted()
         sys.exit(exc.exit_code)
     except usage_errors as exc:  # unknown option, missing or malformed value: click's own one-line message
         exc.show()
         sys.exit(exc.exit_code)
     except (*aborts, KeyboardInterrupt):
-        print("edgeseg: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _interrupted()
     except EdgesegError as exc:
+        if _CtrlC.seen:  # a stage turned the interrupt into its own error while cleaning up
+            _interrupted()
         print(f"edgeseg: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # the disk filled up, a folder vanished mid-run: the system's one line, no traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"edgeseg: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        sys.exit(1)
+    if _CtrlC.seen:  # newer typer returns Exit(130) for an interrupt; a command may also have caught it
+        _interrupted()
+    if isinstance(result, int) and result != 0:  # typer.Exit(code) in a command comes back as a return value
+        sys.exit(result)
 
 
 if __name__ == "__main__":

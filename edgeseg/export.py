@@ -172,7 +172,7 @@ def export_model(loaded: LoadedModel, model_name: str, cfg: ExportConfig, out_pa
         with atomic_path(out_path) as tmp:
             tmp.write_bytes(checked_path.read_bytes())
 
-    inputs = {"weights": loaded.input_record()}
+    inputs = {"weights": loaded.input_record(base=out_path.parent)}
     manifest = stage_manifest(
         "export", inputs=inputs, settings=cfg,
         checks={"parity": parity},

@@ -116,9 +116,20 @@ def manifest_path_for(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def input_record(path: str | os.PathLike) -> dict:
+def portable_path(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
+    """A path as a manifest records it: relative to `base` (the folder the manifest lives in) when the file is
+    inside it, so a moved or copied bundle still resolves; anything outside as the user gave it."""
+    if base is not None:
+        try:
+            return Path(os.path.abspath(path)).relative_to(os.path.abspath(base)).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def input_record(path: str | os.PathLike, base: str | os.PathLike | None = None) -> dict:
     path = Path(path)
-    return {"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return {"path": portable_path(path, base), "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def stage_manifest(stage: str, *, inputs: dict, settings: Any, checks: dict | None = None,
