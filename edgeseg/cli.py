@@ -13,7 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeseg import __version__
+from edgeseg import option_domains as domain
 from edgeseg.errors import EdgesegError, UsageError
+from edgeseg.output_paths import check_output_file, check_output_folder
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Take a trained segmentation model to a fast, verified deployment (Jetson, GPU, CPU).")
@@ -23,6 +25,7 @@ app.add_typer(data_app, name="data")
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 SIZE_HELP = "input size HEIGHTxWIDTH, e.g. 360x480 (default: the model's own)"
+FORCE_HELP = "replace an existing output (a file, or a folder edgeseg wrote; never a folder of other files)"
 
 
 def _plain_log(line: str) -> None:
@@ -82,8 +85,14 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, help="evaluate only the first N images"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON here"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Evaluate a model on a dataset split: per-class IoU, mIoU, pixel and mean class accuracy."""
+    domain.one_of("--split", split, domain.SPLITS)
+    domain.count("--limit", limit)
+    domain.one_of("--device", device, domain.EVAL_DEVICES)
+    if json_out:
+        check_output_file(json_out, force=force, option="--json")
     from edgeseg.evaluate import EvalConfig, evaluate_model
     from edgeseg.manifest import write_json
 
@@ -133,14 +142,27 @@ def train(
     distill_from: Optional[str] = typer.Option(None, help="teacher weights for knowledge distillation"),
     new_head: bool = typer.Option(False, "--new-head", help="--weights predict other classes (e.g. cityscapes) or "
                                   "lack a decoder (nvidia/mit-b0): start those layers afresh for this dataset"),
+    force: bool = typer.Option(False, "--force", help="start afresh in an --out that holds an earlier run"),
 ):
     """Train or fine-tune a model (AdamW, warmup + poly LR, augmentation, periodic eval, resumable)."""
     from edgeseg.losses import LOSSES
+
+    domain.one_of("--loss", loss, tuple(LOSSES))
+    domain.count("--epochs", epochs)
+    domain.count("--batch-size", batch_size)
+    domain.positive("--lr", lr)
+    domain.at_least("--weight-decay", weight_decay, 0)
+    domain.at_least("--warmup-iters", warmup_iters, 0)
+    domain.positive("--scale-min", scale_min)
+    domain.at_least("--scale-max", scale_max, scale_min)
+    domain.at_least("--eval-every", eval_every, 0)
+    domain.count("--threads", threads)
+    domain.one_of("--device", device, domain.TORCH_DEVICES)
+    domain.positive("--max-minutes", max_minutes)
+    check_output_folder(out, "train", force=force, reuse=resume)
     from edgeseg.train import TrainConfig
     from edgeseg.train import train as run_training
 
-    if loss not in LOSSES:
-        raise UsageError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
     cfg = TrainConfig(model=model, out_dir=str(out), dataset=data, data_root=data_root, weights=weights, epochs=epochs,
                       batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_iters=warmup_iters,
                       crop_size=parse_size(crop), scale_range=(scale_min, scale_max), loss=loss,
@@ -177,8 +199,14 @@ def export(
     fuse_argmax: bool = typer.Option(False, help="output a uint8 label map (argmax in the graph) instead of logits"),
     data: str = typer.Option("camvid", help="dataset whose images the parity check uses"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Export a model to ONNX with its preprocessing in the metadata and a parity check against torch."""
+    domain.count("--batch", batch)
+    domain.each_one_of("--dynamic", dynamic, domain.DYNAMIC_AXES)
+    domain.between("--opset", opset, domain.MIN_OPSET, domain.MAX_OPSET)
+    check_output_file(out, force=force)
+    check_output_file(Path(f"{out}.json"), force=force)  # the manifest written beside it
     from edgeseg.export import ExportConfig, export_model
     from edgeseg.zoo.registry import get_entry
     from edgeseg.zoo.weights import load_model
@@ -205,8 +233,14 @@ def calib(
     strategy: str = typer.Option("class-balanced", help="random, class-balanced or sequence-spread"),
     seed: int = typer.Option(0),
     size: Optional[str] = typer.Option(None, help="calibration resolution (default: the model's input size)"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Sample a calibration set and write its manifest (image paths + sha256, never images)."""
+    domain.one_of("--split", split, domain.SPLITS)
+    domain.count("--count", count)
+    domain.one_of("--strategy", strategy, domain.CALIB_STRATEGIES)
+    out = out or Path("calibration") / f"{model}-{data if not images else images.name}-{strategy}-{count}.json"
+    check_output_file(out, force=force)
     from edgeseg.calibration import CalibConfig, make_calibration_set
     from edgeseg.zoo.registry import get_entry
 
@@ -216,7 +250,6 @@ def calib(
         preprocessing = preprocessing.with_size(parse_size(size))
     cfg = CalibConfig(dataset=data, split=split, data_root=data_root, images_dir=str(images) if images else None,
                       count=count, strategy=strategy, seed=seed)
-    out = out or Path("calibration") / f"{model}-{data if not images else images.name}-{strategy}-{count}.json"
     artifact = make_calibration_set(preprocessing, cfg, out)
     coverage = artifact.manifest["class_coverage"]
     console.print(f"wrote {artifact.path}: {artifact.manifest['count']} images"
@@ -238,13 +271,23 @@ def quantize(
     keep_float: list[str] = typer.Option([], help="node name to keep in float (repeatable)"),
     data: str = typer.Option("camvid"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Put precision into the graph: FP16, or INT8 Q/DQ calibrated on a calibration set."""
+    domain.one_of("--precision", precision, ("int8", "fp16"))
+    domain.one_of("--profile", profile, domain.QUANT_PROFILES)
+    domain.one_of("--method", method, domain.CALIB_METHODS)
+    domain.at_least("--max-miou-drop", max_miou_drop, 0)
+    domain.one_of("--eval-split", eval_split, domain.SPLITS)
+    domain.count("--eval-limit", eval_limit)
+    if not onnx_model.is_file():
+        raise UsageError(f"{onnx_model} " + ("is a folder; give the .onnx file" if onnx_model.is_dir()
+                                             else "does not exist"))
+    out = out or onnx_model.with_name(f"{onnx_model.stem}.{precision}.onnx")
+    check_output_file(out, force=force)
+    check_output_file(Path(f"{out}.json"), force=force)
     from edgeseg.quantize import QuantizeConfig, convert_fp16, quantize_int8
 
-    if precision not in ("int8", "fp16"):
-        raise UsageError(f"unknown precision {precision!r}; choose int8 or fp16")
-    out = out or onnx_model.with_name(f"{onnx_model.stem}.{precision}.onnx")
     if precision == "fp16":
         artifact = convert_fp16(onnx_model, out)
         console.print(f"wrote {artifact.path}")
@@ -280,8 +323,20 @@ def build(
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime CPU threads (default: all cores)"),
     prune: Optional[float] = typer.Option(None, "--prune", help="prune this fraction of channels first (0-1)"),
     finetune_epochs: int = typer.Option(0, help="recovery fine-tune epochs after --prune (distilled)"),
+    force: bool = typer.Option(False, "--force", help="replace an earlier bundle at --out (never a folder that "
+                                                      "edgeseg did not write)"),
 ):
     """Run the pipeline for one target: export, FP16, calibration, INT8, evaluation, engine or cross-build kit."""
+    domain.count("--calib-count", calib_count)
+    domain.one_of("--calib-strategy", calib_strategy, domain.CALIB_STRATEGIES)
+    domain.one_of("--profile", profile, domain.QUANT_PROFILES)
+    domain.one_of("--method", method, domain.CALIB_METHODS)
+    domain.one_of("--eval-split", eval_split, domain.SPLITS)
+    domain.count("--eval-limit", eval_limit)
+    domain.one_of("--precision", precision, domain.PRECISIONS)
+    domain.count("--threads", threads)
+    domain.between("--prune", prune, 0, 1, open_low=True, open_high=True)
+    domain.at_least("--finetune-epochs", finetune_epochs, 0)
     from edgeseg.build import BuildConfig
     from edgeseg.build import build as run_build
 
@@ -290,7 +345,7 @@ def build(
                       calib_strategy=calib_strategy, quant_profile=profile, quant_method=method,
                       max_miou_drop=None if max_miou_drop is not None and max_miou_drop < 0 else max_miou_drop,
                       eval_split=eval_split, eval_limit=eval_limit, engine_precision=precision, threads=threads,
-                      prune_ratio=prune, finetune_epochs=finetune_epochs)
+                      prune_ratio=prune, finetune_epochs=finetune_epochs, force=force)
     run_build(cfg, log=_plain_log)
 
 
@@ -316,8 +371,20 @@ def demo(
     reconnect_attempts: int = typer.Option(5, help="live sources: reconnect attempts when the stream drops "
                                                    "(waits start at 0.5 s and double)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the run summary as JSON here"),
+    force: bool = typer.Option(False, "--force", help="replace an existing --save video or --json file"),
 ):
     """Real-time segmentation of a camera, stream, video file or image folder, with legend, HUD and --save."""
+    domain.one_of("--mode", mode, domain.DEMO_MODES)
+    domain.between("--alpha", alpha, 0, 1)
+    domain.one_of("--effect", effect, domain.DEMO_EFFECTS)
+    domain.count("--max-frames", max_frames)
+    domain.one_of("--device", device, domain.TORCH_DEVICES)
+    domain.count("--threads", threads)
+    domain.at_least("--reconnect-attempts", reconnect_attempts, 0)
+    if save:
+        check_output_file(save, force=force, option="--save")
+    if json_out:
+        check_output_file(json_out, force=force, option="--json")
     from edgeseg.demo.app import DemoConfig, format_summary, run_demo
     from edgeseg.manifest import write_json
 
@@ -364,8 +431,17 @@ def bench_command(
     fail_under_miou: Optional[float] = typer.Option(None, help="fail (after writing results) when a row's mIoU is "
                                                                "under this fraction, e.g. 0.6"),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="write latency-vs-mIoU and per-class charts"),
+    force: bool = typer.Option(False, "--force", help="replace earlier results in the results folder"),
 ):
     """Benchmark models x precisions x backends x sizes: latency, throughput, memory, accuracy; JSON/CSV/MD/PNG."""
+    domain.one_of("--split", split, domain.SPLITS)
+    domain.count("--limit", limit)
+    domain.count("--threads", threads)
+    domain.count("--batch", batch)
+    domain.positive("--min-seconds", min_seconds)
+    domain.count("--calib-count", calib_count)
+    if out:
+        check_output_folder(out, "bench", force=force)
     from edgeseg.bench.harness import BenchOptions, check_gate_values, check_gates, run_bench
     from edgeseg.bench.outputs import terminal_table
     from edgeseg.bench.suite import suite_for_run
@@ -375,7 +451,8 @@ def bench_command(
                            sizes=size, dataset=data, split=split, data_root=data_root, eval_limit=limit,
                            threads=threads, batch=batch, min_seconds=min_seconds, calib_count=calib_count)
     options = BenchOptions(out_dir=str(out) if out else None, machine=machine,
-                           cache_dir=str(cache_dir) if cache_dir else None, with_optional=with_optional, plots=plots)
+                           cache_dir=str(cache_dir) if cache_dir else None, with_optional=with_optional, plots=plots,
+                           force=force)
     result = run_bench(chosen, options, log=_plain_log)
     console.print(terminal_table(result.rows, f"edgeseg bench {chosen.name} on {result.env['machine_name']}"))
     for path in [result.out_dir / "results.json", result.out_dir / "results.csv", result.out_dir / "results.md",
@@ -410,8 +487,23 @@ def prune_command(
     batch_size: int = typer.Option(8, help="fine-tune batch size"),
     distill: bool = typer.Option(False, help="distil from the unpruned model while fine-tuning"),
     device: str = typer.Option("auto", help="fine-tune device: auto, cpu or cuda"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Prune channels (Torch-Pruning DepGraph), optionally 2:4-sparsify and fine-tune; report GFLOPs, latency, mIoU."""
+    domain.between("--ratio", ratio, 0, 1, open_low=True, open_high=True)
+    domain.one_of("--importance", importance, domain.PRUNE_IMPORTANCE)
+    domain.count("--iterative-steps", iterative_steps)
+    domain.count("--round-to", round_to)
+    domain.one_of("--sparsity", sparsity, domain.SPARSITY)
+    domain.one_of("--eval-split", eval_split, domain.SPLITS)
+    domain.count("--eval-limit", eval_limit)
+    domain.count("--threads", threads)
+    domain.at_least("--finetune-epochs", finetune_epochs, 0)
+    domain.positive("--finetune-lr", finetune_lr)
+    domain.count("--batch-size", batch_size)
+    domain.one_of("--device", device, domain.TORCH_DEVICES)
+    check_output_file(out, force=force)
+    check_output_file(Path(f"{out}.json"), force=force)
     from edgeseg.prune import PruneConfig
     from edgeseg.prune import prune as run_prune
 
@@ -475,6 +567,9 @@ def engine_build(
                                             help="calibration images, for INT8 calibrated inside TensorRT"),
 ):
     """Build a bundle's TensorRT engine on this device, planned again for the TensorRT installed here."""
+    domain.one_of("--precision", precision, domain.PRECISIONS)
+    domain.at_least("--dla-core", dla_core, 0)
+    domain.count("--workspace-mb", workspace_mb)
     from edgeseg.engine.bundle import build_bundle
 
     result = build_bundle(bundle, precision=precision, dla_core=dla_core, workspace_mb=workspace_mb,

@@ -23,7 +23,7 @@ import numpy as np
 from edgeseg.checkpoint import read_checkpoint_sidecar, save_checkpoint
 from edgeseg.data.datasets import IGNORE, SegmentationDataset, open_dataset
 from edgeseg.data.transforms import AugmentConfig, augment
-from edgeseg.errors import UsageError
+from edgeseg.errors import DataError, UsageError
 from edgeseg.evaluate import evaluate, torch_predictor
 from edgeseg.manifest import atomic_path
 from edgeseg.progress import make_progress
@@ -136,7 +136,6 @@ def train(cfg: TrainConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     device = _pick_device(cfg.device)
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path, state_path = out_dir / "last.safetensors", out_dir / "best.safetensors", out_dir / "last.state.pt"
     resuming = cfg.resume and last_path.is_file() and state_path.is_file()
     if cfg.resume and not resuming:
@@ -145,6 +144,10 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)  # model initialisation is part of what --seed reproduces
     train_set = open_dataset(cfg.dataset, "train", cfg.data_root)
     val_set = open_dataset(cfg.dataset, "val", cfg.data_root)
+    if len(train_set) < cfg.batch_size:  # zero steps would save an untrained checkpoint and call it trained
+        raise DataError(f"{train_set.name} has {len(train_set)} images, fewer than one batch of {cfg.batch_size}; "
+                        f"lower --batch-size")
+    out_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_model(cfg.model, str(last_path) if resuming else cfg.weights, label_set=train_set.label_set,
                         new_head=cfg.new_head and not resuming)
     if loaded.new_head:
