@@ -66,12 +66,27 @@ def write_json(path: str | os.PathLike, payload: Any) -> Path:
     return path
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
+    """The text of a file the user named (a manifest, a TOML, a sidecar): UsageError, never a traceback, for a
+    missing file, a folder, an unreadable or a binary file."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise UsageError(f"{path} does not exist") from exc
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"{what} {path} is a folder, not a file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} {path} is a binary file, not text") from None
+    except OSError as exc:
+        raise UsageError(f"{what} {path} cannot be read: {exc.strerror}") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    text = read_text_file(path, "JSON file")
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}") from exc
 
