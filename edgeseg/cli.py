@@ -652,8 +652,10 @@ def main(argv: list[str] | None = None) -> None:
         if _CtrlC.seen:
             _interrupted()
         sys.exit(exc.exit_code)
-    except usage_errors as exc:  # unknown option, missing or malformed value: click's own one-line message
-        exc.show()
+    except usage_errors as exc:  # unknown option, missing or malformed value: click's message, on our one line
+        context = getattr(exc, "ctx", None)
+        hint = f" (see '{context.command_path} --help')" if context is not None else ""
+        print(f"edgeseg: error: {exc.format_message()}{hint}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except (*aborts, KeyboardInterrupt):
         _interrupted()
