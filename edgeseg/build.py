@@ -125,7 +125,9 @@ def build(cfg: BuildConfig, log=print) -> Path:
             "build",
             inputs={"weights": loaded.input_record(base=work_dir),
                     "calibration": {"path": "calibration.json", "count": calibration.manifest["count"]}},
-            settings={**asdict(cfg), "quant_profile": profile},
+            # out_dir is where this manifest lives: a moved bundle must not name its old place
+            settings={**{k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "force")},
+                      "quant_profile": profile},
             checks={"parity": export.manifest["checks"]["parity"],
                     "int8_accuracy_budget": quantized.manifest["checks"].get("accuracy")},
             libraries=("torch", "onnx", "onnxruntime", "onnxslim", "transformers", "torchvision",

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import DataError, EdgesegError, UsageError
-from edgeseg.manifest import Artifact, atomic_path, input_record, sha256_file, stage_manifest, write_json
+from edgeseg.manifest import (Artifact, atomic_path, input_record, portable_path, sha256_file, stage_manifest,
+                              write_json)
 from edgeseg.runners.ort import METADATA_OUTPUT, METADATA_PREPROCESSING
 from edgeseg.zoo.contract import Preprocessing
 from edgeseg.zoo.weights import LoadedModel
@@ -178,7 +179,7 @@ def export_model(loaded: LoadedModel, model_name: str, cfg: ExportConfig, out_pa
         checks={"parity": parity},
         libraries=("torch", "onnx", "onnxruntime", "onnxslim", "transformers", "torchvision",
                    "segmentation-models-pytorch"))
-    manifest.update({"model": model_name, "weights": loaded.source, "precision": "fp32", "output": output_name,
+    manifest.update({"model": model_name, "weights": _weights_source(loaded.source, out_path.parent), "precision": "fp32", "output": output_name,
                      "simplify": simplify_note, "preprocessing": preprocessing.to_dict(),
                      "artifact": {"path": out_path.name, "sha256": sha256_file(out_path),
                                   "bytes": out_path.stat().st_size},
@@ -223,3 +224,11 @@ def onnx_preprocessing(path: str | Path) -> Preprocessing:
     if METADATA_PREPROCESSING not in metadata:
         raise UsageError(f"{path} carries no edgeseg preprocessing metadata; export it with 'edgeseg export'")
     return Preprocessing.from_dict(json.loads(metadata[METADATA_PREPROCESSING]))
+
+
+def _weights_source(source: str | None, base: Path) -> str | None:
+    """The weights spec as given, except a file inside the manifest's folder (a bundle's pruned checkpoint),
+    which is recorded relative to it so the moved bundle still names it."""
+    if source and Path(source).exists():
+        return portable_path(source, base)
+    return source

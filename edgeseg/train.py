@@ -125,6 +125,11 @@ class _BatchPrefetcher:
             yield item
 
 
+# What a run writes into its folder, and all that a fresh run in the same folder removes (nothing else is touched).
+RUN_FILES = ("best.safetensors", "best.safetensors.json", "last.safetensors", "last.safetensors.json", "last.state.pt",
+             "log.jsonl")
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train cfg.model; returns the path of the best checkpoint."""
     import torch
@@ -148,6 +153,9 @@ def train(cfg: TrainConfig) -> Path:
         raise DataError(f"{train_set.name} has {len(train_set)} images, fewer than one batch of {cfg.batch_size}; "
                         f"lower --batch-size")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming:  # a fresh run (the CLI asked for --force): an earlier run's files must not mix with this one's
+        for name in RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
     loaded = load_model(cfg.model, str(last_path) if resuming else cfg.weights, label_set=train_set.label_set,
                         new_head=cfg.new_head and not resuming)
     if loaded.new_head:
