@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import DataError, EdgesegError, UsageError
-from edgeseg.manifest import (Artifact, atomic_path, input_record, portable_path, sha256_file, stage_manifest,
-                              write_json)
+from edgeseg.manifest import Artifact, atomic_path, portable_path, sha256_file, stage_manifest, write_json
 from edgeseg.runners.ort import METADATA_OUTPUT, METADATA_PREPROCESSING
 from edgeseg.zoo.contract import Preprocessing
 from edgeseg.zoo.weights import LoadedModel
@@ -179,7 +178,8 @@ def export_model(loaded: LoadedModel, model_name: str, cfg: ExportConfig, out_pa
         checks={"parity": parity},
         libraries=("torch", "onnx", "onnxruntime", "onnxslim", "transformers", "torchvision",
                    "segmentation-models-pytorch"))
-    manifest.update({"model": model_name, "weights": _weights_source(loaded.source, out_path.parent), "precision": "fp32", "output": output_name,
+    manifest.update({"model": model_name, "weights": _weights_source(loaded.source, out_path.parent),
+                     "precision": "fp32", "output": output_name,
                      "simplify": simplify_note, "preprocessing": preprocessing.to_dict(),
                      "artifact": {"path": out_path.name, "sha256": sha256_file(out_path),
                                   "bytes": out_path.stat().st_size},

@@ -254,7 +254,7 @@ def test_a_folder_where_no_image_can_be_read_is_an_error(tmp_path, capsys):
     (tmp_path / "images" / "notes.txt").write_text("not an image")
     code, _, err = run_cli(["eval", "--model", "fcn-resnet18", "--weights", "random", "--size", "48x64", "--data",
                             f"folder:{tmp_path / 'images'}:{tmp_path / 'masks'}"], capsys)
-    assert_one_line_error(code, err, "")
+    assert_one_line_error(code, err, "has no samples")
 
 
 def test_training_on_fewer_images_than_one_batch_is_an_error_and_writes_nothing(tmp_path):

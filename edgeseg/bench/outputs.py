@@ -133,7 +133,7 @@ class ResultsWriter:
         self.env, self.suite = env, suite
         self.rows: list[dict] = []
         self.complete = False
-        self.started = False  # nothing is written until a row was measured: no results file for a run that measured nothing
+        self.started = False  # nothing is written until a row was measured: no results file when nothing ran
 
     @property
     def json_path(self) -> Path:
