@@ -356,6 +356,7 @@ def bad_inputs(root: Path) -> list[tuple[list[str], str]]:
         (["engine", "build", "mine"], "mine"),
         (["engine", "build", "old-bundle", "--dla-core", "-1"], "--dla-core -1"),
         (["engine", "check", "fake.engine"], "is a binary file"),
+        (["engine", "check", "mine"], "mine is a folder; give the .engine file"),
         (["data", "fetch", "imagenet"], "imagenet"),
     ]
 
