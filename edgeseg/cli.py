@@ -633,7 +633,7 @@ class _CtrlC:
 
 
 def _interrupted() -> None:
-    print("edgeseg: interrupted; nothing unfinished was kept", file=sys.stderr)
+    print("edgeseg: interrupted (Ctrl-C)", file=sys.stderr)
     sys.exit(130)
 
 
@@ -668,7 +668,7 @@ def main(argv: list[str] | None = None) -> None:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"edgeseg: error: {exc.strerror or exc}{where}", file=sys.stderr)
         sys.exit(1)
-    if _CtrlC.seen:  # newer typer returns Exit(130) for an interrupt; a command may also have caught it
+    if _CtrlC.seen or result == 130:  # newer typer returns Exit(130) for an interrupt; a command may have caught it
         _interrupted()
     if isinstance(result, int) and result != 0:  # typer.Exit(code) in a command comes back as a return value
         sys.exit(result)
