@@ -23,11 +23,11 @@ keep_reports() {  # bundle directory, name under benchmarks/results/builds/
     done
 }
 
-edgeseg build --model "$model" --target cpu --max-miou-drop "$budget" --out "bundles/$model-cpu"
+edgeseg build --model "$model" --target cpu --max-miou-drop "$budget" --out "bundles/$model-cpu" --force
 keep_reports "bundles/$model-cpu" "$model-cpu"
 cp "bundles/$model-cpu/calibration.json" "calibration/$model-camvid-class-balanced-200.json"
 if [[ "$model" == segformer-b0 ]]; then
     edgeseg build --model "$model" --target jetson-orin --max-miou-drop "$budget" \
-        --out "bundles/$model-jetson-agx-orin"
+        --out "bundles/$model-jetson-agx-orin" --force
     keep_reports "bundles/$model-jetson-agx-orin" "$model-jetson-agx-orin"
 fi

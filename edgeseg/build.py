@@ -10,6 +10,7 @@ interrupted or failed build never leaves a bundle that looks complete.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,9 +20,11 @@ from edgeseg.calibration import CalibConfig, make_calibration_set
 from edgeseg.errors import UsageError
 from edgeseg.export import ExportConfig, export_model, onnx_preprocessing
 from edgeseg.manifest import input_record, stage_manifest, write_json
+from edgeseg.output_paths import check_output_folder
 from edgeseg.quantize import QuantizeConfig, convert_fp16, quantize_int8
 from edgeseg.report import measure_precisions, write_reports
 
+PARTIAL_MARKER = ".edgeseg-partial"
 PRECISION_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
 
@@ -52,6 +55,7 @@ class BuildConfig:
     card: str | None = None  # model card (TOML) of a foreign .onnx, Hugging Face or module:factory model
     calib_images: str | None = None  # calibrate on a plain image folder (random sample) instead of the dataset
     budget_limit: int | None = None  # evaluate the INT8 accuracy budget on the first N images only
+    force: bool = False  # replace an earlier bundle at out_dir (never a folder edgeseg did not write)
     extra: dict = field(default_factory=dict)  # recorded as is
 
     def __post_init__(self):
@@ -86,6 +90,7 @@ def build(cfg: BuildConfig, log=print) -> Path:
                          f"it supports {', '.join(target.precisions)}")
     labelled = _has_labelled_data(cfg, source, card)
     final_dir = bundle_dir_for(cfg, target.name, source.name)
+    check_output_folder(final_dir, "bundle", force=cfg.force)  # before any work: a user's folder is never replaced
     work_dir = final_dir.with_name(final_dir.name + ".partial")
     _prepare_dir(work_dir)
     started = time.monotonic()
@@ -103,7 +108,7 @@ def build(cfg: BuildConfig, log=print) -> Path:
             log(f"[{next(step)}/{steps}] model card into {source.path.name}'s metadata (no torch model: ONNX Runtime "
                 f"FP32 is the reference)")
             export = adopt_onnx(source.path, card, work_dir / PRECISION_FILES["fp32"], source.name)
-            weights_record = input_record(source.path)
+            weights_record = input_record(source.path, work_dir)
             log(f"      {export.manifest['checks']['card']['output']} is "
                 f"{'x'.join(map(str, export.manifest['checks']['card']['output_shape']))}")
         else:
@@ -112,7 +117,7 @@ def build(cfg: BuildConfig, log=print) -> Path:
             export = export_model(loaded, source.name,
                                   ExportConfig(size=cfg.size, dataset=cfg.dataset, data_root=cfg.data_root),
                                   work_dir / PRECISION_FILES["fp32"])
-            weights_record, spec = loaded.input_record(), loaded.spec
+            weights_record, spec = loaded.input_record(base=work_dir), loaded.spec
             log(f"      parity with torch: argmax agreement "
                 f"{export.manifest['checks']['parity']['argmax_agreement']:.4%}")
         preprocessing = onnx_preprocessing(export.path)
@@ -149,7 +154,9 @@ def build(cfg: BuildConfig, log=print) -> Path:
             "build",
             inputs={"weights": weights_record,
                     "calibration": {"path": "calibration.json", "count": calibration.manifest["count"]}},
-            settings={**asdict(cfg), "quant_profile": profile},
+            # out_dir is where this manifest lives: a moved bundle must not name its old place
+            settings={**{k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "force")},
+                      "quant_profile": profile},
             checks=checks,
             libraries=("torch", "onnx", "onnxruntime", "onnxslim", "transformers", "torchvision",
                        "segmentation-models-pytorch"))
@@ -165,9 +172,8 @@ def build(cfg: BuildConfig, log=print) -> Path:
     except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)  # nothing half-built is left looking valid
         raise
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    work_dir.rename(final_dir)
+    (work_dir / PARTIAL_MARKER).unlink()
+    _replace_bundle(work_dir, final_dir, force=cfg.force)
     log(f"bundle ready in {final_dir} ({time.monotonic() - started:.0f} s)")
     return final_dir
 
@@ -195,7 +201,7 @@ def adopt_onnx(source: Path, card, out_path: Path, model_name: str):
         with atomic_path(out_path) as tmp:
             shutil.copyfile(source, tmp)
     parity = {"reference": "onnxruntime fp32 (no torch model)", "passed": True, "argmax_agreement": None}
-    manifest = stage_manifest("adopt-onnx", inputs={"onnx": input_record(source)},
+    manifest = stage_manifest("adopt-onnx", inputs={"onnx": input_record(source, out_path.parent)},
                               settings={"card": card.origin if card is not None else "edgeseg metadata"},
                               checks={"parity": parity, "card": seen}, libraries=("onnx", "onnxruntime"))
     manifest.update({"model": model_name, "precision": "fp32", "output": seen["output"],
@@ -231,13 +237,35 @@ def _calibration_config(cfg: BuildConfig, log) -> CalibConfig:
         log("      --calib-images has no masks: calibrating on a random sample instead of class-balanced")
         strategy = "random"
     return CalibConfig(images_dir=cfg.calib_images, count=cfg.calib_count, strategy=strategy)
+def _replace_bundle(work_dir: Path, final_dir: Path, force: bool) -> None:
+    """Move the finished bundle onto final_dir. The folder there is checked again (it may have changed during a
+    long build): only an earlier bundle is removed, and only with force; an empty folder is replaced."""
+    try:
+        check_output_folder(final_dir, "bundle", force=force)
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    if final_dir.is_dir():
+        if any(final_dir.iterdir()):
+            old = final_dir.with_name(f".{final_dir.name}.replaced-{os.getpid()}")  # a name no user picks
+            final_dir.rename(old)  # keep the earlier bundle until the new one is in place
+            work_dir.rename(final_dir)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        final_dir.rmdir()
+    work_dir.rename(final_dir)
 
 
 def _prepare_dir(work_dir: Path) -> None:
     try:
         if work_dir.exists():
-            shutil.rmtree(work_dir)  # the leftover of an earlier interrupted build
+            # Only the leftover of an earlier build (it carries the marker); a user's folder of that name is
+            # refused, not removed.
+            if not (work_dir / PARTIAL_MARKER).is_file():
+                raise UsageError(f"{work_dir} exists and is not an unfinished edgeseg bundle; move it away first")
+            shutil.rmtree(work_dir)
         work_dir.mkdir(parents=True)
+        (work_dir / PARTIAL_MARKER).write_text("an unfinished edgeseg build; safe to delete\n")
     except OSError as exc:
         raise UsageError(f"cannot write the bundle in {work_dir.parent}: {exc.strerror}; choose another --out") \
             from exc

@@ -3,18 +3,20 @@ errors from the stages (EdgesegError) become one line on stderr and a non-zero e
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from edgeseg import __version__
+from edgeseg import option_domains as domain
 from edgeseg.errors import EdgesegError, UsageError
 from edgeseg.sizes import parse_size
+from edgeseg.output_paths import check_output_file, check_output_folder
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Take a trained segmentation model to a fast, verified deployment (Jetson, GPU, CPU).")
@@ -37,6 +39,7 @@ DIST_TIMEOUT_HELP = "under torchrun: seconds a process waits for the others befo
 
 def _quiet(line: str) -> None:
     """The log of torchrun ranks other than 0: they repeat what rank 0 says."""
+FORCE_HELP = "replace an existing output (a file, or a folder edgeseg wrote; never a folder of other files)"
 
 
 def _plain_log(line: str) -> None:
@@ -102,9 +105,15 @@ def eval_command(
     classes: Optional[Path] = typer.Option(None, help=CLASSES_HELP),
     dist_backend: str = typer.Option("auto", "--dist-backend", help=DIST_BACKEND_HELP),
     dist_timeout: float = typer.Option(600.0, "--dist-timeout", help=DIST_TIMEOUT_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Evaluate a model on a dataset split: per-class IoU, mIoU, pixel and mean class accuracy.
     Under torchrun the split is shared out across the processes and the results summed."""
+    domain.one_of("--split", split, domain.SPLITS)
+    domain.count("--limit", limit)
+    domain.one_of("--device", device, domain.EVAL_DEVICES)
+    if json_out:
+        check_output_file(json_out, force=force, option="--json")
     from edgeseg.distributed import is_main_process
     from edgeseg.evaluate import EvalConfig, evaluate_model
     from edgeseg.manifest import write_json
@@ -167,15 +176,28 @@ def train(
                                    "per-process batches, fine-tuning)"),
     dist_backend: str = typer.Option("auto", "--dist-backend", help=DIST_BACKEND_HELP),
     dist_timeout: float = typer.Option(600.0, "--dist-timeout", help=DIST_TIMEOUT_HELP),
+    force: bool = typer.Option(False, "--force", help="start afresh in an --out that holds an earlier run"),
 ):
     """Train or fine-tune a model (AdamW, warmup + poly LR, augmentation, periodic eval, resumable).
     Under torchrun: DistributedDataParallel, --batch-size per process, rank 0 writes the run."""
     from edgeseg.losses import LOSSES
+
+    domain.one_of("--loss", loss, tuple(LOSSES))
+    domain.count("--epochs", epochs)
+    domain.count("--batch-size", batch_size)
+    domain.positive("--lr", lr)
+    domain.at_least("--weight-decay", weight_decay, 0)
+    domain.at_least("--warmup-iters", warmup_iters, 0)
+    domain.positive("--scale-min", scale_min)
+    domain.at_least("--scale-max", scale_max, scale_min)
+    domain.at_least("--eval-every", eval_every, 0)
+    domain.count("--threads", threads)
+    domain.one_of("--device", device, domain.TORCH_DEVICES)
+    domain.positive("--max-minutes", max_minutes)
+    check_output_folder(out, "train", force=force, reuse=resume)
     from edgeseg.train import TrainConfig
     from edgeseg.train import train as run_training
 
-    if loss not in LOSSES:
-        raise UsageError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
     cfg = TrainConfig(model=model, out_dir=str(out), dataset=data, data_root=data_root, weights=weights, epochs=epochs,
                       batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_iters=warmup_iters,
                       crop_size=parse_size(crop), scale_range=(scale_min, scale_max), loss=loss,
@@ -218,8 +240,14 @@ def export(
     data: str = typer.Option("camvid", help="dataset whose images the parity check uses"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
     card: Optional[Path] = typer.Option(None, help="model card for a Hugging Face or module:factory model"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Export a model to ONNX with its preprocessing in the metadata and a parity check against torch."""
+    domain.count("--batch", batch)
+    domain.each_one_of("--dynamic", dynamic, domain.DYNAMIC_AXES)
+    domain.between("--opset", opset, domain.MIN_OPSET, domain.MAX_OPSET)
+    check_output_file(out, force=force)
+    check_output_file(Path(f"{out}.json"), force=force)  # the manifest written beside it
     from edgeseg.export import ExportConfig, export_model
     from edgeseg.model_source import load_card_option, load_torch, resolve_source
 
@@ -249,9 +277,14 @@ def calib(
     seed: int = typer.Option(0),
     size: Optional[str] = typer.Option(None, help="calibration resolution (default: the model's input size)"),
     card: Optional[Path] = typer.Option(None, help=CARD_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Sample a calibration set and write its manifest (image paths + sha256, never images)."""
     import re
+
+    domain.one_of("--split", split, domain.SPLITS)
+    domain.count("--count", count)
+    domain.one_of("--strategy", strategy, domain.CALIB_STRATEGIES)
 
     from edgeseg.calibration import CalibConfig, make_calibration_set
     from edgeseg.model_source import contract_of, load_card_option, resolve_source
@@ -264,6 +297,7 @@ def calib(
                       count=count, strategy=strategy, seed=seed)
     data_name = re.sub(r"[^\w.]+", "-", data).strip("-") if not images else images.name
     out = out or Path("calibration") / f"{source.name}-{data_name}-{strategy}-{count}.json"
+    check_output_file(out, force=force)
     artifact = make_calibration_set(preprocessing, cfg, out)
     coverage = artifact.manifest["class_coverage"]
     console.print(f"wrote {artifact.path}: {artifact.manifest['count']} images"
@@ -290,16 +324,26 @@ def quantize(
     calib_images: Optional[Path] = typer.Option(None, "--calib-images", help="INT8: calibrate on a plain folder of "
                                                 "images (random sample) instead of --calibration"),
     calib_count: int = typer.Option(100, help="--calib-images: how many images (at most the folder's)"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Put precision into the graph: FP16, or INT8 Q/DQ calibrated on a calibration set."""
+    domain.one_of("--precision", precision, ("int8", "fp16"))
+    domain.one_of("--profile", profile, domain.QUANT_PROFILES)
+    domain.one_of("--method", method, domain.CALIB_METHODS)
+    domain.at_least("--max-miou-drop", max_miou_drop, 0)
+    domain.one_of("--eval-split", eval_split, domain.SPLITS)
+    domain.count("--eval-limit", eval_limit)
+    if not onnx_model.is_file():
+        raise UsageError(f"{onnx_model} " + ("is a folder; give the .onnx file" if onnx_model.is_dir()
+                                             else "does not exist"))
+    out = out or onnx_model.with_name(f"{onnx_model.stem}.{precision}.onnx")
+    check_output_file(out, force=force)
+    check_output_file(Path(f"{out}.json"), force=force)
     from edgeseg.quantize import QuantizeConfig, convert_fp16, quantize_int8
 
-    if precision not in ("int8", "fp16"):
-        raise UsageError(f"unknown precision {precision!r}; choose int8 or fp16")
     from edgeseg.model_source import load_card_option
 
     loaded_card = load_card_option(card)
-    out = out or onnx_model.with_name(f"{onnx_model.stem}.{precision}.onnx")
     if precision == "fp16":
         artifact = convert_fp16(onnx_model, out, card=loaded_card)
         console.print(f"wrote {artifact.path}")
@@ -367,8 +411,20 @@ def build(
                                                 "(no masks); without labelled data the accuracy budget is skipped"),
     budget_limit: Optional[int] = typer.Option(None, help="evaluate the INT8 accuracy budget on the first N images"),
     classes: Optional[Path] = typer.Option(None, help=CLASSES_HELP),
+    force: bool = typer.Option(False, "--force", help="replace an earlier bundle at --out (never a folder that "
+                                                      "edgeseg did not write)"),
 ):
     """Run the pipeline for one target: export, FP16, calibration, INT8, evaluation, engine or cross-build kit."""
+    domain.count("--calib-count", calib_count)
+    domain.one_of("--calib-strategy", calib_strategy, domain.CALIB_STRATEGIES)
+    domain.one_of("--profile", profile, domain.QUANT_PROFILES)
+    domain.one_of("--method", method, domain.CALIB_METHODS)
+    domain.one_of("--eval-split", eval_split, domain.SPLITS)
+    domain.count("--eval-limit", eval_limit)
+    domain.one_of("--precision", precision, domain.PRECISIONS)
+    domain.count("--threads", threads)
+    domain.between("--prune", prune, 0, 1, open_low=True, open_high=True)
+    domain.at_least("--finetune-epochs", finetune_epochs, 0)
     from edgeseg.build import BuildConfig
     from edgeseg.build import build as run_build
 
@@ -379,7 +435,7 @@ def build(
                       max_miou_drop=None if max_miou_drop is not None and max_miou_drop < 0 else max_miou_drop,
                       eval_split=eval_split, eval_limit=eval_limit, engine_precision=precision, threads=threads,
                       prune_ratio=prune, finetune_epochs=finetune_epochs, card=str(card) if card else None,
-                      calib_images=str(calib_images) if calib_images else None, budget_limit=budget_limit)
+                      calib_images=str(calib_images) if calib_images else None, budget_limit=budget_limit, force=force)
     run_build(cfg, log=_plain_log)
 
 
@@ -418,8 +474,22 @@ def demo(
     serve: Optional[str] = typer.Option(None, "--serve", help="HOST:PORT: live view in a browser (MJPEG, legend, FPS, "
                                                               "mode and alpha); 127.0.0.1:8080 for this machine only, "
                                                               "0.0.0.0:8080 for the network, port 0 picks one"),
+    force: bool = typer.Option(False, "--force", help="replace an existing --save video or --json file"),
 ):
     """Real-time segmentation of a camera, stream, video file or image folder, with legend, HUD and --save."""
+    domain.one_of("--mode", mode, domain.DEMO_MODES)
+    domain.between("--alpha", alpha, 0, 1)
+    domain.one_of("--effect", effect, domain.DEMO_EFFECTS)
+    domain.count("--max-frames", max_frames)
+    domain.one_of("--device", device, domain.TORCH_DEVICES)
+    domain.count("--threads", threads)
+    domain.at_least("--reconnect-attempts", reconnect_attempts, 0)
+    if save:
+        check_output_file(save, force=force, option="--save")
+    if json_out:
+        check_output_file(json_out, force=force, option="--json")
+    if fit is not None:
+        domain.one_of("--fit", fit, ("letterbox", "crop", "resize"))
     if print_pipeline:
         from edgeseg.demo.sources import print_pipeline as show_pipeline
 
@@ -482,8 +552,17 @@ def bench_command(
                                                                "under this fraction, e.g. 0.6"),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="write latency-vs-mIoU and per-class charts"),
     card: Optional[Path] = typer.Option(None, help="model card for the foreign .onnx models given with --models"),
+    force: bool = typer.Option(False, "--force", help="replace earlier results in the results folder"),
 ):
     """Benchmark models x precisions x backends x sizes: latency, throughput, memory, accuracy; JSON/CSV/MD/PNG."""
+    domain.one_of("--split", split, domain.SPLITS)
+    domain.count("--limit", limit)
+    domain.count("--threads", threads)
+    domain.count("--batch", batch)
+    domain.positive("--min-seconds", min_seconds)
+    domain.count("--calib-count", calib_count)
+    if out:
+        check_output_folder(out, "bench", force=force)
     import contextlib
 
     with contextlib.ExitStack() as stack:
@@ -495,7 +574,7 @@ def bench_command(
                 size = ["x".join(map(str, load_card(card).input_size))]
         _bench(suite, models, weights, precisions, backends, size, with_optional, data, split, data_root, limit,
                threads, batch, min_seconds, calib_count, out, machine, cache_dir, max_miou_drop, fail_under_miou,
-               plots)
+               plots, force)
 
 
 def _carded_models(models: list[str], card: Path, stack) -> list[str]:
@@ -516,7 +595,7 @@ def _carded_models(models: list[str], card: Path, stack) -> list[str]:
 
 
 def _bench(suite, models, weights, precisions, backends, size, with_optional, data, split, data_root, limit, threads,
-           batch, min_seconds, calib_count, out, machine, cache_dir, max_miou_drop, fail_under_miou, plots):
+           batch, min_seconds, calib_count, out, machine, cache_dir, max_miou_drop, fail_under_miou, plots, force):
     from edgeseg.bench.harness import BenchOptions, check_gate_values, check_gates, run_bench
     from edgeseg.bench.outputs import terminal_table
     from edgeseg.bench.suite import suite_for_run
@@ -526,7 +605,8 @@ def _bench(suite, models, weights, precisions, backends, size, with_optional, da
                            sizes=size, dataset=data, split=split, data_root=data_root, eval_limit=limit,
                            threads=threads, batch=batch, min_seconds=min_seconds, calib_count=calib_count)
     options = BenchOptions(out_dir=str(out) if out else None, machine=machine,
-                           cache_dir=str(cache_dir) if cache_dir else None, with_optional=with_optional, plots=plots)
+                           cache_dir=str(cache_dir) if cache_dir else None, with_optional=with_optional, plots=plots,
+                           force=force)
     result = run_bench(chosen, options, log=_plain_log)
     console.print(terminal_table(result.rows, f"edgeseg bench {chosen.name} on {result.env['machine_name']}"))
     for path in [result.out_dir / "results.json", result.out_dir / "results.csv", result.out_dir / "results.md",
@@ -561,8 +641,23 @@ def prune_command(
     batch_size: int = typer.Option(8, help="fine-tune batch size"),
     distill: bool = typer.Option(False, help="distil from the unpruned model while fine-tuning"),
     device: str = typer.Option("auto", help="fine-tune device: auto, cpu or cuda"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Prune channels (Torch-Pruning DepGraph), optionally 2:4-sparsify and fine-tune; report GFLOPs, latency, mIoU."""
+    domain.between("--ratio", ratio, 0, 1, open_low=True, open_high=True)
+    domain.one_of("--importance", importance, domain.PRUNE_IMPORTANCE)
+    domain.count("--iterative-steps", iterative_steps)
+    domain.count("--round-to", round_to)
+    domain.one_of("--sparsity", sparsity, domain.SPARSITY)
+    domain.one_of("--eval-split", eval_split, domain.SPLITS)
+    domain.count("--eval-limit", eval_limit)
+    domain.count("--threads", threads)
+    domain.at_least("--finetune-epochs", finetune_epochs, 0)
+    domain.positive("--finetune-lr", finetune_lr)
+    domain.count("--batch-size", batch_size)
+    domain.one_of("--device", device, domain.TORCH_DEVICES)
+    check_output_file(out, force=force)
+    check_output_file(Path(f"{out}.json"), force=force)
     from edgeseg.prune import PruneConfig
     from edgeseg.prune import prune as run_prune
 
@@ -631,6 +726,9 @@ def engine_build(
                                             help="calibration images, for INT8 calibrated inside TensorRT"),
 ):
     """Build a bundle's TensorRT engine on this device, planned again for the TensorRT installed here."""
+    domain.one_of("--precision", precision, domain.PRECISIONS)
+    domain.at_least("--dla-core", dla_core, 0)
+    domain.count("--workspace-mb", workspace_mb)
     from edgeseg.engine.bundle import build_bundle
 
     result = build_bundle(bundle, precision=precision, dla_core=dla_core, workspace_mb=workspace_mb,
@@ -731,15 +829,39 @@ def card_show(
 
 def _click_exception_types() -> tuple[tuple, tuple, tuple]:
     """(Exit, ClickException, Abort) classes. Typer up to 0.2x raises click's own; later typer raises those of
-    a vendored copy (typer._click) that are not click's, so both must be caught."""
-    usage_errors = {click.ClickException}
+    its vendored copy (typer._click). click is imported only where that typer depends on it: it is not one of
+    edgeseg's dependencies, and a core install (a Jetson) has a typer without it."""
     try:
-        from typer._click.exceptions import ClickException as VendoredClickException
+        from typer._click.exceptions import ClickException
     except ImportError:
-        pass
-    else:
-        usage_errors.add(VendoredClickException)
-    return ((click.exceptions.Exit, typer.Exit), tuple(usage_errors), (click.exceptions.Abort, typer.Abort))
+        from click.exceptions import Abort, ClickException, Exit
+        return (Exit, typer.Exit), (ClickException,), (Abort, typer.Abort)
+    return (typer.Exit,), (ClickException,), (typer.Abort,)
+
+
+class _CtrlC:
+    """Remembers that SIGINT arrived. Typer decides what a KeyboardInterrupt becomes (click's Abort up to 0.2x;
+    `Exit(130)`, returned as a plain value when standalone_mode is False, in later versions), so main() asks
+    this flag instead of relying on which exception, if any, reaches it."""
+
+    seen = False
+
+    @classmethod
+    def handler(cls, signum, frame):
+        cls.seen = True
+        raise KeyboardInterrupt
+
+    @classmethod
+    def install(cls) -> None:
+        cls.seen = False
+        # Respect an ignored SIGINT (a job started with nohup or in the background of a non-interactive shell).
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, cls.handler)
+
+
+def _interrupted() -> None:
+    print("edgeseg: interrupted (Ctrl-C)", file=sys.stderr)
+    sys.exit(130)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -750,19 +872,33 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     exits, usage_errors, aborts = _click_exception_types()
+    _CtrlC.install()
     try:
-        app(args=argv, standalone_mode=False, prog_name="edgeseg")
+        result = app(args=argv, standalone_mode=False, prog_name="edgeseg")
     except exits as exc:
+        if _CtrlC.seen:
+            _interrupted()
         sys.exit(exc.exit_code)
-    except usage_errors as exc:  # unknown option, missing or malformed value: click's own one-line message
-        exc.show()
+    except usage_errors as exc:  # unknown option, missing or malformed value: click's message, on our one line
+        context = getattr(exc, "ctx", None)
+        hint = f" (see '{context.command_path} --help')" if context is not None else ""
+        print(f"edgeseg: error: {exc.format_message()}{hint}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except (*aborts, KeyboardInterrupt):
-        print("edgeseg: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _interrupted()
     except EdgesegError as exc:
+        if _CtrlC.seen:  # a stage turned the interrupt into its own error while cleaning up
+            _interrupted()
         print(f"edgeseg: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # the disk filled up, a folder vanished mid-run: the system's one line, no traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"edgeseg: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        sys.exit(1)
+    if _CtrlC.seen or result == 130:  # newer typer returns Exit(130) for an interrupt; a command may have caught it
+        _interrupted()
+    if isinstance(result, int) and result != 0:  # typer.Exit(code) in a command comes back as a return value
+        sys.exit(result)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from edgeseg.data.datasets import SegmentationDataset
 from edgeseg.data.fit import fit_image, output_inner, rgb_mean, source_region
 from edgeseg.data.transforms import resize_pair
 from edgeseg.distributed import shard, sum_across_ranks
+from edgeseg.errors import DataError
 from edgeseg.metrics import ConfusionMatrix, SegmentationScores
 from edgeseg.progress import track
 from edgeseg.runners.labels import labels_from_logits
@@ -46,6 +47,16 @@ def evaluate(predict: Predictor, dataset: SegmentationDataset, preprocessing: Pr
     return confusion_on(predict, dataset, preprocessing, limit, description).scores()
 
 
+def images_to_evaluate(dataset: SegmentationDataset, limit: int | None) -> int:
+    """How many images an evaluation covers; none at all is an error, never an empty (NaN) score."""
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    if count < 1:
+        raise DataError(f"nothing to evaluate: {dataset.name} has {len(dataset)} images"
+                        + (f" and the limit is {limit}" if limit is not None else "")
+                        + "; give a limit of at least 1 and a split with readable images")
+    return count
+
+
 def confusion_on(predict: Predictor, dataset: SegmentationDataset, preprocessing: Preprocessing,
                  limit: int | None = None, description: str = "eval") -> ConfusionMatrix:
     """The confusion matrix of `predict` over the dataset; matrices of disjoint parts merge into the whole's.
@@ -54,7 +65,7 @@ def confusion_on(predict: Predictor, dataset: SegmentationDataset, preprocessing
     integer matrices are summed across ranks: every rank returns the matrix one process would have computed.
     """
     confusion = ConfusionMatrix(dataset.label_set.num_classes)
-    count = len(dataset) if limit is None else min(limit, len(dataset))
+    count = images_to_evaluate(dataset, limit)
     indices = shard(count)
     for index in track(indices, description, total=len(indices)):
         image, mask = dataset.load(index)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import DataError, EdgesegError, UsageError
-from edgeseg.manifest import Artifact, atomic_path, sha256_file, stage_manifest, write_json
+from edgeseg.manifest import Artifact, atomic_path, portable_path, sha256_file, stage_manifest, write_json
 from edgeseg.runners.ort import METADATA_OUTPUT, METADATA_PREPROCESSING
 from edgeseg.zoo.contract import Preprocessing
 from edgeseg.zoo.weights import LoadedModel
@@ -173,13 +173,14 @@ def export_model(loaded: LoadedModel, model_name: str, cfg: ExportConfig, out_pa
         with atomic_path(out_path) as tmp:
             tmp.write_bytes(checked_path.read_bytes())
 
-    inputs = {"weights": loaded.input_record()}
+    inputs = {"weights": loaded.input_record(base=out_path.parent)}
     manifest = stage_manifest(
         "export", inputs=inputs, settings=cfg,
         checks={"parity": parity},
         libraries=("torch", "onnx", "onnxruntime", "onnxslim", "transformers", "torchvision",
                    "segmentation-models-pytorch"))
-    manifest.update({"model": model_name, "weights": loaded.source, "precision": "fp32", "output": output_name,
+    manifest.update({"model": model_name, "weights": _weights_source(loaded.source, out_path.parent),
+                     "precision": "fp32", "output": output_name,
                      "simplify": simplify_note, "preprocessing": preprocessing.to_dict(),
                      "artifact": {"path": out_path.name, "sha256": sha256_file(out_path),
                                   "bytes": out_path.stat().st_size},
@@ -225,3 +226,11 @@ def onnx_preprocessing(path: str | Path) -> Preprocessing:
         raise UsageError(f"{path} carries no edgeseg preprocessing metadata; give its model card with --card "
                          f"CARD.toml ('edgeseg card init {path}' writes one), or export it with 'edgeseg export'")
     return Preprocessing.from_dict(json.loads(metadata[METADATA_PREPROCESSING]))
+
+
+def _weights_source(source: str | None, base: Path) -> str | None:
+    """The weights spec as given, except a file inside the manifest's folder (a bundle's pruned checkpoint),
+    which is recorded relative to it so the moved bundle still names it."""
+    if source and Path(source).exists():
+        return portable_path(source, base)
+    return source

@@ -66,12 +66,27 @@ def write_json(path: str | os.PathLike, payload: Any) -> Path:
     return path
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
+    """The text of a file the user named (a manifest, a TOML, a sidecar): UsageError, never a traceback, for a
+    missing file, a folder, an unreadable or a binary file."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise UsageError(f"{path} does not exist") from exc
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"{what} {path} is a folder, not a file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} {path} is a binary file, not text") from None
+    except OSError as exc:
+        raise UsageError(f"{what} {path} cannot be read: {exc.strerror}") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    text = read_text_file(path, "JSON file")
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}") from exc
 
@@ -116,9 +131,20 @@ def manifest_path_for(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def input_record(path: str | os.PathLike) -> dict:
+def portable_path(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
+    """A path as a manifest records it: relative to `base` (the folder the manifest lives in) when the file is
+    inside it, so a moved or copied bundle still resolves; anything outside as the user gave it."""
+    if base is not None:
+        try:
+            return Path(os.path.abspath(path)).relative_to(os.path.abspath(base)).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def input_record(path: str | os.PathLike, base: str | os.PathLike | None = None) -> dict:
     path = Path(path)
-    return {"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return {"path": portable_path(path, base), "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def stage_manifest(stage: str, *, inputs: dict, settings: Any, checks: dict | None = None,

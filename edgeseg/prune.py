@@ -518,6 +518,7 @@ def _finetune(cfg: PruneConfig, pruned_path: Path, evaluation, original, size, l
     """Recovery fine-tune of the pruned checkpoint through edgeseg.train (optionally distilled from the
     unpruned model); returns the best fine-tuned model and what to add to the report."""
     from edgeseg.train import TrainConfig, train
+    from edgeseg.manifest import portable_path
     from edgeseg.zoo.weights import load_model
 
     run_dir = pruned_path.with_name(pruned_path.stem + "-finetune")
@@ -530,7 +531,9 @@ def _finetune(cfg: PruneConfig, pruned_path: Path, evaluation, original, size, l
         + (" with distillation from the unpruned model" if cfg.distill else ""))
     best = train(train_cfg)
     finetuned = load_model(cfg.model, str(best)).model
-    extra = {"finetune": {"run_dir": str(run_dir), "best_checkpoint": str(best), "epochs": cfg.finetune_epochs,
+    # Relative to the pruned checkpoint's folder (the sidecar's), so a moved bundle's record still resolves.
+    extra = {"finetune": {"run_dir": portable_path(run_dir, pruned_path.parent),
+                          "best_checkpoint": portable_path(best, pruned_path.parent), "epochs": cfg.finetune_epochs,
                           "distill": cfg.distill, "lr": cfg.finetune_lr}}
     if evaluation is not None:
         extra["miou_finetuned"] = _miou(finetuned, evaluation, original.preprocessing, size, cfg)

@@ -104,7 +104,7 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, card=None) -> Arti
     _set_precision(converted, "fp16")
     with atomic_path(out_path) as tmp:
         onnx.save(converted, str(tmp))
-    manifest = stage_manifest("quantize", inputs={"onnx": input_record(fp32_path)},
+    manifest = stage_manifest("quantize", inputs={"onnx": input_record(fp32_path, out_path.parent)},
                               settings={"precision": "fp16", "fp32_ops": list(FP16_KEEP_FP32_OPS),
                                         "keep_io_types": True}, libraries=("onnx", "onnxruntime"))
     manifest.update({"precision": "fp16", "artifact": _artifact_record(out_path), **_card_record(card)})
@@ -220,7 +220,8 @@ def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: Quan
                 "weight_type": "int8 symmetric" + (" per-channel" if cfg.per_channel else " per-tensor"),
                 "quantized_ops": list(TRT_QUANTIZED_OPS) if cfg.profile == "trt" else "onnxruntime default"}
     manifest = stage_manifest("quantize",
-                              inputs={"onnx": input_record(original), "calibration": input_record(calibration_path)},
+                              inputs={"onnx": input_record(original, out_path.parent),
+                                      "calibration": input_record(calibration_path, out_path.parent)},
                               settings=settings, checks={"accuracy": accuracy} if accuracy else {},
                               libraries=("onnx", "onnxruntime"))
     manifest.update({"precision": "int8", "calibration": {"count": calibration["count"],

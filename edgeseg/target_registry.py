@@ -277,10 +277,12 @@ def parse_target(data: dict, where: str) -> Target:
 
 def read_target_toml(path: Path, missing: str, where: str | None = None) -> Target:
     """Parse and validate a target file; `missing` is the message when it does not exist."""
+    from edgeseg.manifest import read_text_file
+
+    if not path.exists():
+        raise UsageError(missing)
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(missing) from None
+        data = tomllib.loads(read_text_file(path, "target file"))
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"target file {path} is not valid TOML: {exc}") from None
     return parse_target(data, where or str(path))

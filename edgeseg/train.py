@@ -30,7 +30,7 @@ from edgeseg.checkpoint import read_checkpoint_sidecar, save_checkpoint
 from edgeseg.data.datasets import IGNORE, SegmentationDataset, open_dataset
 from edgeseg.data.transforms import AugmentConfig, AugmentDraw, apply_augment, draw_augment
 from edgeseg import distributed
-from edgeseg.errors import UsageError
+from edgeseg.errors import DataError, UsageError
 from edgeseg.evaluate import evaluate, torch_predictor
 from edgeseg.manifest import atomic_path
 from edgeseg.progress import make_progress
@@ -161,6 +161,11 @@ class _BatchPrefetcher:
             yield item
 
 
+# What a run writes into its folder, and all that a fresh run in the same folder removes (nothing else is touched).
+RUN_FILES = ("best.safetensors", "best.safetensors.json", "last.safetensors", "last.safetensors.json", "last.state.pt",
+             "log.jsonl")
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train cfg.model; returns the path of the best checkpoint. Under torchrun: one DDP rank of the run."""
     import torch
@@ -184,8 +189,6 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
                          "--freeze-bn or per-process BatchNorm (neither option)")
     say = print if ctx.is_main else (lambda *args, **kwargs: None)  # one voice per run, not one per rank
     out_dir = Path(cfg.out_dir)
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
     state_path = out_dir / "last.state.pt"
     resuming = cfg.resume and last_path.is_file() and state_path.is_file()
@@ -200,6 +203,14 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
     torch.manual_seed(cfg.seed)  # model initialisation is part of what --seed reproduces
     train_set = open_dataset(cfg.dataset, "train", cfg.data_root)
     val_set = open_dataset(cfg.dataset, "val", cfg.data_root)
+    if len(train_set) < cfg.batch_size:  # zero steps would save an untrained checkpoint and call it trained
+        raise DataError(f"{train_set.name} has {len(train_set)} images, fewer than one batch of {cfg.batch_size}; "
+                        f"lower --batch-size")
+    if ctx.is_main:  # only rank 0 writes the run folder
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not resuming:  # a fresh run (the CLI asked for --force): an earlier run's files must not mix with this one's
+            for name in RUN_FILES:
+                (out_dir / name).unlink(missing_ok=True)
     loaded = load_model(cfg.model, str(last_path) if resuming else cfg.weights, label_set=train_set.label_set,
                         new_head=cfg.new_head and not resuming)
     if loaded.new_head:

@@ -252,14 +252,18 @@ def test_cpu_suite_file():
     assert len(rows) == 3 * 3 * 2
 
 
-def test_results_are_written_after_each_row(tmp_path):
+@pytest.mark.slow
+def test_results_are_written_after_each_row(bench_run, tmp_path):
     writer = ResultsWriter(tmp_path, {"warnings": []}, {"name": "t"})
     writer.add({"id": "m/fp32/torch/48x64", "model": "m", "precision": "fp32", "backend": "torch", "size": [48, 64],
                 "status": "error", "reason": "boom"})
+    assert not (tmp_path / "results.json").exists()  # nothing measured yet: no results file
+    measured = next(row for row in bench_run.report["rows"] if row["status"] == "ok")
+    writer.add(measured)
     report = json.loads((tmp_path / "results.json").read_text())
-    assert report["schema"] == 1 and report["complete"] is False and len(report["rows"]) == 1
+    assert report["schema"] == 1 and report["complete"] is False and len(report["rows"]) == 2
     assert "Incomplete run" in (tmp_path / "results.md").read_text()
-    assert len((tmp_path / "results.csv").read_text().splitlines()) == 2
+    assert len((tmp_path / "results.csv").read_text().splitlines()) == 3
     writer.finish()
     assert json.loads((tmp_path / "results.json").read_text())["complete"] is True
 

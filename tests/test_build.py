@@ -63,7 +63,7 @@ def test_cli_build_unwritable_output_is_one_line(tmp_path, tiny_camvid, capsys):
     blocker.write_text("x")
     code, _, err = run_cli(["build", "--model", "fcn-resnet18", "--weights", "random", "--size", "48x64",
                             "--data-root", str(tiny_camvid), "--out", str(blocker / "bundle")], capsys)
-    assert_one_line_error(code, err, "cannot write the bundle")
+    assert_one_line_error(code, err, "file is a file, not a folder")
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ OTHER_TOOLS = {
     "--nproc", "--nnodes", "--rdzv-endpoint",  # torchrun (--nproc_per_node reads as --nproc here)
     "--write-manifest",  # python -m edgeseg.data.fetch (maintainer script)
     "--check",  # benchmarks/render_readme_table.py
+    "--help",  # every command (click adds it)
     "--exists",  # gst-inspect-1.0 (edgeseg doctor)
 }
 # benchmarks/device_check.py is an argparse script, not an edgeseg command: its own options count as known.

@@ -217,4 +217,4 @@ def test_prune_command_errors_are_one_line(capsys, tmp_path):
         main(["prune", "--model", "fcn-resnet18", "--weights", "random", "--ratio", "1.5", "--out",
               str(tmp_path / "p.safetensors")])
     assert exit_info.value.code == 2
-    assert "--ratio must be between 0 and 1" in capsys.readouterr().err
+    assert "--ratio 1.5 is out of range; it must be in (0, 1)" in capsys.readouterr().err

@@ -25,6 +25,13 @@ from edgeseg.bench.artifacts import (ArtifactCache, ResolvedWeights, backend_una
 from edgeseg.bench.suite import BACKENDS, PRECISIONS, ModelSpec, Suite
 from edgeseg.bench.worker import RESULT_MARKER, WorkerJob
 from edgeseg.errors import EdgesegError, UsageError
+from edgeseg.output_paths import check_output_folder
+
+
+class NothingMeasured(EdgesegError):
+    """Every requested row was unsupported or failed: no results were written."""
+
+    exit_code = 1
 
 
 class GateFailure(EdgesegError):
@@ -54,6 +61,7 @@ class BenchOptions:
     cache_dir: str | None = None  # exported/quantized ONNX and engines, reused across runs
     with_optional: bool = False  # also measure the suite's optional precisions
     plots: bool = True
+    force: bool = False  # replace earlier results in out_dir (never a folder bench did not write)
 
 
 @dataclass
@@ -155,6 +163,7 @@ def run_bench(suite: Suite, options: BenchOptions = BenchOptions(), log: Callabl
     machine = slug(options.machine, 60) if options.machine else machine_name(env)
     env["machine_name"] = machine
     out_dir = Path(options.out_dir) if options.out_dir else Path("benchmarks") / "results" / machine
+    check_output_folder(out_dir, "bench", force=options.force)
     _check_writable(out_dir)
     writer = ResultsWriter(out_dir, env, {**suite.to_dict(), "with_optional": options.with_optional})
     runner = _RowRunner(suite, ArtifactCache(cache_dir, suite, log), weights, log)
@@ -169,6 +178,10 @@ def run_bench(suite: Suite, options: BenchOptions = BenchOptions(), log: Callabl
         writer.finish()
     finally:
         runner.cleanup()
+    if not any(row["status"] == "ok" for row in writer.rows):  # the writer wrote nothing: say why, exit non-zero
+        first = writer.rows[0] if writer.rows else None
+        raise NothingMeasured(f"nothing was measured: all {len(writer.rows)} row(s) were unsupported or failed"
+                              + (f" (first: {row_summary(first)})" if first else "") + "; no results written")
     run = BenchRun(out_dir, env, writer.rows)
     if options.plots:
         from edgeseg.bench.plots import write_plots
@@ -406,9 +419,14 @@ def gate_violations(rows: list[dict], max_miou_drop: float | None, fail_under_mi
 
 
 def check_gates(rows: list[dict], max_miou_drop: float | None, fail_under_miou: float | None) -> None:
+    """Fail (after the results are written) on a failed gate, and on any requested row that errored: a run that
+    could not measure what was asked is not a success, gates or not."""
     messages = gate_violations(rows, max_miou_drop, fail_under_miou)
     if messages:
         raise GateFailure("gate failed: " + "; ".join(messages))
+    errored = [row["id"] for row in rows if row["status"] == "error"]
+    if errored:
+        raise GateFailure(f"{len(errored)} row(s) failed (results written for the others): {', '.join(errored)}")
 
 
 def check_gate_values(max_miou_drop: float | None, fail_under_miou: float | None) -> None:
@@ -429,7 +447,10 @@ def _check_writable(out_dir: Path) -> None:
 
 
 def _file_record(path: Path) -> dict:
-    return {"path": str(path), "mb": path.stat().st_size / 1e6}
+    # The artifact cache lives under the user's home: record it as ~/..., not as this machine's home folder.
+    home = Path.home()
+    shown = f"~/{path.relative_to(home).as_posix()}" if path.is_absolute() and path.is_relative_to(home) else str(path)
+    return {"path": shown, "mb": path.stat().st_size / 1e6}
 
 
 def _load_average() -> float | None:

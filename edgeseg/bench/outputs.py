@@ -180,6 +180,7 @@ class ResultsWriter:
         self.env, self.suite = env, suite
         self.rows: list[dict] = []
         self.complete = False
+        self.started = False  # nothing is written until a row was measured: no results file when nothing ran
 
     @property
     def json_path(self) -> Path:
@@ -187,11 +188,14 @@ class ResultsWriter:
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
-        self.flush()
+        self.started = self.started or row["status"] == "ok"
+        if self.started:
+            self.flush()
 
     def finish(self) -> None:
         self.complete = True
-        self.flush()
+        if self.started:
+            self.flush()
 
     def flush(self) -> None:
         write_json(self.json_path, {"schema": RESULTS_SCHEMA, "complete": self.complete, "suite": self.suite,

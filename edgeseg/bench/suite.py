@@ -30,6 +30,7 @@ from typing import Any
 
 from edgeseg.errors import UsageError
 from edgeseg.sizes import parse_size
+from edgeseg.manifest import read_text_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # torch runs on the CPU (the accuracy reference); torch-cuda, ort-cuda and trt need an NVIDIA GPU.
@@ -119,7 +120,7 @@ def resolve_suite_path(name_or_path: str) -> Path:
 def load_suite(name_or_path: str) -> Suite:
     path = resolve_suite_path(name_or_path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_text_file(path, "suite file"))
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"suite {path} is not valid TOML: {exc}") from None
     return suite_from_dict(data, where=str(path), default_name=path.stem)

@@ -183,7 +183,9 @@ def run_job(job: WorkerJob) -> dict:
 
     eval_started = time.monotonic()
     confusion = ConfusionMatrix(dataset.label_set.num_classes)
-    count = len(dataset) if job.eval_limit is None else min(job.eval_limit, len(dataset))
+    from edgeseg.evaluate import images_to_evaluate
+
+    count = images_to_evaluate(dataset, job.eval_limit)
     predictions = Path(job.predictions_dir) if job.predictions_dir else None
     if predictions:
         import cv2

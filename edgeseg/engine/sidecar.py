@@ -35,7 +35,8 @@ def read_sidecar(engine_path: str | Path) -> dict:
     engine_path = Path(engine_path)
     path = sidecar_path(engine_path)
     if not engine_path.is_file():
-        raise UsageError(f"{engine_path} does not exist")
+        raise UsageError(f"{engine_path} " + ("is a folder; give the .engine file" if engine_path.is_dir()
+                                              else "does not exist"))
     if not path.is_file():
         raise UsageError(f"{engine_path} has no sidecar {path.name}, so nothing says which GPU and TensorRT built "
                          f"it; rebuild it with 'edgeseg engine build {_bundle_hint(engine_path)}' (after "

@@ -38,10 +38,10 @@ class LoadedModel:
     new_head: dict | None = None  # set when the classifier was replaced for another label set (replace_head)
     untrained: tuple[str, ...] = ()  # layers the weights did not cover (randomly initialised)
 
-    def input_record(self) -> dict:
-        """What the weights were, for manifests and recipes: the file (path, sha256, bytes) or the source, and
-        the replaced classifier if there was one."""
-        record = input_record(self.checkpoint) if self.checkpoint else {"source": self.source}
+    def input_record(self, base: str | Path | None = None) -> dict:
+        """What the weights were, for manifests and recipes: the file (path, sha256, bytes; relative to `base`,
+        the manifest's folder, when inside it) or the source, and the replaced classifier if there was one."""
+        record = input_record(self.checkpoint, base) if self.checkpoint else {"source": self.source}
         if self.checkpoint and Path(self.checkpoint).resolve().parent == BUNDLED_DIR:
             # the same file on every install: name it inside the package, not by this machine's path
             record["path"] = f"edgeseg/weights/{Path(self.checkpoint).name}"
