@@ -193,7 +193,7 @@ def train(
     domain.at_least("--eval-every", eval_every, 0)
     domain.count("--threads", threads)
     domain.one_of("--device", device, domain.TORCH_DEVICES)
-    domain.positive("--max-minutes", max_minutes)
+    domain.at_least("--max-minutes", max_minutes, 0)  # 0: stop after the first epoch (resume continues)
     check_output_folder(out, "train", force=force, reuse=resume)
     from edgeseg.train import TrainConfig
     from edgeseg.train import train as run_training

@@ -194,7 +194,7 @@ def test_bad_fit_is_one_line_error(models, capsys):
 
     code, _, err = run_cli(["demo", "--model", str(models["static"]), "--source", "0", "--no-show",
                             "--fit", "stretch"], capsys)
-    assert_one_line_error(code, err, "unknown --fit 'stretch'")
+    assert_one_line_error(code, err, "--fit 'stretch' is not accepted; choose one of: letterbox, crop, resize")
 
 
 # ---------------------------------------------------------------- HUD and summary: one recorder, no early zeros
