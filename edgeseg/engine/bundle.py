@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeseg.engine.host import probe_host, why_host_cannot_build
+from edgeseg.engine.host import installed_tensorrt, probe_cuda_device, probe_host, why_host_cannot_build
 from edgeseg.engine.kit_layout import (CALIBRATION_MANIFEST, FAMILY_TARGETS_DIR, KIT_FILES, MODULES_FILE,  # noqa: F401
                                        ONNX_FOR_PRECISION, PLAN_FILE, README_FILE, SCRIPT_FILE, TARGET_FILE,
                                        engine_name)
@@ -35,8 +35,8 @@ from edgeseg.errors import UsageError
 from edgeseg.lazy import lazy_import
 from edgeseg.manifest import atomic_path, read_json, write_json
 from edgeseg.sizes import parse_size
-from edgeseg.target_registry import (Target, installed_tensorrt, probe_cuda_device, read_target_toml,
-                                     target_from_device)
+from edgeseg.target.loading import read_target_toml
+from edgeseg.target.schema import Target, target_from_device
 
 # the timing cache is saved in the bundle per target: timings are only valid on the GPU that made them
 TIMING_CACHE_PER_TARGET = "timing.{target}.cache"
@@ -277,7 +277,7 @@ def finish_for_target(bundle_dir: str | os.PathLike, target: Target, precision: 
 def module_plans(target: Target, choice: OnnxChoice, precision: str, options: EngineOptions, version: str) -> dict:
     """Per module of a family: its target (with the rule's overrides) and the plan build_engine.sh applies there."""
     from edgeseg.target_family import module_target
-    from edgeseg.target_registry import load_family, load_target
+    from edgeseg.target.loading import load_family, load_target
 
     family = load_family(target.family)
     plans = {}
@@ -355,7 +355,7 @@ def resolve_kit_family(bundle: Path) -> Target:
     module's target from the kit's targets/ folder (the built-in one if the kit lacks it)."""
     from edgeseg.target_family import (MODULE_ENV, module_target, parse_family, read_device_facts, read_toml,
                                        resolve_module)
-    from edgeseg.target_registry import load_target
+    from edgeseg.target.loading import load_target
 
     family = parse_family(read_toml(bundle / TARGET_FILE), TARGET_FILE)
     forced = os.environ.get(MODULE_ENV)
@@ -478,7 +478,7 @@ def write_kit(bundle: Path, target: Target, plan: BuildPlan, precision: str, mod
     write_json(bundle / PLAN_FILE, plan.to_dict())
     written = list(KIT_FILES)
     if modules:
-        from edgeseg.target_registry import load_target
+        from edgeseg.target.loading import load_target
 
         (bundle / FAMILY_TARGETS_DIR).mkdir(exist_ok=True)
         for name in dict.fromkeys(entry["target"] for entry in modules.values()):

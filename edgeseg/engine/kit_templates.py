@@ -15,7 +15,7 @@ from edgeseg.engine.kit_layout import (CALIBRATION_MANIFEST, KIT_FILES, MODULES_
 from edgeseg.engine.onnx_facts import read_onnx_facts
 from edgeseg.engine.plan import BuildPlan, parse_tensorrt_version
 from edgeseg.engine.sidecar import sidecar_path
-from edgeseg.target_registry import Target
+from edgeseg.target.schema import Target
 
 
 def render_family_script(target: Target, plan: BuildPlan, precision: str, modules: dict) -> str:
@@ -36,7 +36,7 @@ def render_family_script(target: Target, plan: BuildPlan, precision: str, module
 
 def render_resolver(family_name: str) -> list[str]:
     from edgeseg.target_family import render_resolver_shell
-    from edgeseg.target_registry import load_family
+    from edgeseg.target.loading import load_family
 
     return render_resolver_shell(load_family(family_name))
 
