@@ -293,13 +293,13 @@ def _engine_stage(work_dir: Path, target, cfg: BuildConfig, spec: dict | None, l
     if target.kind == "cpu":
         log("      cpu target: ONNX Runtime runs model.int8.onnx directly; no engine to build")
         return {"engine": None, "reason": "cpu target runs ONNX Runtime"}
-    from edgeseg.engine.bundle import finish_for_target
+    from edgeseg.engine.bundle import EngineOptions, finish_for_target
 
-    options = {}
+    options = EngineOptions()
     if spec and spec.get("sparsity") == "2:4":
         if target.sparsity:  # the weights were pruned 2:4: let TensorRT pick sparse tensor-core kernels
-            options["sparse_weights"] = True
+            options = EngineOptions(sparse_weights=True)
         else:
             log(f"      the weights are 2:4 sparse but {target.name} has no sparse tensor cores; built dense")
     return finish_for_target(work_dir, target, cfg.engine_precision, options=options,
-                             log=lambda line: log("      " + line))
+                             log=lambda line: log("      " + line)).to_dict()

@@ -733,7 +733,7 @@ def engine_build(
 
     result = build_bundle(bundle, precision=precision, dla_core=dla_core, workspace_mb=workspace_mb,
                           data_root=data_root, log=_plain_log)
-    _plain_log(f"wrote {bundle / result['engine']} and {result['sidecar']}")
+    _plain_log(f"wrote {bundle / result.engine} and {result.sidecar}")
 
 
 @engine_app.command("check")

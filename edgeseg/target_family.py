@@ -190,7 +190,7 @@ def module_target(rule: ModuleRule, base: Any, family: TargetFamily, facts: Devi
     how = facts.describe() if facts else f"{MODULE_ENV}={rule.id}"
     overrides = dict(rule.overrides)
     if "power_modes" in overrides:  # names like "40W" carry their budget; MAXN has none
-        from edgeseg.target_registry import PowerMode
+        from edgeseg.target.schema import PowerMode
 
         overrides["power_modes"] = tuple(PowerMode(name, float(name[:-1]) if re.fullmatch(r"\d+W", name) else None)
                                          for name in overrides["power_modes"])
@@ -256,7 +256,7 @@ def _sh(text: str) -> str:
 
 def resolve_family_here(name: str):
     """The module target of family `name` for this device (edgeseg build run on the Jetson itself)."""
-    from edgeseg.target_registry import load_family, load_target
+    from edgeseg.target.loading import load_family, load_target
 
     family = load_family(name)
     forced = os.environ.get(MODULE_ENV)

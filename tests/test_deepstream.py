@@ -83,7 +83,7 @@ def test_no_classes_is_refused():
 def test_gpu_bundles_carry_the_config_and_a_softmax_model(tmp_path):
     bundle = make_bundle(tmp_path / "bundle")
     result = finish_for_target(bundle, load_target("rtx-4090"), "fp16", log=lambda line: None)
-    assert result["deepstream"]["config"] == "nvinfer_config.txt"
+    assert result.deepstream["config"] == "nvinfer_config.txt"
     config = parse_config((bundle / "nvinfer_config.txt").read_text())
     assert (bundle / config["onnx-file"]).is_file() and (bundle / config["labelfile-path"]).read_text() == "a\nb\n"
     assert config["num-detected-classes"] == "2" and config["infer-dims"] == "3;32;32"

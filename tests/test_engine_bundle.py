@@ -18,8 +18,8 @@ import pytest
 
 from tests.test_cli import help_command_names, run_cli
 from edgeseg.engine.build import EngineBuildError
-from edgeseg.engine.bundle import (KIT_FILES, build_bundle, build_options, choose_onnx, finish_for_target,
-                                   load_kit_target, options_from_plan, plan_changes, read_kit_plan)
+from edgeseg.engine.bundle import (KIT_FILES, EngineOptions, build_bundle, build_options, choose_onnx,
+                                   finish_for_target, load_kit_target, options_from_plan, plan_changes, read_kit_plan)
 from edgeseg.engine.host import HostFacts, why_host_cannot_build
 from edgeseg.engine.onnx_facts import read_onnx_facts
 from edgeseg.engine.plan import BuildPlan, plan_build
@@ -98,21 +98,24 @@ def test_kit_is_complete_and_matches_the_plan(bundle, target_name, no_tensorrt):
     lines: list[str] = []
     result = finish_for_target(bundle, target, "int8", log=lines.append)
 
-    assert result["engine"] is None
-    assert "tensorrt is not installed" in result["reason"]
-    assert sum(result["reason"] in line for line in lines) == 1, lines  # said once, on one line
+    assert result.engine is None
+    assert "tensorrt is not installed" in result.reason
+    assert sum(result.reason in line for line in lines) == 1, lines  # said once, on one line
     for name in KIT_FILES:
         assert (bundle / name).is_file(), name
     assert os.access(bundle / "build_engine.sh", os.X_OK)
 
     plan = BuildPlan.from_dict(json.loads((bundle / "plan.json").read_text()))
-    assert plan.to_dict() == result["plan"]
+    assert plan == result.plan
+    # the JSON 'edgeseg build' writes into report.json: the same keys, in the same order, as before the dataclass
+    assert list(result.to_dict()) == ["engine", "reason", "plan", "trtexec", "kit", "deepstream"]
+    assert result.to_dict()["plan"] == plan.to_dict() and result.to_dict()["kit"] == list(KIT_FILES)
     assert plan.target == target.name and plan.onnx_path == "model.int8.onnx" and plan.onnx_has_qdq
     assert plan.calibrator is None  # Q/DQ is kept on every TensorRT, 8.5 included
     assert plan.tensorrt_version == target.default_tensorrt
     assert plan.opt_shape == (1, 3, 32, 32) and plan.input_name == INPUT_NAME  # the ONNX's fixed input
     trtexec_line = " ".join(plan.to_trtexec("model.int8.engine"))
-    assert result["trtexec"] == trtexec_line
+    assert result.trtexec == trtexec_line
     script_lines = (bundle / "build_engine.sh").read_text().splitlines()
     assert trtexec_line in script_lines
     assert 'cd "$(dirname "$0")"' in script_lines
@@ -128,18 +131,18 @@ def test_kit_is_complete_and_matches_the_plan(bundle, target_name, no_tensorrt):
 
 def test_xavier_kit_plans_tensorrt_8_5_and_jetpack_5(bundle, no_tensorrt):
     result = finish_for_target(bundle, load_target("jetson-xavier-nx"), "int8", log=quiet([]))
-    plan = result["plan"]
-    assert plan["tensorrt_version"] == "8.5" and plan["network_flags"] == ("EXPLICIT_BATCH",)
-    assert plan["builder_flags"] == ("INT8",) and plan["builder_optimization_level"] is None
+    plan = result.plan
+    assert plan.tensorrt_version == "8.5" and plan.network_flags == ("EXPLICIT_BATCH",)
+    assert plan.builder_flags == ("INT8",) and plan.builder_optimization_level is None
     assert "JetPack 5.1" in (bundle / "README.md").read_text()
 
 
 @pytest.mark.parametrize("precision, onnx_name", [("fp32", "model.onnx"), ("fp16", "model.fp16.onnx")])
 def test_precision_picks_its_onnx(bundle, precision, onnx_name, no_tensorrt):
     result = finish_for_target(bundle, load_target("jetson-orin-nano"), precision, log=quiet([]))
-    assert result["plan"]["onnx_path"] == onnx_name
-    assert result["plan"]["engine_precision"] == precision  # never changed silently
-    assert f"--saveEngine=model.{precision}.engine" in result["trtexec"]
+    assert result.plan.onnx_path == onnx_name
+    assert result.plan.engine_precision == precision  # never changed silently
+    assert f"--saveEngine=model.{precision}.engine" in result.trtexec
 
 
 def test_bundle_moved_elsewhere_still_builds_with_trtexec(tmp_path, bundle, no_tensorrt):
@@ -155,7 +158,7 @@ def test_bundle_moved_elsewhere_still_builds_with_trtexec(tmp_path, bundle, no_t
     assert done.returncode == 0, done.stderr
     assert (moved / "model.int8.engine").read_text() == "engine built from model.int8.onnx\n"
     recorded = (tmp_path / "trtexec-args.txt").read_text().splitlines()
-    assert ["trtexec", *recorded] == BuildPlan.from_dict(result["plan"]).to_trtexec("model.int8.engine")
+    assert ["trtexec", *recorded] == result.plan.to_trtexec("model.int8.engine")
     assert Path((tmp_path / "trtexec-cwd.txt").read_text().strip()).resolve() == moved.resolve()
     assert "edgeseg engine sidecar model.int8.engine" in done.stdout  # how to make the engine runnable
     assert_no_absolute_paths(moved, bundle)
@@ -173,12 +176,12 @@ def test_script_says_so_when_trtexec_is_missing(tmp_path, bundle, no_tensorrt):
 
 
 def test_legacy_calibrator_on_tensorrt_8(tmp_path, bundle, no_tensorrt):
-    result = finish_for_target(bundle, load_target("jetson-xavier-nx"), "int8", {"legacy_calibrator": True},
+    result = finish_for_target(bundle, load_target("jetson-xavier-nx"), "int8", EngineOptions(legacy_calibrator=True),
                                log=quiet([]))
-    plan = result["plan"]
-    assert plan["onnx_path"] == "model.onnx" and plan["calibrator"] == "entropy2"
-    assert plan["calibration_cache"] == "model.calibration.cache" and plan["engine_precision"] == "int8"
-    assert "--calib=model.calibration.cache" in result["trtexec"]
+    plan = result.plan
+    assert plan.onnx_path == "model.onnx" and plan.calibrator == "entropy2"
+    assert plan.calibration_cache == "model.calibration.cache" and plan.engine_precision == "int8"
+    assert "--calib=model.calibration.cache" in result.trtexec
     readme = (bundle / "README.md").read_text()
     assert "calibration.json" in readme and "--data-root" in readme
 
@@ -195,9 +198,9 @@ def test_legacy_calibrator_on_tensorrt_8(tmp_path, bundle, no_tensorrt):
 
 
 def test_chosen_onnx_without_qdq_calibrates_in_tensorrt(bundle, no_tensorrt):
-    result = finish_for_target(bundle, load_target("jetson-xavier-nx"), "int8", {"onnx": "model.onnx"},
+    result = finish_for_target(bundle, load_target("jetson-xavier-nx"), "int8", EngineOptions(onnx="model.onnx"),
                                log=quiet([]))
-    assert result["plan"]["calibrator"] == "entropy2" and result["plan"]["onnx_path"] == "model.onnx"
+    assert result.plan.calibrator == "entropy2" and result.plan.onnx_path == "model.onnx"
 
 
 def test_int8_without_the_int8_onnx_says_what_to_do(tmp_path, no_tensorrt):
@@ -209,7 +212,9 @@ def test_int8_without_the_int8_onnx_says_what_to_do(tmp_path, no_tensorrt):
 def test_refusals(bundle, tmp_path, no_tensorrt):
     orin = load_target("jetson-orin-nano")
     with pytest.raises(UsageError, match="unknown engine option 'dla'"):
-        finish_for_target(bundle, orin, "int8", {"dla": 0})
+        finish_for_target(bundle, orin, "int8", {"dla": 0})  # options by name (a dict) are checked
+    with pytest.raises(UsageError, match="unknown engine option 'dla'"):
+        EngineOptions.from_dict({"dla": 0, "dla_core": 0})
     with pytest.raises(UsageError, match="relative"):
         finish_for_target(bundle, orin, "int8", {"timing_cache": str(tmp_path / "timing.cache")})
     with pytest.raises(UsageError, match="not 'fp8'"):
@@ -237,9 +242,9 @@ def test_dynamic_onnx_is_planned_at_the_models_input_size(tmp_path):
     target = load_target("rtx-4090")
     choice = choose_onnx(bundle, "fp16")
     assert not choice.facts.static_input
-    plan = plan_build(target, choice.name, build_options("fp16", choice, target, {}), "10.16")
+    plan = plan_build(target, choice.name, build_options("fp16", choice, target, EngineOptions()), "10.16")
     assert plan.opt_shape == (1, 3, *PREPROCESSING.input_size)  # the contract's size, not the target's default
-    plan = plan_build(target, choice.name, build_options("fp16", choice, target, {"shape": "64x96"}), "10.16")
+    plan = plan_build(target, choice.name, build_options("fp16", choice, target, EngineOptions(shape="64x96")), "10.16")
     assert plan.opt_shape == (1, 3, 64, 96)
 
 
@@ -254,7 +259,7 @@ def test_dynamic_onnx_is_planned_at_the_models_input_size(tmp_path):
 ])
 def test_options_from_plan_give_the_same_plan(bundle, target_name, precision, options, no_tensorrt):
     target = load_target(target_name)
-    plan = BuildPlan.from_dict(finish_for_target(bundle, target, precision, options, log=quiet([]))["plan"])
+    plan = finish_for_target(bundle, target, precision, options, log=quiet([])).plan
     again = plan_build(target, plan.onnx_path, options_from_plan(plan), plan.tensorrt_version)
     assert again == plan
     assert read_kit_plan(bundle) == plan
@@ -262,7 +267,7 @@ def test_options_from_plan_give_the_same_plan(bundle, target_name, precision, op
 
 def test_plan_changes_for_another_tensorrt(bundle, no_tensorrt):
     target = load_target("jetson-orin-nano")
-    planned = BuildPlan.from_dict(finish_for_target(bundle, target, "fp16", log=quiet([]))["plan"])
+    planned = finish_for_target(bundle, target, "fp16", log=quiet([])).plan
     on_jetpack_5 = plan_build(target, planned.onnx_path, options_from_plan(planned), "8.5")
     changed = {field for field, _, _ in plan_changes(planned, on_jetpack_5)}
     assert {"strongly_typed", "network_flags", "builder_flags", "builder_optimization_level"} <= changed
@@ -496,10 +501,11 @@ def on_an_orin(monkeypatch):
 def test_finish_builds_here_when_this_host_is_the_target(bundle, on_an_orin):
     lines: list[str] = []
     result = finish_for_target(bundle, load_target("jetson-orin-nano"), "int8", log=lines.append)
-    assert result["engine"] == "model.int8.engine" and result["tensorrt"] == "10.3.0.30"
+    assert result.engine == "model.int8.engine" and result.tensorrt == "10.3.0.30"
+    assert list(result.to_dict()) == ["engine", "sidecar", "plan", "tensorrt", "build_seconds", "deepstream"]
     assert (bundle / "model.int8.engine").read_bytes() == b"ENGINE-BYTES"  # raw: nothing added
     assert not (bundle / "plan.json").exists()  # no kit: the engine is here
-    plan = BuildPlan.from_dict(result["plan"])
+    plan = result.plan
     assert plan.tensorrt_version == "10.3.0.30"  # the installed TensorRT, not the target's default
     calls = on_an_orin
     assert ("create_network", 1 << 2) in calls  # STRONGLY_TYPED
@@ -528,12 +534,12 @@ def test_engine_build_on_the_device_plans_again_for_its_tensorrt(tmp_path, monke
     bundle = make_bundle(tmp_path / "bundle")
     target = load_target("jetson-orin-nano")
     kit = finish_for_target(bundle, target, "fp16", {"tensorrt": "8.6"}, log=quiet([]))  # planned for JetPack 6.0
-    assert kit["engine"] is None and kit["plan"]["network_flags"] == ("EXPLICIT_BATCH",)
+    assert kit.engine is None and kit.plan.network_flags == ("EXPLICIT_BATCH",)
 
     calls = pretend_orin(monkeypatch)
     lines: list[str] = []
     result = build_bundle(bundle, log=lines.append)
-    assert result["engine"] == "model.fp16.engine" and (bundle / "model.fp16.engine.json").is_file()
+    assert result.engine == "model.fp16.engine" and (bundle / "model.fp16.engine.json").is_file()
     assert any("planned for TensorRT 8.6; this device has 10.3.0.30" in line for line in lines), lines
     assert any(line.startswith("plan change: network_flags") for line in lines), lines
     assert ("create_network", 1 << 2) in calls  # strongly typed on TensorRT 10 from the fp16 graph

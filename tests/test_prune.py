@@ -1,6 +1,7 @@
 """Structured pruning (Torch-Pruning DepGraph), architecture specs and 2:4 sparsity, on tiny inputs with random
 weights: every family prunes to a smaller model that runs, reloads from its spec and exports to ONNX."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -50,10 +51,10 @@ def test_family_prunes_to_a_smaller_model_that_runs(name, ratio):
     loaded, model, spec, report = pruned(name, ratio)
     with torch.no_grad():
         assert model(torch.randn(1, 3, *SIZE)).shape == (1, 11, *SIZE)
-    assert report["gflops_after"] < report["gflops_before"] and report["gflops_reduction"] > 0.25
-    assert report["params_after"] < report["params_before"]
+    assert report.gflops_after < report.gflops_before and report.gflops_reduction > 0.25
+    assert report.params_after < report.params_before
     # The caller's model is left as it was.
-    assert sum(p.numel() for p in loaded.model.parameters()) == report["params_before"]
+    assert sum(p.numel() for p in loaded.model.parameters()) == report.params_before
     reference = dict(reference_model(name, 11).named_modules())
     resized_outputs = 0
     for layer_name, module in model.named_modules():
@@ -62,7 +63,7 @@ def test_family_prunes_to_a_smaller_model_that_runs(name, ratio):
             assert _out_width(module) % 8 == 0, layer_name  # --round-to 8
             resized_outputs += 1
     assert resized_outputs > 5
-    for classifier in report["classifier_layers"]:
+    for classifier in report.classifier_layers:
         assert _out_width(dict(model.named_modules())[classifier]) == 11
 
 
@@ -74,7 +75,7 @@ def test_segformer_attention_heads_stay_consistent_at_other_sizes():
     # The decode head is pruned; the classifier keeps its 11 outputs; reduction convs keep their width.
     assert model.model.decode_head.linear_fuse.out_channels < 256
     assert "model.segformer.stages.0.blocks.0.attention.sequence_reduction.sequence_reduction" in \
-        report["fixed_width_layers"]
+        report.fixed_width_layers
     with torch.no_grad():  # reshapes use the patched head size, not the traced one
         assert model(torch.randn(2, 3, 96, 128)).shape == (2, 11, 96, 128)
 
@@ -119,7 +120,7 @@ def test_ignored_layer_keeps_its_outputs():
     loaded = load_model("fcn-resnet18", "random")
     model, _, report = prune_model(loaded, "fcn-resnet18",
                                    PruneConfig(model="fcn-resnet18", ratio=0.5, ignore=("head32.0",)), SIZE)
-    assert model.head32[0].out_channels == 256 and report["ignored_layers"] == ["head32.0"]
+    assert model.head32[0].out_channels == 256 and report.ignored_layers == ["head32.0"]
     assert model.layer3[0].conv1.out_channels < 256
 
 
@@ -138,7 +139,8 @@ class _Untraceable(nn.Module):
 def test_untraceable_model_is_a_clear_error():
     preprocessing = load_model("fcn-resnet18", "random").preprocessing
     with pytest.raises(EdgesegError, match="Torch-Pruning"):
-        prune_model(LoadedModel(_Untraceable(), preprocessing, "toy"), "toy", PruneConfig(model="toy"), SIZE)
+        prune_model(LoadedModel(_Untraceable(), preprocessing, "toy"), "toy", PruneConfig(model="toy"), SIZE,
+                    classifier=("classifier",))
 
 
 def test_importance_needs_what_it_ranks_by():
@@ -158,7 +160,7 @@ def test_taylor_and_iterative_global_pruning():
                (rng.standard_normal((1, 3, *SIZE)).astype(np.float32), None)]  # masks, or its own predictions
     cfg = PruneConfig(model="fcn-resnet18", ratio=0.4, importance="taylor", global_pruning=True, iterative_steps=2)
     model, _, report = prune_model(loaded, "fcn-resnet18", cfg, SIZE, gradient_batches=batches)
-    assert report["gflops_reduction"] > 0.2
+    assert report.gflops_reduction > 0.2
     assert all(p.grad is None for p in model.parameters())
     with torch.no_grad():
         assert model(torch.randn(1, 3, *SIZE)).shape == (1, 11, *SIZE)
@@ -218,3 +220,21 @@ def test_prune_command_errors_are_one_line(capsys, tmp_path):
               str(tmp_path / "p.safetensors")])
     assert exit_info.value.code == 2
     assert "--ratio 1.5 is out of range; it must be in (0, 1)" in capsys.readouterr().err
+
+
+def test_report_json_keeps_its_keys_and_leaves_out_what_was_not_measured():
+    from edgeseg.pruning.core import PruneReport
+
+    report = PruneReport(input_size=[64, 96], params_before=10, params_after=6, params_reduction=0.4,
+                         gflops_before=2.0, gflops_after=1.0, gflops_reduction=0.5, layers_resized=3,
+                         classifier_layers=["score"], ignored_layers=[], fixed_width_layers=[], attention_modules=[],
+                         prune_seconds=1.5)
+    assert list(report.to_dict())[-1] == "prune_seconds" and "miou_drop" not in report.to_dict()
+    measured = dataclasses.replace(report, latency={"latency_backend": "onnxruntime-cpu", "latency_threads": None},
+                                   miou_before=0.5, miou_pruned=0.25)
+    assert measured.to_dict()["latency_threads"] is None  # a latency setting that is None stays: it was measured
+    assert measured.to_dict()["miou_drop"] == pytest.approx(25.0)
+    finetuned = dataclasses.replace(measured, finetune={"epochs": 1}, miou_finetuned=0.45)
+    assert list(finetuned.to_dict())[-6:] == ["latency_threads", "miou_before", "miou_pruned", "finetune",
+                                              "miou_finetuned", "miou_drop"]
+    assert finetuned.to_dict()["miou_drop"] == pytest.approx(5.0)  # from the fine-tuned model, not the pruned one

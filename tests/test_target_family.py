@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeseg.engine.bundle import finish_for_target, load_kit_target, read_kit_plan
+from edgeseg.engine.bundle import KitWritten, finish_for_target, load_kit_target, read_kit_plan
 from edgeseg.engine.plan import BuildOptions, plan_build
 from edgeseg.errors import UsageError
 from edgeseg.target_family import DeviceFacts, read_device_facts, resolve_module
@@ -97,7 +97,7 @@ def test_the_host_plans_only_what_every_module_shares():
 
 
 @pytest.fixture()
-def family_kit(tmp_path, no_tensorrt) -> tuple[Path, dict]:  # noqa: F811
+def family_kit(tmp_path, no_tensorrt) -> tuple[Path, KitWritten]:  # noqa: F811
     bundle = make_bundle(tmp_path / "bundle")
     lines: list[str] = []
     result = finish_for_target(bundle, load_target("jetson-orin"), "int8", log=quiet(lines))
@@ -107,8 +107,8 @@ def family_kit(tmp_path, no_tensorrt) -> tuple[Path, dict]:  # noqa: F811
 
 def test_family_kit_carries_each_module_plan(family_kit):
     bundle, result = family_kit
-    assert result["family"]["resolved"] == "on the device"
-    assert {rule: entry["workspace_mb"] for rule, entry in result["family"]["modules"].items()} == WORKSPACE
+    assert result.family["resolved"] == "on the device"
+    assert {rule: entry["workspace_mb"] for rule, entry in result.family["modules"].items()} == WORKSPACE
     modules = json.loads((bundle / "modules.json").read_text())
     assert modules["jetson-orin-nx-8gb"]["dla_cores"] == 1 and modules["jetson-orin-nano"]["dla_cores"] == 0
     assert modules["jetson-orin-nano"]["power_modes"] == ["MAXN_SUPER", "25W", "15W", "7W"]
@@ -175,7 +175,7 @@ def test_host_report_says_the_module_is_resolved_on_the_device(tmp_path, family_
     bundle, result = family_kit
     measured = {"dataset": "camvid/test", "images": 1, "backend": "ort-cpu", "threads": 1,
                 "latency_method": "interleaved", "precisions": {}}
-    write_reports(bundle, "tiny-conv", "jetson-orin", measured, {"checks": {}, "engine": result})
+    write_reports(bundle, "tiny-conv", "jetson-orin", measured, {"checks": {}, "engine": result.to_dict()})
     report = (bundle / "report.md").read_text()
     assert "Module: jetson-orin is a family; the module is resolved on the device" in report
     assert "jetson-orin-nano-4gb (workspace 512 MiB, 0 DLA)" in report
@@ -201,7 +201,7 @@ def test_engine_build_applies_the_resolved_modules_plan(tmp_path, family_kit, mo
     calls = pretend_orin(monkeypatch)
     lines: list[str] = []
     result = build_bundle(bundle, log=lines.append)
-    assert result["plan"]["target"] == "jetson-orin-nx" and result["plan"]["workspace_mb"] == 1024
+    assert result.plan.target == "jetson-orin-nx" and result.plan.workspace_mb == 1024
     assert ("set_memory_pool_limit", "WORKSPACE", 1024 << 20) in calls
     assert any("resolved on this device" in line and "as jetson-orin-nx-8gb" in line and "power modes" in line
                for line in lines), lines
@@ -223,8 +223,8 @@ def test_edgeseg_build_on_the_device_itself_resolves_the_module(tmp_path, monkey
     pretend_orin(monkeypatch)
     lines: list[str] = []
     result = finish_for_target(bundle, load_target("jetson-orin"), "int8", log=lines.append)
-    assert result["engine"] == "model.int8.engine" and result["plan"]["target"] == "jetson-agx-orin"
-    assert result["plan"]["workspace_mb"] == 4096 and "as jetson-agx-orin" in result["plan"]["resolved_from"]
+    assert result.engine == "model.int8.engine" and result.plan.target == "jetson-agx-orin"
+    assert result.plan.workspace_mb == 4096 and "as jetson-agx-orin" in result.plan.resolved_from
     assert not (bundle / "modules.json").exists()  # built here: no kit
     assert "## DeepStream" in (bundle / "README.md").read_text()
 

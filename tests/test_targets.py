@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from edgeseg import target_registry
+import edgeseg
+from edgeseg.engine import host
+from edgeseg.engine.host import parse_nvidia_smi
 from edgeseg.errors import UsageError
-from edgeseg.target_registry import (CudaDevice, list_targets, load_target, load_target_file, parse_nvidia_smi,
-                                     target_from_device)
+from edgeseg.target.loading import list_targets, load_target, load_target_file
+from edgeseg.target.schema import CudaDevice, target_from_device
 
-TARGET_DIR = Path(target_registry.__file__).parent / "targets"
+TARGET_DIR = Path(edgeseg.__file__).parent / "targets"
 BUILTIN_FILES = sorted(TARGET_DIR.glob("*.toml"))
 EXPECTED = {"jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "jetson-xavier-nx", "jetson-agx-xavier",
             "rtx-3090", "rtx-4090", "a100", "h100", "l4", "cuda", "cpu"}
@@ -178,8 +180,8 @@ def test_cuda_is_listed_without_probing_and_resolved_from_the_device(monkeypatch
         calls.append(1)
         return CudaDevice("NVIDIA GeForce RTX 3090", "8.6", 23.7)
 
-    monkeypatch.setattr(target_registry, "probe_cuda_device", probe)
-    monkeypatch.setattr(target_registry, "installed_tensorrt", lambda: "10.8")
+    monkeypatch.setattr(host, "probe_cuda_device", probe)
+    monkeypatch.setattr(host, "installed_tensorrt", lambda: "10.8")
     listed = {target.name: target for target in list_targets()}
     assert listed["cuda"].compute_capability is None and not calls
     cuda = load_target("cuda")
@@ -190,8 +192,8 @@ def test_cuda_is_listed_without_probing_and_resolved_from_the_device(monkeypatch
 
 
 def test_cuda_without_a_device_is_a_usage_error(monkeypatch):
-    monkeypatch.setattr(target_registry, "_probe_pycuda", lambda: None)
-    monkeypatch.setattr(target_registry, "_probe_nvidia_smi", lambda: None)
+    monkeypatch.setattr(host, "_probe_pycuda", lambda: None)
+    monkeypatch.setattr(host, "_probe_nvidia_smi", lambda: None)
     with pytest.raises(UsageError, match="no CUDA device is visible"):
         load_target("cuda")
 
@@ -230,3 +232,24 @@ def test_targets_command_lists_every_target():
     for name in EXPECTED:
         assert name in result.output
     assert "MAXN_SUPER" in result.output and "jetson-orin" in result.output
+
+
+def test_the_pure_plan_imports_nothing_that_probes_the_host():
+    """engine.plan and the target schema must stay pure: the probes (nvidia-smi, TensorRT's metadata) and the
+    TOML loading live elsewhere, so a plan is tested, and made, without touching the machine."""
+    import subprocess
+    import sys
+
+    code = ("import sys, edgeseg.engine.plan; "
+            "print(sorted(m for m in ('edgeseg.engine.host', 'edgeseg.target.loading', 'subprocess', 'tomllib') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_the_old_module_still_exports_the_moved_names():
+    from edgeseg import target_registry
+    from edgeseg.target import loading, schema
+
+    assert target_registry.load_target is loading.load_target and target_registry.Target is schema.Target
+    assert target_registry.probe_cuda_device is host.probe_cuda_device

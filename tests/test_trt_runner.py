@@ -74,8 +74,7 @@ def test_a_mismatched_engine_is_refused_with_a_rebuild_message(changes, reason):
 
 def test_sidecar_carries_the_contract_and_passes_its_own_check(tmp_path):
     bundle = make_bundle(tmp_path / "bundle")
-    plan = BuildPlan.from_dict(finish_for_target(bundle, load_target("jetson-orin-nano"), "int8",
-                                                 log=lambda line: None)["plan"])
+    plan = finish_for_target(bundle, load_target("jetson-orin-nano"), "int8", log=lambda line: None).plan
     engine = bundle / "model.int8.engine"
     engine.write_bytes(b"serialized engine")
     sidecar = compose_sidecar(plan, bundle / plan.onnx_path, engine, bundle, ORIN_LIVE, built_by="test",
@@ -166,8 +165,8 @@ def test_engine_built_here_matches_onnx_runtime(tmp_path, precision, tolerance):
 
     bundle = make_bundle(tmp_path / "bundle")
     result = finish_for_target(bundle, load_target("cuda"), precision, log=lambda line: None)
-    assert result["engine"] == f"model.{precision}.engine"
-    engine = bundle / result["engine"]
+    assert result.engine == f"model.{precision}.engine"
+    engine = bundle / result.engine
     sidecar = read_sidecar(engine)
     assert sidecar["layers"].get("layers", 0) >= 1 and (bundle / "timing.cuda.cache").is_file()
     batch = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
@@ -181,7 +180,7 @@ def test_engine_built_here_matches_onnx_runtime(tmp_path, precision, tolerance):
                 np.testing.assert_allclose(runner.infer(batch), expected, atol=tolerance, rtol=tolerance)
     # a second build reuses the timing cache it saved
     again = finish_for_target(bundle, load_target("cuda"), precision, log=lambda line: None)
-    assert read_sidecar(bundle / again["engine"])["timing_cache"]["loaded"]
+    assert read_sidecar(bundle / again.engine)["timing_cache"]["loaded"]
 
 
 @pytest.mark.skipif(not tensorrt_missing(), reason="TensorRT is installed here")

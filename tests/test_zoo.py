@@ -51,3 +51,13 @@ def test_param_and_flop_counts_match_known_values():
     params, gmacs = count_params_and_gflops(model, (512, 512))
     assert params / 1e6 == pytest.approx(3.75, abs=0.1)  # SegFormer paper: 3.8M params for B0 on ADE20K
     assert 7.0 < gmacs < 9.0  # paper: 8.4 GFLOPs (multiply-accumulates) at 512x512
+
+
+@pytest.mark.parametrize("name", sorted(entry.name for entry in list_models()))
+def test_classifier_names_exactly_the_layers_that_depend_on_the_class_count(name):
+    """ModelEntry.classifier is the one statement of what a new label set replaces and what pruning and 2:4
+    sparsity leave alone: it must be every layer whose shape follows num_classes, and nothing else."""
+    with torch.device("meta"):
+        seven, five = create_model(name, num_classes=7).state_dict(), create_model(name, num_classes=5).state_dict()
+    depends = {key.rsplit(".", 1)[0] for key in seven if seven[key].shape != five[key].shape}
+    assert depends == set(get_entry(name).classifier)

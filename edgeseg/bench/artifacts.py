@@ -173,9 +173,9 @@ class ArtifactCache:
             _link_or_copy(calibration, folder / "calibration.json")
         self.log(f"  TensorRT {precision} engine for {host.device.name} in {folder}")
         result = finish_for_target(folder, load_target("cuda"), precision, log=lambda line: self.log("    " + line))
-        if not result.get("engine"):
-            raise UsageError(f"no engine was built: {result.get('reason', 'unknown reason')}")
-        return folder / result["engine"]
+        if not result.engine:
+            raise UsageError(f"no engine was built: {result.reason}")
+        return folder / result.engine
 
 
 def backend_unavailable(backend: str) -> str | None:

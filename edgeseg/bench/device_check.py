@@ -340,9 +340,9 @@ def build_engine_for(bundle: Path, target, precision: str, route: str, data_root
     from edgeseg.engine.sidecar import read_sidecar
 
     result = finish_for_target(bundle, target, precision, engine_options(precision, route, data_root), log=log)
-    if result["engine"] is None:  # this host is not the target: a kit was written instead of an engine
-        raise UsageError(f"the {precision} engine was not built here: {result.get('reason')}")
-    engine = bundle / result["engine"]
+    if result.engine is None:  # this host is not the target: a kit was written instead of an engine
+        raise UsageError(f"the {precision} engine was not built here: {result.reason}")
+    engine = bundle / result.engine
     sidecar = read_sidecar(engine)
     plan = sidecar.get("plan") or {}
     return engine, {"precision": sidecar.get("precision"), "onnx": (sidecar.get("onnx") or {}).get("path"),

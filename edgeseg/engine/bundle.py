@@ -9,6 +9,9 @@ for the TensorRT the device really has) or `./build_engine.sh`.
 Which ONNX: fp32 -> model.onnx, fp16 -> model.fp16.onnx, int8 -> model.int8.onnx (explicit Q/DQ, which every
 supported TensorRT, 8.5 included, builds). INT8 calibration inside TensorRT (IInt8EntropyCalibrator2 on the fp32
 graph) is used only when asked for (`legacy_calibrator=True`) or when the chosen ONNX has no Q/DQ.
+
+The kit's file names are in engine.kit_layout, its text (script, README) in engine.kit_templates; options come
+in as EngineOptions, results go out as EngineBuilt or KitWritten (`to_dict()` is what report.json records).
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeseg import __version__
-from edgeseg.engine.host import probe_host, why_host_cannot_build
+from edgeseg.engine.host import installed_tensorrt, probe_cuda_device, probe_host, why_host_cannot_build
+from edgeseg.engine.kit_layout import (CALIBRATION_MANIFEST, FAMILY_TARGETS_DIR, KIT_FILES, MODULES_FILE,  # noqa: F401
+                                       ONNX_FOR_PRECISION, PLAN_FILE, README_FILE, SCRIPT_FILE, TARGET_FILE,
+                                       engine_name)
+from edgeseg.engine.kit_templates import render_built_readme, render_family_script, render_readme, render_script
 from edgeseg.engine.onnx_facts import OnnxFacts, read_onnx_facts
 from edgeseg.engine.plan import BuildOptions, BuildPlan, DynamicShape, StaticShape, parse_tensorrt_version, plan_build
 from edgeseg.engine.sidecar import sidecar_path
@@ -29,24 +35,90 @@ from edgeseg.errors import UsageError
 from edgeseg.lazy import lazy_import
 from edgeseg.manifest import atomic_path, read_json, write_json
 from edgeseg.sizes import parse_size
-from edgeseg.target_registry import (Target, installed_tensorrt, probe_cuda_device, read_target_toml,
-                                     target_from_device)
+from edgeseg.target.loading import read_target_toml
+from edgeseg.target.schema import Target, target_from_device
 
-ONNX_FOR_PRECISION = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-CALIBRATION_MANIFEST = "calibration.json"
-PLAN_FILE, TARGET_FILE, SCRIPT_FILE, README_FILE = "plan.json", "target.toml", "build_engine.sh", "README.md"
-MODULES_FILE, FAMILY_TARGETS_DIR = "modules.json", "targets"  # family kits only
-KIT_FILES = (TARGET_FILE, PLAN_FILE, SCRIPT_FILE, README_FILE)
-
-# finish_for_target options: BuildOptions fields a user may set, and what belongs to the bundle stage itself
-_BUILD_KEYS = ("shape", "workspace_mb", "builder_optimization_level", "dla_core", "gpu_fallback", "sparse_weights",
-               "timing_cache", "calibration_cache")
-_BUNDLE_KEYS = ("legacy_calibrator", "onnx", "data_root", "tensorrt")
-_DEFAULT = object()
+# the timing cache is saved in the bundle per target: timings are only valid on the GPU that made them
+TIMING_CACHE_PER_TARGET = "timing.{target}.cache"
 
 
-def engine_name(precision: str) -> str:
-    return f"model.{precision}.engine"
+@dataclass(frozen=True)
+class EngineOptions:
+    """What a user may set for finish_for_target: BuildOptions fields, then what belongs to the bundle stage.
+
+    shape: "HxW", StaticShape or DynamicShape (default: the ONNX's own input); timing_cache / calibration_cache:
+    paths relative to the bundle (timing_cache None turns it off); onnx: an ONNX file in the bundle instead of the
+    precision's; data_root: calibration images, for the legacy calibrator; tensorrt: the version to plan for when
+    the kit is written (e.g. an older JetPack's).
+    """
+
+    shape: str | StaticShape | DynamicShape | None = None
+    workspace_mb: int | None = None
+    builder_optimization_level: int = 3
+    dla_core: int | None = None
+    gpu_fallback: bool = True
+    sparse_weights: bool = False
+    timing_cache: str | None = TIMING_CACHE_PER_TARGET
+    calibration_cache: str | None = None
+    legacy_calibrator: bool = False
+    onnx: str | None = None
+    data_root: str | os.PathLike | None = None
+    tensorrt: str | None = None
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any] | None) -> EngineOptions:
+        """Options given by name (a settings file, an older caller); an unknown name is a usage error."""
+        known = [field.name for field in dataclasses.fields(cls)]
+        unknown = sorted(set(options or {}) - set(known))
+        if unknown:
+            raise UsageError(f"unknown engine option {unknown[0]!r}; known: {', '.join(known)}")
+        return cls(**(options or {}))
+
+
+@dataclass(frozen=True)
+class EngineBuilt:
+    """The engine was built here (this host is the target): file names in the bundle, and how it was planned."""
+
+    engine: str
+    sidecar: str
+    plan: BuildPlan
+    tensorrt: str
+    build_seconds: float
+    deepstream: dict | None = None  # finish_for_target's DeepStream config result; build_bundle writes none
+
+    @property
+    def reason(self) -> None:  # why no engine was built: it was
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"engine": self.engine, "sidecar": self.sidecar, "plan": self.plan.to_dict(), "tensorrt": self.tensorrt,
+               "build_seconds": self.build_seconds}
+        if self.deepstream is not None:
+            out["deepstream"] = self.deepstream
+        return out
+
+
+@dataclass(frozen=True)
+class KitWritten:
+    """No engine here (this host is not the target): the cross-build kit written into the bundle instead."""
+
+    reason: str
+    plan: BuildPlan
+    trtexec: str  # the command line build_engine.sh runs
+    kit: list[str]  # files written
+    deepstream: dict
+    family: dict | None = None  # a family kit: its modules and their plans' main settings
+
+    @property
+    def engine(self) -> None:
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"engine": None, "reason": self.reason, "plan": self.plan.to_dict(), "trtexec": self.trtexec,
+               "kit": self.kit, "deepstream": self.deepstream}
+        if self.family is not None:
+            out["family"] = self.family
+        return out
 
 
 @dataclass(frozen=True)
@@ -90,11 +162,11 @@ def choose_onnx(bundle: Path, precision: str, legacy_calibrator: bool = False, o
     return OnnxChoice(name, facts)
 
 
-def build_options(precision: str, choice: OnnxChoice, target: Target, settings: dict[str, Any]) -> BuildOptions:
+def build_options(precision: str, choice: OnnxChoice, target: Target, options: EngineOptions) -> BuildOptions:
     """BuildOptions for `choice`; the input shape follows the ONNX (a fixed input is the only shape it takes,
     a dynamic one is built for the model's own input size unless `shape` says otherwise)."""
     facts = choice.facts
-    shape = settings.get("shape")
+    shape = options.shape
     if isinstance(shape, str):
         shape = StaticShape(*parse_size(shape))
     channels = facts.input_shape[1] if len(facts.input_shape) == 4 and isinstance(facts.input_shape[1], int) else 3
@@ -107,16 +179,14 @@ def build_options(precision: str, choice: OnnxChoice, target: Target, settings: 
         shape = fixed
     elif shape is None and facts.preprocessing:
         shape = StaticShape(*facts.preprocessing["input_size"])
-    timing = settings.get("timing_cache", _DEFAULT)
-    if timing is _DEFAULT:  # saved in the bundle, per target: timings are only valid on the GPU that made them
-        timing = f"timing.{target.name}.cache"
-    calibration_cache = settings.get("calibration_cache")
+    timing = options.timing_cache
+    if timing == TIMING_CACHE_PER_TARGET:
+        timing = timing.format(target=target.name)
+    calibration_cache = options.calibration_cache
     return BuildOptions(
         precision=precision, input_name=facts.input_name, shape=shape, channels=channels,
-        workspace_mb=settings.get("workspace_mb"),
-        builder_optimization_level=settings.get("builder_optimization_level", 3),
-        dla_core=settings.get("dla_core"), gpu_fallback=settings.get("gpu_fallback", True),
-        sparse_weights=settings.get("sparse_weights", False),
+        workspace_mb=options.workspace_mb, builder_optimization_level=options.builder_optimization_level,
+        dla_core=options.dla_core, gpu_fallback=options.gpu_fallback, sparse_weights=options.sparse_weights,
         timing_cache=Path(_relative_option(timing, "timing_cache")) if timing else None,
         calibration_cache=Path(_relative_option(calibration_cache, "calibration_cache")) if calibration_cache else None,
         onnx_has_qdq=facts.has_qdq, onnx_precision=facts.onnx_precision,
@@ -146,22 +216,20 @@ def options_from_plan(plan: BuildPlan) -> BuildOptions:
 # ---------------------------------------------------------------------------------------------------------------
 # Host side: build here, or write the kit
 
-def finish_for_target(bundle_dir: str | os.PathLike, target: Target, precision: str, options: dict | None = None,
-                      log: Callable[[str], None] = print) -> dict:
+def finish_for_target(bundle_dir: str | os.PathLike, target: Target, precision: str,
+                      options: EngineOptions | dict | None = None,
+                      log: Callable[[str], None] = print) -> EngineBuilt | KitWritten:
     """Build `bundle_dir`'s engine for `target` when this host is that target, else write the cross-build kit.
 
-    options: shape ("HxW", StaticShape or DynamicShape), workspace_mb, builder_optimization_level, dla_core,
-    gpu_fallback, sparse_weights, timing_cache / calibration_cache (paths relative to the bundle; timing_cache
-    None turns it off), legacy_calibrator, onnx (an ONNX file in the bundle), data_root (calibration images, for
-    the legacy calibrator) and tensorrt (the version to plan for when the kit is written, e.g. an older JetPack's).
+    options: EngineOptions (a dict is read with EngineOptions.from_dict, so an unknown name is refused).
     """
     bundle = Path(bundle_dir)
     if not bundle.is_dir():
         raise UsageError(f"bundle {bundle} does not exist or is not a folder")
-    settings = _check_options(options)
-    choice = choose_onnx(bundle, precision, bool(settings.pop("legacy_calibrator", False)), settings.pop("onnx", None))
-    data_root = settings.pop("data_root", None)
-    asked_tensorrt = settings.pop("tensorrt", None)
+    if not isinstance(options, EngineOptions):
+        options = EngineOptions.from_dict(options)
+    choice = choose_onnx(bundle, precision, options.legacy_calibrator, options.onnx)
+    asked_tensorrt = options.tensorrt
 
     host = probe_host()
     reason = why_host_cannot_build(target, host)
@@ -177,48 +245,45 @@ def finish_for_target(bundle_dir: str | os.PathLike, target: Target, precision: 
         version = host.tensorrt
     else:
         version = asked_tensorrt or target.default_tensorrt
-    plan = plan_build(target, choice.name, build_options(precision, choice, target, settings), version)
+    plan = plan_build(target, choice.name, build_options(precision, choice, target, options), version)
     for warning in plan.warnings:
         log(f"warning: {warning}")
 
     deepstream = _write_deepstream(bundle, choice, precision, log)
     if reason is None:
-        sidecar = build_in_bundle(bundle, plan, data_root, log)
+        sidecar = build_in_bundle(bundle, plan, options.data_root, log)
         if deepstream.get("config"):
             with atomic_path(bundle / README_FILE) as tmp:
-                tmp.write_text("\n".join([f"# edgeseg bundle: {choice.facts.metadata.get('edgeseg.model', 'model')} "
-                                          f"for {target.name}", "", *deepstream_readme(choice, precision)]))
-        return {"engine": engine_name(precision), "sidecar": sidecar_path(engine_name(precision)).name,
-                "plan": plan.to_dict(), "tensorrt": sidecar["tensorrt"], "build_seconds": sidecar["build_seconds"],
-                "deepstream": deepstream}
+                tmp.write_text(render_built_readme(choice.facts.metadata.get("edgeseg.model", "model"), target,
+                                                   choice.facts.preprocessing, precision))
+        return EngineBuilt(engine_name(precision), sidecar_path(engine_name(precision)).name, plan,
+                           sidecar["tensorrt"], sidecar["build_seconds"], deepstream)
 
-    modules = module_plans(target, choice, precision, settings, version) if target.family else None
+    modules = module_plans(target, choice, precision, options, version) if target.family else None
     written = write_kit(bundle, target, plan, precision, modules)
     log(f"engine not built here: {reason}; wrote {', '.join(written)} into the bundle: finish on the {target.name} "
         "with 'edgeseg engine build .' (or ./build_engine.sh)")
     if modules:
         log(f"{target.name} is a family: the kit resolves the module on the device ({', '.join(modules)}) and "
             "applies its plan (workspace, DLA cores, power modes)")
-    result = {"engine": None, "reason": reason, "plan": plan.to_dict(),
-              "trtexec": shlex.join(plan.to_trtexec(engine_name(precision))), "kit": written, "deepstream": deepstream}
+    family = None
     if modules:
-        result["family"] = {"name": target.family, "resolved": "on the device", "modules": {
+        family = {"name": target.family, "resolved": "on the device", "modules": {
             rule_id: {"target": entry["target"], "workspace_mb": entry["plan"].workspace_mb,
                       "dla_cores": entry["dla_cores"]} for rule_id, entry in modules.items()}}
-    return result
+    return KitWritten(reason, plan, shlex.join(plan.to_trtexec(engine_name(precision))), written, deepstream, family)
 
 
-def module_plans(target: Target, choice: OnnxChoice, precision: str, settings: dict, version: str) -> dict:
+def module_plans(target: Target, choice: OnnxChoice, precision: str, options: EngineOptions, version: str) -> dict:
     """Per module of a family: its target (with the rule's overrides) and the plan build_engine.sh applies there."""
     from edgeseg.target_family import module_target
-    from edgeseg.target_registry import load_family, load_target
+    from edgeseg.target.loading import load_family, load_target
 
     family = load_family(target.family)
     plans = {}
     for rule in family.modules:
         member = module_target(rule, load_target(rule.target), family, None)
-        module_settings = {**settings, "workspace_mb": settings.get("workspace_mb")}  # None: the module's default
-        plan = plan_build(member, choice.name, build_options(precision, choice, member, module_settings), version)
+        plan = plan_build(member, choice.name, build_options(precision, choice, member, options), version)
         plans[rule.id] = {"target": rule.target, "note": rule.note, "plan": plan, "dla_cores": member.dla_cores,
                           "power_modes": [mode.name for mode in member.power_modes]}
     return plans
@@ -238,21 +303,6 @@ def _write_deepstream(bundle: Path, choice: OnnxChoice, precision: str, log: Cal
         return {"config": None, "reason": str(exc)}
     log(f"wrote the DeepStream nvinfer config {written['config']} ({written['normalisation']})")
     return written
-
-
-def deepstream_readme(choice: OnnxChoice, precision: str) -> list[str]:
-    from edgeseg.engine.deepstream import readme_section
-    from edgeseg.zoo.contract import Preprocessing
-
-    return readme_section(Preprocessing.from_dict(choice.facts.preprocessing), precision)
-
-
-def _check_options(options: dict | None) -> dict:
-    settings = dict(options or {})
-    unknown = sorted(set(settings) - set(_BUILD_KEYS) - set(_BUNDLE_KEYS))
-    if unknown:
-        raise UsageError(f"unknown engine option {unknown[0]!r}; known: {', '.join(_BUILD_KEYS + _BUNDLE_KEYS)}")
-    return settings
 
 
 def _relative_option(value: str | os.PathLike, key: str) -> str:
@@ -305,7 +355,7 @@ def resolve_kit_family(bundle: Path) -> Target:
     module's target from the kit's targets/ folder (the built-in one if the kit lacks it)."""
     from edgeseg.target_family import (MODULE_ENV, module_target, parse_family, read_device_facts, read_toml,
                                        resolve_module)
-    from edgeseg.target_registry import load_target
+    from edgeseg.target.loading import load_target
 
     family = parse_family(read_toml(bundle / TARGET_FILE), TARGET_FILE)
     forced = os.environ.get(MODULE_ENV)
@@ -329,7 +379,7 @@ def read_kit_plan(bundle: Path) -> BuildPlan:
 
 def build_bundle(bundle_dir: str | os.PathLike, precision: str | None = None, dla_core: int | None = None,
                  workspace_mb: int | None = None, data_root: str | os.PathLike | None = None,
-                 log: Callable[[str], None] = print) -> dict:
+                 log: Callable[[str], None] = print) -> EngineBuilt:
     """On the device: plan the kit again for the installed TensorRT (and any changed option), then build."""
     bundle = Path(bundle_dir)
     if not bundle.is_dir():
@@ -367,8 +417,8 @@ def build_bundle(bundle_dir: str | os.PathLike, precision: str | None = None, dl
     for warning in plan.warnings:
         log(f"warning: {warning}")
     sidecar = build_in_bundle(bundle, plan, data_root, log)
-    return {"engine": engine_name(precision), "sidecar": sidecar_path(engine_name(precision)).name,
-            "plan": plan.to_dict(), "tensorrt": sidecar["tensorrt"], "build_seconds": sidecar["build_seconds"]}
+    return EngineBuilt(engine_name(precision), sidecar_path(engine_name(precision)).name, plan, sidecar["tensorrt"],
+                       sidecar["build_seconds"])
 
 
 def current_power_mode() -> str | None:
@@ -428,7 +478,7 @@ def write_kit(bundle: Path, target: Target, plan: BuildPlan, precision: str, mod
     write_json(bundle / PLAN_FILE, plan.to_dict())
     written = list(KIT_FILES)
     if modules:
-        from edgeseg.target_registry import load_target
+        from edgeseg.target.loading import load_target
 
         (bundle / FAMILY_TARGETS_DIR).mkdir(exist_ok=True)
         for name in dict.fromkeys(entry["target"] for entry in modules.values()):
@@ -444,196 +494,3 @@ def write_kit(bundle: Path, target: Target, plan: BuildPlan, precision: str, mod
     with atomic_path(bundle / README_FILE) as tmp:
         tmp.write_text(render_readme(bundle, target, plan, precision, modules))
     return written
-
-
-def render_family_script(target: Target, plan: BuildPlan, precision: str, modules: dict) -> str:
-    """build_engine.sh of a family kit: resolve the module (same rules as edgeseg), then run its trtexec line."""
-    single = render_script(target, plan, precision).splitlines()
-    command = shlex.join(plan.to_trtexec(engine_name(precision)))
-    at = single.index(command)
-    lines = single[:at]
-    lines[1] = (f"# Build the TensorRT engine of this edgeseg bundle ON THE DEVICE: any {target.name} module; the "
-                "module is resolved here (device tree, memory; EDGESEG_MODULE=<id> overrides) and its plan applied.")
-    lines += render_resolver(target.family)
-    lines += ['module="$(edgeseg_module)"', 'echo "build_engine.sh: module $module"', 'case "$module" in']
-    for rule_id, entry in modules.items():
-        lines.append(f"    {rule_id}) {shlex.join(entry['plan'].to_trtexec(engine_name(precision)))} ;;")
-    lines += ['    *) echo "build_engine.sh: no plan for module $module" >&2; exit 1 ;;', "esac"]
-    return "\n".join(lines + single[at + 1:]) + "\n"
-
-
-def render_resolver(family_name: str) -> list[str]:
-    from edgeseg.target_family import render_resolver_shell
-    from edgeseg.target_registry import load_family
-
-    return render_resolver_shell(load_family(family_name))
-
-
-def render_script(target: Target, plan: BuildPlan, precision: str) -> str:
-    engine = engine_name(precision)
-    lines = [
-        "#!/usr/bin/env bash",
-        f"# Build the TensorRT engine of this edgeseg bundle ON THE DEVICE: {target.name}, {plan.engine_precision}, "
-        f"planned for TensorRT {plan.tensorrt_version}.",
-        "# Every path is relative to this folder, so the bundle can be copied or moved anywhere.",
-        "# The Python alternative, which also plans again for the installed TensorRT and writes the sidecar",
-        "# edgeseg's runner needs:  edgeseg engine build .",
-        "set -euo pipefail",
-        'cd "$(dirname "$0")"',
-        'export PATH="$PATH:/usr/src/tensorrt/bin"  # where JetPack puts trtexec',
-    ]
-    if plan.calibration_cache:
-        cache = shlex.quote(plan.calibration_cache)
-        lines += [
-            f"if [ ! -s {cache} ]; then",
-            f'    echo "build_engine.sh: {plan.calibration_cache} is missing and trtexec cannot calibrate INT8;'
-            " run 'edgeseg engine build .', which calibrates and writes it\" >&2",
-            "    exit 1",
-            "fi",
-        ]
-    lines += [
-        "if ! command -v trtexec >/dev/null 2>&1; then",
-        '    echo "build_engine.sh: trtexec not found; install TensorRT (JetPack on a Jetson)" >&2',
-        "    exit 127",
-        "fi",
-        shlex.join(plan.to_trtexec(engine)),
-        "# trtexec writes no sidecar; edgeseg's runner refuses an engine without one (it records the GPU and",
-        "# TensorRT that built it and the model's preprocessing).",
-        "if command -v edgeseg >/dev/null 2>&1; then",
-        f"    edgeseg engine sidecar {shlex.quote(engine)} || "
-        f'echo "build_engine.sh: built {engine} but could not write its sidecar" >&2',
-        "else",
-        f'    echo "built {engine}; to run it with edgeseg: edgeseg engine sidecar {engine}"',
-        "fi",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def family_readme(target: Target, modules: dict) -> list[str]:
-    lines = [
-        f"## {target.name} is a family: the module is resolved on the device",
-        "",
-        "This kit does not assume one module. On the device, `edgeseg engine build .` and `./build_engine.sh` read "
-        "`/proc/device-tree/model`, the module part number in `/proc/device-tree/compatible` and the memory size, "
-        "pick the first matching module below and build with its plan (set `EDGESEG_MODULE=<module>` on a carrier "
-        "board whose model string is its own). The plan above is what every module shares; DLA cores are chosen "
-        "on the device (`edgeseg engine build . --dla-core N`), and a module without a DLA refuses them.",
-        "",
-        "| module | target | workspace MiB | DLA cores | power modes | note |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for rule_id, entry in modules.items():
-        lines.append(f"| `{rule_id}` | {entry['target']} | {entry['plan'].workspace_mb} | {entry['dla_cores']} | "
-                     f"{' '.join(entry['power_modes'])} | {entry['note']} |")
-    return lines + [""]
-
-
-_FILE_NOTES = {
-    "model.onnx": "the model in fp32 (ONNX), with the preprocessing contract in its metadata",
-    "model.fp16.onnx": "the model in fp16 (ONNX)",
-    "model.int8.onnx": "the model with INT8 Q/DQ (ONNX), calibrated on the calibration set",
-    CALIBRATION_MANIFEST: "the calibration set: image paths relative to the data root, with sha256",
-    "manifest.json": "the build's manifest: inputs, settings, versions",
-    "report.json": "the build report (accuracy, sizes, checks)",
-    "report.md": "the build report, readable",
-    TARGET_FILE: "the target this kit was prepared for",
-    PLAN_FILE: "the TensorRT build plan (BuildPlan.to_dict), paths relative to this folder",
-    SCRIPT_FILE: "builds the engine with trtexec",
-    README_FILE: "this file",
-    MODULES_FILE: "family kits: each module's target and TensorRT plan (build_engine.sh applies the device's)",
-    "nvinfer_config.txt": "DeepStream nvinfer config (semantic segmentation), paths relative to this folder",
-    "labels.txt": "class names, one a line (DeepStream labelfile-path)",
-}
-
-
-def _file_note(name: str) -> str:
-    if name in _FILE_NOTES:
-        return _FILE_NOTES[name]
-    if name.endswith(".deepstream.onnx"):
-        return "the model with a Softmax appended, for DeepStream's nvinfer"
-    if name.endswith(".onnx.json"):
-        return "the manifest of " + name.removesuffix(".json")
-    if name.endswith(".engine.json"):
-        return "the engine's sidecar: the GPU and TensorRT that built it, preprocessing, layer precisions"
-    if name.endswith(".engine"):
-        return "a TensorRT engine; it runs only on the GPU and TensorRT its sidecar names"
-    if name.endswith(".cache"):
-        return "a TensorRT cache (tactic timings or INT8 calibration), reused by the next build"
-    return ""
-
-
-def render_readme(bundle: Path, target: Target, plan: BuildPlan, precision: str, modules: dict | None = None) -> str:
-    engine = engine_name(precision)
-    facts = read_onnx_facts(bundle / plan.onnx_path)
-    model = facts.metadata.get("edgeseg.model", "the model")
-    jetpack = [release.version for release in target.jetpack
-               if parse_tensorrt_version(release.tensorrt)[:2] == parse_tensorrt_version(plan.tensorrt_version)[:2]]
-    expected = f"TensorRT {plan.tensorrt_version}" + (f" (JetPack {' or '.join(jetpack)})" if jetpack else "")
-    shape = "x".join(map(str, plan.opt_shape)) if not plan.dynamic else (
-        f"{'x'.join(map(str, plan.min_shape))} to {'x'.join(map(str, plan.max_shape))}")
-    how = ("INT8 calibrated inside TensorRT from the calibration set" if plan.calibrator
-           else "INT8 from the Q/DQ scales in the graph" if plan.onnx_has_qdq else f"{plan.engine_precision}")
-    lines = [
-        f"# edgeseg bundle: {model} for {target.name}",
-        "",
-        "This folder is an edgeseg build bundle: the model as ONNX (fp32, fp16, INT8 Q/DQ), manifests, the build "
-        "report, and a kit to build the TensorRT engine on the device itself. A TensorRT engine runs only on the "
-        "GPU model and TensorRT version that built it, and the machine that prepared this bundle is not a "
-        f"{target.name}, so the engine is built there. Every path here is relative: copy or move the folder freely.",
-        "",
-        "## Target",
-        "",
-        f"- {target.name}: {target.description}",
-        f"- compute capability {target.compute_capability}; expected: {expected}",
-        f"- engine: {plan.engine_precision} ({how}), from {plan.onnx_path}, input {plan.input_name} {shape}, "
-        f"workspace {plan.workspace_mb} MiB"
-        + (f", DLA core {plan.dla_core}" + (" with GPU fallback" if "GPU_FALLBACK" in plan.builder_flags else "")
-           if plan.dla_core is not None else ""),
-        "",
-        *(family_readme(target, modules) if modules else []),
-        "## Finish the build on the device",
-        "",
-        f"Copy this folder to the {target.name}, then, inside it:",
-        "",
-        "    pip install 'edgeseg[trt]'   # on a Jetson, JetPack provides TensorRT itself",
-        "    edgeseg engine build .",
-        "",
-        f"This writes `{engine}` and its sidecar `{sidecar_path(engine).name}` (GPU, TensorRT, preprocessing, layer "
-        "precisions), which `edgeseg` checks before it runs the engine. If the device has another TensorRT than "
-        f"{plan.tensorrt_version}, the plan is made again for it and the changes are printed. "
-        "Options: `--precision`, `--dla-core N`, `--workspace-mb N`"
-        + (", `--data-root DIR` (calibration images)" if plan.calibrator else "") + ".",
-        "",
-        "Without edgeseg, with TensorRT's trtexec:",
-        "",
-        "    ./build_engine.sh",
-        "",
-        "which runs",
-        "",
-        f"    {shlex.join(plan.to_trtexec(engine))}",
-        "",
-        f"and then, to run the engine with edgeseg, records its sidecar: `edgeseg engine sidecar {engine}`.",
-        "",
-    ]
-    if plan.calibrator:
-        lines += [
-            "INT8 is calibrated inside TensorRT here: the images listed in `calibration.json` must be on the device "
-            "under the data root (`--data-root DIR` or `EDGESEG_DATA`). trtexec cannot calibrate; it only reads "
-            f"`{plan.calibration_cache}`, which `edgeseg engine build .` writes.",
-            "",
-        ]
-    if plan.warnings:
-        lines += ["## Warnings from the plan", ""] + [f"- {warning}" for warning in plan.warnings] + [""]
-    if (bundle / "nvinfer_config.txt").is_file():
-        from edgeseg.engine.deepstream import readme_section
-        from edgeseg.zoo.contract import Preprocessing
-
-        lines += readme_section(Preprocessing.from_dict(facts.preprocessing), precision)
-    present = sorted(path.name for path in bundle.iterdir() if path.is_file() and not path.name.startswith("."))
-    # manifest.json and the reports are written by 'edgeseg build' after this stage, so they are listed anyway
-    names = sorted(set(present) | set(KIT_FILES) | {"manifest.json", "report.json", "report.md"})
-    lines += ["## Files", "", "| file | what |", "| --- | --- |"]
-    for name in names:
-        lines.append(f"| `{name}` | {_file_note(name)} |")
-    lines += ["", f"Prepared by edgeseg {__version__}.", ""]
-    return "\n".join(lines)

@@ -3,19 +3,24 @@
 A TensorRT engine is only valid on the GPU model and TensorRT version that built it, so a host builds an
 engine for a target only when it IS that target: TensorRT importable, a CUDA GPU present, and the same compute
 capability (for a Jetson, the board itself: aarch64 with the Jetson's GPU). The decision is a pure function of
-`HostFacts`, so it is tested on any machine; only `probe_host` and `live_environment` touch the hardware.
+`HostFacts`, so it is tested on any machine; only `probe_host`, `live_environment` and the probes at the end
+(`probe_cuda_device`: pycuda or nvidia-smi; `installed_tensorrt`: package metadata) touch the hardware.
 """
 
 from __future__ import annotations
 
 import contextlib
 import platform
+import re
+import shutil
+import subprocess
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Iterator
 
 from edgeseg.errors import EdgesegError, MissingDependency, UsageError
 from edgeseg.lazy import lazy_import
-from edgeseg.target_registry import CudaDevice, Target, probe_cuda_device
+from edgeseg.target.schema import CudaDevice, Target
 
 JETSON_MACHINES = ("aarch64", "arm64")
 
@@ -97,3 +102,67 @@ def primary_context(device_index: int = 0) -> Iterator[object]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Probes: the local GPU and the installed TensorRT (the 'cuda' target is filled from them)
+
+_SMI_CAPABILITY = re.compile(r"^\d+\.\d+$")
+
+
+def probe_cuda_device() -> CudaDevice:
+    """The first CUDA device, read with pycuda if it is installed, else with nvidia-smi."""
+    device = _probe_pycuda() or _probe_nvidia_smi()
+    if device is None:
+        raise UsageError("no CUDA device is visible (checked pycuda and nvidia-smi); "
+                         "pick a named target from 'edgeseg targets' or fix the NVIDIA driver")
+    return device
+
+
+def _probe_pycuda() -> CudaDevice | None:
+    try:
+        import pycuda.driver as cuda  # optional: the 'trt' extra
+
+        cuda.init()
+        if cuda.Device.count() == 0:
+            return None
+        gpu = cuda.Device(0)
+        major, minor = gpu.compute_capability()
+        return CudaDevice(gpu.name(), f"{major}.{minor}", gpu.total_memory() / 2**30)
+    except Exception:  # ImportError, or pycuda.driver.Error when there is no driver or device
+        return None
+
+
+def _probe_nvidia_smi() -> CudaDevice | None:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        done = subprocess.run([exe, "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_nvidia_smi(done.stdout) if done.returncode == 0 else None
+
+
+def parse_nvidia_smi(output: str) -> CudaDevice | None:
+    """The first line of `nvidia-smi --query-gpu=name,compute_cap,memory.total --format=csv,noheader,nounits`."""
+    for line in output.splitlines():
+        parts = [part.strip() for part in line.rsplit(",", 2)]  # GPU names may contain commas; the numbers do not
+        if len(parts) == 3 and _SMI_CAPABILITY.match(parts[1]):
+            try:
+                return CudaDevice(parts[0], parts[1], float(parts[2]) / 1024)  # MiB -> GiB
+            except ValueError:
+                return None
+    return None
+
+
+def installed_tensorrt() -> str | None:
+    """major.minor of the installed TensorRT Python package, read from its metadata (TensorRT is not imported)."""
+    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11"):
+        try:
+            version = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        return ".".join(version.split(".")[:2])
+    return None

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.errors import UsageError
-from edgeseg.target_registry import Target
+from edgeseg.target.schema import Target
 
 REQUESTED_PRECISIONS = ("fp32", "fp16", "int8", "fp8", "best")
 ONNX_PRECISIONS = ("fp32", "fp16", "int8-qdq")

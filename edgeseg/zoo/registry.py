@@ -25,6 +25,9 @@ class ModelEntry:
     family: str  # architecture family as users know it: SegFormer, FCN, U-Net, DeepLabV3, ...
     library: str  # the library its users train with
     builder: Callable[[int], object]  # num_classes -> torch.nn.Module returning NxCxHxW logits at input size
+    # The layer(s) whose outputs are the num_classes logits, named as in the built model: the one place that says
+    # what a new label set replaces (zoo.weights), what keeps its outputs when pruning, what 2:4 sparsity skips.
+    classifier: tuple[str, ...]
     input_size: tuple[int, int] = (360, 480)  # default (height, width): CamVid's native resolution
     label_set: LabelSet = CAMVID
     # Named weights a user can ask for with --weights NAME, e.g. {"cityscapes": "hf:nvidia/..."}.

@@ -67,6 +67,7 @@ for _variant in _VARIANTS:
         family="SegFormer",
         library="transformers",
         builder=_builder(_variant),
+        classifier=("model.decode_head.classifier",),
         named_weights={"cityscapes": _hub_id(_variant)},
     ))
 

@@ -33,4 +33,5 @@ for _name, (_family, _architecture, _encoder) in _SMP.items():
         family=_family,
         library="segmentation-models-pytorch",
         builder=_smp_builder(_architecture, _encoder),
+        classifier=("model.segmentation_head.0",),
     ))

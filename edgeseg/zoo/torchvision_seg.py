@@ -32,12 +32,21 @@ _TORCHVISION = {
     "lraspp-mobilenetv3": ("LR-ASPP", "lraspp_mobilenet_v3_large"),
 }
 
+# torchvision's heads end in classifier[4] (FCN, DeepLabV3); LR-ASPP adds a low- and a high-resolution classifier
+_CLASSIFIERS = {
+    "deeplabv3-mobilenetv3": ("model.classifier.4",),
+    "deeplabv3-resnet50": ("model.classifier.4",),
+    "fcn-resnet50": ("model.classifier.4",),
+    "lraspp-mobilenetv3": ("model.classifier.high_classifier", "model.classifier.low_classifier"),
+}
+
 for _name, (_family, _function) in _TORCHVISION.items():
     register_model(ModelEntry(
         name=_name,
         family=_family,
         library="torchvision",
         builder=_torchvision_builder(_function),
+        classifier=_CLASSIFIERS[_name],
         # torchvision's official weights predict the 21 PASCAL VOC classes (trained on a COCO subset).
         named_weights={"voc": f"torchvision:{_function}"},
     ))
@@ -47,5 +56,6 @@ register_model(ModelEntry(
     family="FCN",
     library="torchvision",
     builder=_fcn8s_resnet18,
+    classifier=("head32.4", "score16", "score8"),  # FCN-8s scores each stride and adds the scores
     notes="FCN-8s head (skips from strides 8/16/32) on torchvision's ResNet-18; light enough to train on a CPU",
 ))

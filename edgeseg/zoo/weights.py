@@ -83,8 +83,8 @@ def load_model(name: str, weights: str | None = None, *, label_set: LabelSet | N
 
 
 def replace_head(loaded: LoadedModel, name: str, label_set: LabelSet) -> LoadedModel:
-    """The same network for another label set: every weight whose shape does not depend on the class count is
-    kept, the class-dependent ones (the classifier convolutions) start afresh. What was replaced is recorded."""
+    """The same network for another label set: every weight is kept except the classifier's (the entry's
+    `classifier` layers), which start afresh when the class count changes. What was replaced is recorded."""
     if loaded.spec:
         raise WeightsError(f"{loaded.source} is a pruned checkpoint; replace the head before pruning, not after")
     entry = get_entry(name)
@@ -94,8 +94,9 @@ def replace_head(loaded: LoadedModel, name: str, label_set: LabelSet) -> LoadedM
         raise WeightsError(f"{loaded.source} does not have the layout of {name}; cannot replace its head")
     replaced = sorted(key for key, tensor in fresh_state.items() if tuple(old_state[key].shape) != tuple(tensor.shape))
     old_count = loaded.preprocessing.num_classes
-    for key in replaced:  # only the class count may differ, or this is another variant, not another label set
-        if old_state[key].shape[1:] != fresh_state[key].shape[1:] or old_state[key].shape[0] != old_count:
+    for key in replaced:  # only the classifier's class count may differ, or this is another variant
+        if (not in_layers(key, entry.classifier) or old_state[key].shape[1:] != fresh_state[key].shape[1:]
+                or old_state[key].shape[0] != old_count):
             raise WeightsError(f"layer {key} has shape {tuple(old_state[key].shape)} in {loaded.source} but "
                                f"{tuple(fresh_state[key].shape)} in {name}: the weights belong to another variant")
     fresh.load_state_dict({key: old_state[key] for key in fresh_state if key not in replaced}, strict=False)
@@ -225,14 +226,20 @@ def _load_state(model, state: dict, source: str, model_name: str) -> None:
 
 
 def _infer_num_classes(entry: ModelEntry, state: dict) -> int | None:
-    """Guess the class count of a raw state_dict from the classifier, so the error names the real cause."""
-    model = _build(entry, 7)  # an unusual count, to find which parameters depend on it
-    reference = _build(entry, 5)
-    for key, tensor in _align_keys(state, set(model.state_dict())).items():
-        mine, other = model.state_dict().get(key), reference.state_dict().get(key)
-        if mine is not None and other is not None and mine.shape != other.shape and tensor.ndim >= 1:
-            return int(tensor.shape[0])
+    """The class count of a raw state_dict: the outputs of the entry's classifier, so the error names the real
+    cause. The state may lack the wrapper's `model.` prefix or carry DataParallel's `module.`."""
+    state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+    for layer in entry.classifier:
+        for key in (f"{layer}.weight", f"{layer.removeprefix('model.')}.weight"):
+            tensor = state.get(key)
+            if tensor is not None and tensor.ndim >= 1:
+                return int(tensor.shape[0])
     return None
+
+
+def in_layers(key: str, layers: tuple[str, ...]) -> bool:
+    """Whether state_dict `key` is a parameter or buffer of one of `layers` (module names)."""
+    return any(key.startswith(layer + ".") for layer in layers)
 
 
 def _numbered_preprocessing(entry: ModelEntry, num_classes: int) -> Preprocessing:

@@ -1,0 +1,185 @@
+"""The prune stage: load the zoo model, prune it (edgeseg.pruning.core), time both in ONNX Runtime, evaluate
+both, optionally apply 2:4 sparsity and fine-tune, and save the checkpoint with the report in its sidecar."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgeseg.errors import DataError, UsageError
+from edgeseg.manifest import Artifact, library_versions, manifest_path_for, read_json
+from edgeseg.pruning.config import PruneConfig
+from edgeseg.pruning.core import GradientBatch, PruneReport, prune_model
+
+
+def prune(cfg: PruneConfig, out_path: str | Path, log: Callable[[str], None] | None = None) -> Artifact:
+    """Prune cfg.model, write the checkpoint + sidecar (spec, settings, report) to `out_path` (.safetensors)."""
+    import torch
+
+    from edgeseg.checkpoint import save_checkpoint
+    from edgeseg.sparsity import apply_2to4, check_2to4
+    from edgeseg.zoo.registry import get_entry
+    from edgeseg.zoo.weights import LoadedModel, load_model
+
+    log = log or (lambda message: None)
+    out_path = Path(out_path)
+    if out_path.suffix != ".safetensors":
+        raise UsageError(f"--out {out_path}: a pruned checkpoint is a .safetensors file (plus its .json sidecar)")
+    get_entry(cfg.model)
+    if cfg.finetune_epochs:  # fail before the work, not after it
+        from edgeseg.data.datasets import open_dataset
+
+        open_dataset(cfg.dataset, "train", cfg.data_root)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    original = load_model(cfg.model, cfg.weights)
+    size = tuple(cfg.size or original.preprocessing.input_size)
+    gradient_batches = taylor_batches(cfg, original.preprocessing.with_size(size)) \
+        if cfg.importance == "taylor" else None
+
+    started = time.monotonic()
+    model, spec, report = prune_model(original, cfg.model, cfg, size, gradient_batches)
+    report = dataclasses.replace(report, prune_seconds=round(time.monotonic() - started, 1))
+    log(f"pruned {cfg.model}: {report.gflops_before:.2f} -> {report.gflops_after:.2f} GFLOPs "
+        f"(-{report.gflops_reduction:.0%}), {report.params_before / 1e6:.2f}M -> "
+        f"{report.params_after / 1e6:.2f}M parameters")
+    if cfg.sparsity:
+        apply_2to4(model, skip=report.classifier_layers)
+        spec["sparsity"] = cfg.sparsity  # travels with the checkpoint: train.py keeps the pattern when fine-tuning
+        report = dataclasses.replace(report, sparsity_2to4_fraction=check_2to4(model, skip=report.classifier_layers))
+    pruned = LoadedModel(model.eval(), original.preprocessing, f"pruned from {original.source}", spec=spec)
+
+    if cfg.measure_latency:
+        report = dataclasses.replace(report, latency=measure_latency_side_by_side(original, pruned, cfg, size))
+        log(f"ONNX Runtime CPU p50: {report.latency['latency_before_ms']:.2f} ms -> "
+            f"{report.latency['latency_after_ms']:.2f} ms (-{report.latency['latency_reduction']:.0%})")
+    evaluation, skip_reason = _evaluation_set(cfg, original.preprocessing.num_classes)
+    if evaluation is not None:
+        report = dataclasses.replace(report, miou_before=_miou(original.model, evaluation, original.preprocessing,
+                                                               size, cfg),
+                                     miou_pruned=_miou(model, evaluation, original.preprocessing, size, cfg))
+        log(f"mIoU ({cfg.dataset}/{cfg.eval_split}): {report.miou_before:.4f} before, "
+            f"{report.miou_pruned:.4f} pruned")
+    else:
+        report = dataclasses.replace(report, miou_skipped=skip_reason)
+
+    def write(final_model, final_report: PruneReport) -> None:
+        save_checkpoint(final_model, out_path, model_name=cfg.model, preprocessing=original.preprocessing,
+                        label_set=_label_set_name(original.preprocessing), metrics=final_report.to_dict(),
+                        recipe={"stage": "prune", **dataclasses.asdict(cfg)},
+                        extra={"spec": spec, "sparsity": cfg.sparsity, "pruned_from": original.source,
+                               "versions": library_versions("torch", "torch-pruning", "transformers", "torchvision",
+                                                            "segmentation-models-pytorch", "onnxruntime")})
+
+    write(model, report)
+    if cfg.finetune_epochs:
+        finetuned, finetune_fields = _finetune(cfg, out_path, evaluation, original, size, log)
+        if cfg.sparsity:
+            finetune_fields["sparsity_2to4_fraction"] = check_2to4(finetuned, skip=report.classifier_layers)
+        write(finetuned, dataclasses.replace(report, **finetune_fields))
+    return Artifact(out_path, read_json(manifest_path_for(out_path)))
+
+
+def taylor_batches(cfg: PruneConfig, preprocessing) -> list[GradientBatch]:
+    """The first images of the training split (with masks) at the traced size, spread over the split."""
+    from edgeseg.data.datasets import open_dataset
+    from edgeseg.data.transforms import resize_pair
+
+    try:
+        dataset = open_dataset(cfg.dataset, "train", cfg.data_root)
+    except DataError as exc:
+        raise UsageError(f"--importance taylor needs real images for its gradients ({exc}); "
+                         f"or use --importance l1") from exc
+    step = max(1, len(dataset) // cfg.taylor_images)
+    batches = []
+    for index in list(range(0, len(dataset), step))[: cfg.taylor_images]:
+        image, mask = dataset.load(index)
+        image, mask = resize_pair(image, mask, preprocessing.input_size)
+        batches.append((preprocessing.normalize(image), mask))
+    return batches
+
+
+def measure_latency_side_by_side(original, pruned, cfg: PruneConfig, size) -> dict:
+    """Export both models to ONNX and time them in ONNX Runtime on the CPU, interleaved (A B A B ...)."""
+    from edgeseg.bench.latency import measure_interleaved
+    from edgeseg.export import ExportConfig, export_model
+    from edgeseg.runners.ort import OrtRunner
+
+    export_cfg = ExportConfig(size=size, dataset=cfg.dataset, data_root=cfg.data_root, parity_images=2)
+    batch = np.random.default_rng(cfg.seed).standard_normal((1, 3, *size)).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="edgeseg-prune-") as scratch, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # synthetic parity images when no dataset: fine for timing
+        runners = {}
+        for label, loaded in (("before", original), ("after", pruned)):
+            path = export_model(loaded, cfg.model, export_cfg, Path(scratch) / f"{label}.onnx").path
+            runners[label] = OrtRunner(path, device="cpu", threads=cfg.threads)
+        stats = measure_interleaved({label: (lambda r=runner: r.infer(batch)) for label, runner in runners.items()},
+                                    rounds=cfg.latency_rounds)
+    before, after = stats["before"].p50_ms, stats["after"].p50_ms
+    return {"latency_backend": "onnxruntime-cpu", "latency_threads": cfg.threads,
+            "latency_before_ms": before, "latency_after_ms": after, "latency_reduction": 1 - after / before,
+            "latency_before": stats["before"].to_dict(), "latency_after": stats["after"].to_dict()}
+
+
+def _evaluation_set(cfg: PruneConfig, num_classes: int):
+    """(dataset, None) to measure mIoU on, or (None, why not)."""
+    from edgeseg.data.datasets import open_dataset
+
+    try:
+        dataset = open_dataset(cfg.dataset, cfg.eval_split, cfg.data_root)
+    except DataError as exc:
+        return None, f"no dataset: {exc}"
+    if dataset.label_set.num_classes != num_classes:
+        return None, f"the model predicts {num_classes} classes, {dataset.name} has {dataset.label_set.num_classes}"
+    return dataset, None
+
+
+def _miou(model, dataset, preprocessing, size, cfg: PruneConfig) -> float:
+    from edgeseg.evaluate import evaluate, torch_predictor
+
+    scores = evaluate(torch_predictor(model, "cpu"), dataset, preprocessing.with_size(size), limit=cfg.eval_limit,
+                      description="eval")
+    return scores.miou
+
+
+def _label_set_name(preprocessing) -> str:
+    from edgeseg.data.palettes import LABEL_SETS
+
+    for name, label_set in LABEL_SETS.items():
+        if tuple(label_set.classes) == tuple(preprocessing.classes):
+            return name
+    return "custom"
+
+
+def _finetune(cfg: PruneConfig, pruned_path: Path, evaluation, original, size, log):
+    """Recovery fine-tune of the pruned checkpoint through edgeseg.train (optionally distilled from the
+    unpruned model); returns the best fine-tuned model and the report's fine-tune fields."""
+    from edgeseg.manifest import portable_path
+    from edgeseg.train import TrainConfig, train
+    from edgeseg.zoo.weights import load_model
+
+    run_dir = pruned_path.with_name(pruned_path.stem + "-finetune")
+    train_cfg = TrainConfig(
+        model=cfg.model, out_dir=str(run_dir), dataset=cfg.dataset, data_root=cfg.data_root,
+        weights=str(pruned_path), epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch_size,
+        lr=cfg.finetune_lr, eval_limit=cfg.eval_limit, threads=cfg.threads, device=cfg.device, seed=cfg.seed,
+        distill_from=(cfg.weights or "default") if cfg.distill else None)
+    log(f"fine-tuning the pruned model for {cfg.finetune_epochs} epochs in {run_dir}"
+        + (" with distillation from the unpruned model" if cfg.distill else ""))
+    best = train(train_cfg)
+    finetuned = load_model(cfg.model, str(best)).model
+    # Relative to the pruned checkpoint's folder (the sidecar's), so a moved bundle's record still resolves.
+    extra = {"finetune": {"run_dir": portable_path(run_dir, pruned_path.parent),
+                          "best_checkpoint": portable_path(best, pruned_path.parent), "epochs": cfg.finetune_epochs,
+                          "distill": cfg.distill, "lr": cfg.finetune_lr}}
+    if evaluation is not None:
+        extra["miou_finetuned"] = _miou(finetuned, evaluation, original.preprocessing, size, cfg)
+        log(f"mIoU after fine-tuning: {extra['miou_finetuned']:.4f}")
+    return finetuned, extra
