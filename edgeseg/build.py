@@ -1,7 +1,9 @@
 """`edgeseg build`: the pipeline for one model and one target, composed from the stage functions.
 
   export (model.onnx) -> fp16 (model.fp16.onnx) -> calibration set (calibration.json) -> int8 (model.int8.onnx)
-  -> evaluate + time every precision on ONNX Runtime CPU -> engine for the target, or a cross-build kit
+  -> cpu target: NNCF INT8 for OpenVINO (model.int8.ov.xml) and every CPU backend x precision evaluated and timed
+     side by side, the fastest within the accuracy budget named the default (edgeseg.cpu_variants);
+     GPU targets: every precision on ONNX Runtime CPU -> engine for the target, or a cross-build kit
   -> manifest.json, report.json, report.md
 
 The bundle is assembled in `<out>.partial` and renamed onto `<out>` only when every stage succeeded, so an
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgeseg.calibration import CalibConfig, make_calibration_set
+from edgeseg.cpu_variants import FILES, choose_default, measure_variants, openvino_available, plan_variants
 from edgeseg.errors import UsageError
 from edgeseg.export import ExportConfig, export_model
 from edgeseg.manifest import input_record, stage_manifest, write_json
@@ -79,7 +82,7 @@ def build(cfg: BuildConfig, log=print) -> Path:
     _prepare_dir(work_dir)
     started = time.monotonic()
     profile = cfg.quant_profile or ("cpu" if target.kind == "cpu" else "trt")
-    steps = 7 if cfg.prune_ratio else 6
+    steps = (7 if cfg.prune_ratio else 6) + (1 if target.kind == "cpu" else 0)
     step = iter(range(1, steps + 1))
     try:
         weights = cfg.weights
@@ -110,10 +113,14 @@ def build(cfg: BuildConfig, log=print) -> Path:
                            eval_dataset=cfg.dataset, eval_split=cfg.budget_split, data_root=cfg.data_root,
                            threads=cfg.threads),
             work_dir / PRECISION_FILES["int8"], log=lambda line: log("      " + line))
-        log(f"[{next(step)}/{steps}] evaluate and time fp32 / fp16 / int8 on ONNX Runtime CPU ({cfg.eval_split} split)")
-        measured = measure_precisions({p: work_dir / f for p, f in PRECISION_FILES.items()}, cfg.dataset,
-                                      cfg.eval_split, cfg.data_root, cfg.eval_limit, cfg.threads,
-                                      cfg.latency_rounds, log=lambda line: log("      " + line))
+        if target.kind == "cpu":
+            measured = _cpu_variants_stage(work_dir, cfg, calibration.path, step, steps, log)
+        else:
+            log(f"[{next(step)}/{steps}] evaluate and time fp32 / fp16 / int8 on ONNX Runtime CPU "
+                f"({cfg.eval_split} split)")
+            measured = measure_precisions({p: work_dir / f for p, f in PRECISION_FILES.items()}, cfg.dataset,
+                                          cfg.eval_split, cfg.data_root, cfg.eval_limit, cfg.threads,
+                                          cfg.latency_rounds, log=lambda line: log("      " + line))
         log(f"[{next(step)}/{steps}] engine for {target.name}")
         engine = _engine_stage(work_dir, target, cfg, loaded.spec, log)
         manifest = stage_manifest(
@@ -125,8 +132,11 @@ def build(cfg: BuildConfig, log=print) -> Path:
                     "int8_accuracy_budget": quantized.manifest["checks"].get("accuracy")},
             libraries=("torch", "onnx", "onnxruntime", "onnxslim", "transformers", "torchvision",
                        "segmentation-models-pytorch"))
+        artifacts = {p: _relative_record(work_dir / f) for p, f in PRECISION_FILES.items()}
+        if (work_dir / FILES["int8-nncf"]).is_file():
+            artifacts["int8-nncf"] = _relative_record(work_dir / FILES["int8-nncf"])
         manifest.update({"model": cfg.model, "target": target.name, "target_resolved_from": target.resolved_from,
-                         "artifacts": {p: _relative_record(work_dir / f) for p, f in PRECISION_FILES.items()},
+                         "artifacts": artifacts,
                          "layers_kept_float": quantized.manifest["layers_kept_float"], "engine": engine,
                          "seconds": round(time.monotonic() - started, 1)})
         write_json(work_dir / "manifest.json", manifest)
@@ -139,6 +149,36 @@ def build(cfg: BuildConfig, log=print) -> Path:
     work_dir.rename(final_dir)
     log(f"bundle ready in {final_dir} ({time.monotonic() - started:.0f} s)")
     return final_dir
+
+
+def _cpu_variants_stage(work_dir: Path, cfg: BuildConfig, calibration: Path, step, steps: int, log) -> dict:
+    """The CPU target: NNCF INT8 for OpenVINO (where installed), then every CPU backend x precision measured
+    side by side; the fastest within the accuracy budget becomes the bundle's default."""
+    sub = lambda line: log("      " + line)  # noqa: E731
+    if openvino_available():
+        from edgeseg.quantize_ov import quantize_nncf
+
+        log(f"[{next(step)}/{steps}] INT8 for OpenVINO (NNCF, same calibration set)")
+        quantize_nncf(work_dir / PRECISION_FILES["fp32"], calibration, work_dir / FILES["int8-nncf"],
+                      data_root=cfg.data_root, log=sub)
+        openvino_note = None
+    else:
+        log(f"[{next(step)}/{steps}] INT8 for OpenVINO: skipped, openvino is not installed")
+        openvino_note = "openvino is not installed (pip install 'edgeseg[openvino]'): ONNX Runtime rows only"
+        sub(openvino_note)
+    variants = plan_variants(work_dir)
+    log(f"[{next(step)}/{steps}] evaluate and time {len(variants)} CPU variants side by side ({cfg.eval_split} split)")
+    measured = measure_variants(work_dir, variants, cfg.dataset, cfg.eval_split, cfg.data_root, cfg.eval_limit,
+                                cfg.threads, cfg.latency_rounds, log=sub)
+    default = choose_default(measured["rows"], cfg.max_miou_drop)
+    sub(f"default CPU variant: {default['name']} ({default['latency_ratio']:.2f}x ORT fp32, "
+        f"drop {default['miou_drop']:+.2f} points"
+        + (f", budget {cfg.max_miou_drop})" if cfg.max_miou_drop is not None else ")"))
+    measured.update({"backend": "ort-cpu", "default": default, "max_miou_drop": cfg.max_miou_drop,
+                     "openvino_note": openvino_note,
+                     # The ONNX Runtime rows by precision, the shape report.json had before rows existed.
+                     "precisions": {row["precision"]: row for row in measured["rows"] if row["backend"] == "ort-cpu"}})
+    return measured
 
 
 def _prepare_dir(work_dir: Path) -> None:
