@@ -97,12 +97,18 @@ def planned_unsupported(row: PlannedRow) -> str | None:
         if row.model.is_artifact:
             return f"{row.model.path} is a prebuilt model without a torch model; add its zoo model for torch rows"
         return None
+    if row.precision == "bf16" and row.backend != "ov-cpu":
+        return f"{row.backend} has no bf16 mode here; bf16 is measured on the ov-cpu (OpenVINO) rows"
+    if row.backend == "ov-cpu" and row.precision == "fp16":
+        return "OpenVINO's CPU plugin computes in f32, bf16 or int8, not fp16; see the bf16 row"
     if row.model.is_artifact:
         path = Path(row.model.path)
         if path.is_file():
             if row.backend == "trt":
                 return f"{path.name} is an ONNX file; give a bundle with a built engine for trt rows"
             own = onnx_precision(path)
+            if row.backend == "ov-cpu" and row.precision == "bf16" and own == "fp32":
+                return None  # OpenVINO runs the FP32 ONNX with its bf16 hint
             if own != row.precision:
                 return f"{path.name} is an {own} model; it has no {row.precision} variant"
         elif bundle_file(path, row.precision, row.backend) is None:
@@ -234,6 +240,10 @@ class _RowRunner:
                 onnx_files[row.precision] = self.cache.onnx_for(row.model, weights, row.size, row.precision,
                                                                 profile="trt")
             return self.cache.engine_for(onnx_files, row.precision)
+        if row.backend == "ov-cpu":
+            if row.precision == "int8":
+                return self.cache.ov_int8_for(row.model, weights, row.size)
+            return self.cache.onnx_for(row.model, weights, row.size, "fp32")  # fp32 / bf16: the hint decides
         return self.cache.onnx_for(row.model, weights, row.size, row.precision, profile="cpu")
 
     def _run_worker(self, row: PlannedRow, artifact: Path | None, predictions: Path) -> dict:

@@ -28,7 +28,7 @@ RESULT_MARKER = "EDGESEG-BENCH-RESULT "
 @dataclass(frozen=True)
 class WorkerJob:
     row_id: str
-    backend: str  # torch, torch-cuda, ort-cpu, ort-cuda, trt
+    backend: str  # torch, torch-cuda, ort-cpu, ov-cpu, ort-cuda, trt
     precision: str
     size: tuple[int, int]
     dataset: str
@@ -119,6 +119,13 @@ def open_backend(job: WorkerJob):
         if runner.backend != job.backend:
             raise RuntimeError(f"ONNX Runtime opened {runner.backend}, not {job.backend}")
         return runner
+    if job.backend == "ov-cpu":
+        from edgeseg.runners.ov import OvRunner, bf16_available
+
+        if job.precision == "bf16" and not bf16_available():
+            raise BackendUnavailable("ov-cpu bf16 needs a CPU with AVX512-BF16 or AMX; this one has neither")
+        # int8 rows run their float layers in f32: the row says int8, not int8 + bf16
+        return OvRunner(job.artifact, threads=job.threads, precision_hint="bf16" if job.precision == "bf16" else "f32")
     if job.backend == "trt":
         from edgeseg.runners.trt import TensorRTRunner
 
@@ -194,6 +201,9 @@ def run_job(job: WorkerJob) -> dict:
                           else (None, "no GPU backend"))
     runtime = {"backend": runner.backend, "pid": os.getpid(), "threads": job.threads, "output": runner.output_kind,
                "input_shape": list(runner.input_spec.shape)}
+    if job.backend == "ov-cpu":
+        runtime["inference_precision"] = runner.inference_precision  # read back from the compiled model
+        runtime["threads"] = runner.threads
     if hasattr(runner, "session") and runner.session is not None:
         runtime["providers"] = runner.session.get_providers()
     if job.backend.startswith("torch"):

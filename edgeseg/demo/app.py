@@ -33,6 +33,7 @@ class DemoConfig:
     max_frames: int | None = None
     device: str = "auto"
     threads: int | None = None
+    backend: str = "auto"  # auto (a bundle: its engine, else its default CPU variant), ort-cpu, ov-cpu, ...
     legend: bool = True
     hud: bool = True
     reconnect_attempts: int = 5
@@ -95,7 +96,7 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = log_to_stderr,
             window.close()
         raise
     try:
-        runner = open_runner(cfg.model, device=cfg.device, threads=cfg.threads)
+        runner = open_runner(cfg.model, device=cfg.device, threads=cfg.threads, backend=cfg.backend)
         preprocessing = runner.preprocessing
         style = make_style(preprocessing.classes, preprocessing.palette, shown=cfg.classes, mode=cfg.mode,
                            alpha=cfg.alpha, effect=cfg.effect)
