@@ -119,3 +119,23 @@ def test_bundle_opens_its_default_variant_or_the_fastest_of_a_backend(tmp_path):
         assert runner.backend == "ov-cpu"
     with open_runner(bundle, backend="ort-cpu") as runner:
         assert runner.backend == "ort-cpu" and runner.path.name == "model.int8.onnx"
+
+
+def test_demo_runs_on_openvino_and_bench_cli_accepts_ov_cpu(tiny_onnx, tmp_path, capsys):
+    import cv2
+
+    from edgeseg.demo.app import DemoConfig, run_demo
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        cv2.imwrite(str(frames / f"{index:03d}.png"), rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    out = tmp_path / "demo.mp4"
+    summary = run_demo(DemoConfig(model=str(tiny_onnx()), source=str(frames), show=False, save=str(out),
+                                  backend="ov-cpu", threads=1), log=lambda line: None)
+    assert summary["backend"] == "ov-cpu" and summary["frames"] == 3 and out.stat().st_size > 0
+    code, _, err = run_cli(["demo", "-m", str(tiny_onnx()), "--source", str(frames), "--no-show", "--backend", "openvino"],
+                           capsys)
+    assert_one_line_error(code, err, "unknown backend 'openvino'")
