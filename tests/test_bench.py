@@ -227,7 +227,7 @@ def test_bad_options_and_missing_data_fail_before_any_row(tmp_path, tiny_camvid,
     out = ["--out", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache")]
     code, _, err = run_cli(["bench", "--models", MODEL, "--weights", "random", "--backends", "ort-gpu",
                             "--data-root", str(tiny_camvid), *out], capsys)
-    assert_one_line_error(code, err, "unknown backend 'ort-gpu'; did you mean 'ort-cpu' or 'ort-cuda'?")
+    assert_one_line_error(code, err, "unknown backend 'ort-gpu'; did you mean 'ort-cpu' or 'ort-cuda'")
     code, _, err = run_cli(["bench", "--models", MODEL, "--weights", "random", "--data-root",
                             str(tmp_path / "absent"), *out], capsys)
     assert_one_line_error(code, err, "does not exist")

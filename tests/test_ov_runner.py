@@ -139,3 +139,15 @@ def test_demo_runs_on_openvino_and_bench_cli_accepts_ov_cpu(tiny_onnx, tmp_path,
     code, _, err = run_cli(["demo", "-m", str(tiny_onnx()), "--source", str(frames), "--no-show", "--backend", "openvino"],
                            capsys)
     assert_one_line_error(code, err, "unknown backend 'openvino'")
+
+
+def test_missing_openvino_names_the_extra(tiny_onnx, monkeypatch):
+    from edgeseg.errors import MissingDependency
+
+    path = tiny_onnx()
+    monkeypatch.setitem(__import__("sys").modules, "openvino", None)  # what an install without the extra sees
+    with pytest.raises(MissingDependency, match=r"edgeseg\[openvino\]"):
+        OvRunner(path)
+    from edgeseg.cpu_variants import openvino_available
+
+    assert not openvino_available()
