@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             row["file"] = Path(row["file"]).name  # peers live in the work folder, not the bundle
         from edgeseg.bench.env import collect_env
 
-        result = {"schema": 1, "model": report["model"], "bundle": str(bundle), "threads": args.threads,
+        result = {"schema": 1, "model": report["model"], "bundle": bundle.name, "threads": args.threads,
                   "openvino_default_precision": hint, "rounds": args.rounds, **measured,
                   "peers": "OpenVINO defaults (precision hint left to OpenVINO: recorded); NNCF defaults given the "
                            "bundle's calibration images", "seconds": round(time.monotonic() - started, 1),
