@@ -211,8 +211,8 @@ def _prune_stage(cfg: BuildConfig, work_dir: Path, log) -> Path:
 
 def _engine_stage(work_dir: Path, target, cfg: BuildConfig, spec: dict | None, log) -> dict:
     if target.kind == "cpu":
-        log("      cpu target: ONNX Runtime runs model.int8.onnx directly; no engine to build")
-        return {"engine": None, "reason": "cpu target runs ONNX Runtime"}
+        log("      cpu target: the default CPU variant (report.json) runs the bundle's files directly; no engine")
+        return {"engine": None, "reason": "cpu target runs ONNX Runtime / OpenVINO on the bundle's files"}
     from edgeseg.engine.bundle import finish_for_target
 
     options = {}
