@@ -66,7 +66,8 @@ def variants_for(bundle: Path, peer_model: Path, hint: str) -> list[CpuVariant]:
     if ours is None:
         raise SystemExit(f"{bundle}: report.json names no default CPU variant; rebuild with 'edgeseg build "
                          "--target cpu'")
-    variants = [CpuVariant("ort-cpu", "fp32", "model.onnx"), CpuVariant("ort-cpu", "int8", "model.int8.onnx", "edgeseg")]
+    variants = [CpuVariant("ort-cpu", "fp32", "model.onnx"),
+                CpuVariant("ort-cpu", "int8", "model.int8.onnx", "edgeseg")]
     if ours not in variants:
         variants.append(ours)
     variants += [CpuVariant("ov-cpu", "fp32" if hint == "f32" else "bf16", "model.onnx", hint=hint, peer=True),

@@ -296,7 +296,8 @@ def build(
 
 @app.command()
 def demo(
-    model: str = typer.Option(..., "--model", "-m", help=".onnx model, OpenVINO .xml, TensorRT .engine or build bundle folder"),
+    model: str = typer.Option(..., "--model", "-m", help=".onnx model, OpenVINO .xml, TensorRT .engine or build "
+                                                         "bundle folder"),
     source: str = typer.Option("0", "--source", "-s", help="camera index (0), /dev/videoN, video file, rtsp:// URL "
                                                            "or image folder (played in name order)"),
     show: bool = typer.Option(True, "--show/--no-show", help="open a window (q or Esc quits)"),

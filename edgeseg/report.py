@@ -76,8 +76,8 @@ def write_reports(bundle: Path, model: str, target: str, measured: dict, manifes
                          f"| {row['miou']:.4f} | {row['miou_drop']:+.2f} | {row['latency_p50_ms']:.1f} "
                          f"| {row['latency_ratio']:.2f}x | {row['size_mb']:.1f} |")
         budget = measured["max_miou_drop"]
-        lines += ["", f"Default ({'fastest within ' + format(budget, 'g') + ' points of mIoU' if budget is not None else 'fastest'}"
-                      f", run by demo and bench on this bundle): {measured['default']['name']}."]
+        within = f"fastest within {budget:g} points of mIoU" if budget is not None else "fastest"
+        lines += ["", f"Default ({within}, run by demo and bench on this bundle): {measured['default']['name']}."]
         if measured.get("openvino_note"):
             lines.append(f"OpenVINO: {measured['openvino_note']}.")
     kept = manifest.get("layers_kept_float") or []

@@ -136,8 +136,8 @@ def test_demo_runs_on_openvino_and_bench_cli_accepts_ov_cpu(tiny_onnx, tmp_path,
     summary = run_demo(DemoConfig(model=str(tiny_onnx()), source=str(frames), show=False, save=str(out),
                                   backend="ov-cpu", threads=1), log=lambda line: None)
     assert summary["backend"] == "ov-cpu" and summary["frames"] == 3 and out.stat().st_size > 0
-    code, _, err = run_cli(["demo", "-m", str(tiny_onnx()), "--source", str(frames), "--no-show", "--backend", "openvino"],
-                           capsys)
+    code, _, err = run_cli(["demo", "-m", str(tiny_onnx()), "--source", str(frames), "--no-show",
+                            "--backend", "openvino"], capsys)
     assert_one_line_error(code, err, "unknown backend 'openvino'")
 
 
@@ -151,3 +151,19 @@ def test_missing_openvino_names_the_extra(tiny_onnx, monkeypatch):
     from edgeseg.cpu_variants import openvino_available
 
     assert not openvino_available()
+
+
+def test_bench_runs_a_bundles_default_openvino_variant(tmp_path):
+    from edgeseg.bench.artifacts import bundle_file
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for precision, name in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
+        onnx.save(make_model(precision), str(bundle / name))
+    assert bundle_file(bundle, "int8", "ov-cpu") is None  # no NNCF IR, no report naming another file
+    assert bundle_file(bundle, "fp32", "ov-cpu") == bundle / "model.onnx"
+    default = {"backend": "ov-cpu", "precision": "int8", "file": "model.int8.onnx", "quantizer": "edgeseg",
+               "hint": "bf16", "peer": False}
+    (bundle / "report.json").write_text(json.dumps({"default": default}))
+    assert bundle_file(bundle, "int8", "ov-cpu") == bundle / "model.int8.onnx"
+    assert bundle_file(bundle, "int8", "ort-cpu") == bundle / "model.int8.onnx"

@@ -236,10 +236,21 @@ def bundle_file(bundle: Path, precision: str, backend: str) -> Path | None:
 
         candidate = bundle / engine_name(precision)
     elif backend == "ov-cpu":
-        candidate = bundle / (OV_INT8_FILE if precision == "int8" else ONNX_FILES["fp32"])
+        default = bundle_default(bundle)
+        if default is not None and (default.backend, default.precision) == (backend, precision):
+            candidate = bundle / default.file  # the variant the build chose, e.g. our Q/DQ graph on OpenVINO
+        else:
+            candidate = bundle / (OV_INT8_FILE if precision == "int8" else ONNX_FILES["fp32"])
     else:
         candidate = bundle / ONNX_FILES[precision]
     return candidate if candidate.is_file() else None
+
+
+def bundle_default(bundle: Path):
+    """The default CPU variant a bundle's report.json names (edgeseg.cpu_variants), or None."""
+    from edgeseg.cpu_variants import best_variant
+
+    return best_variant(bundle) if bundle.is_dir() else None
 
 
 def onnx_precision(path: Path) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgeseg.bench.artifacts import (ArtifactCache, ResolvedWeights, backend_unavailable, bundle_file,
+from edgeseg.bench.artifacts import (ArtifactCache, ResolvedWeights, backend_unavailable, bundle_default, bundle_file,
                                      check_default_weights, default_cache_dir, onnx_param_count, onnx_precision,
                                      resolve_weights)
 from edgeseg.bench.suite import BACKENDS, PRECISIONS, ModelSpec, Suite
@@ -249,12 +249,18 @@ class _RowRunner:
     def _run_worker(self, row: PlannedRow, artifact: Path | None, predictions: Path) -> dict:
         suite = self.suite
         weights = self.weights.get(row.model.label)
+        hint = None
+        if row.model.is_artifact and row.backend == "ov-cpu" and row.precision == "int8":
+            default = bundle_default(Path(row.model.path))
+            if default is not None and artifact is not None and default.file == artifact.name:
+                hint = default.hint  # the bundle's default runs as the build measured it (e.g. int8 + bf16)
         job = WorkerJob(row_id=row.id, backend=row.backend, precision=row.precision, size=row.size,
                         dataset=suite.dataset, split=suite.split, data_root=suite.data_root,
                         eval_limit=suite.eval_limit, threads=suite.threads, batch=suite.batch, warmup=suite.warmup,
                         min_runs=suite.min_runs, min_seconds=suite.min_seconds,
                         artifact=str(artifact) if artifact else None, model=row.model.zoo_name,
-                        weights=weights.spec if weights else None, predictions_dir=str(predictions))
+                        weights=weights.spec if weights else None, predictions_dir=str(predictions),
+                        ov_hint=hint)
         return run_worker(job, timeout_s=suite.row_timeout_s)
 
     def _compare(self, row: PlannedRow, record: dict, predictions: Path) -> list[str]:

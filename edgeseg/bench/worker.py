@@ -44,6 +44,7 @@ class WorkerJob:
     model: str | None = None  # zoo name, torch rows
     weights: str | None = None  # resolved weights spec, torch rows
     predictions_dir: str | None = None  # where to write predicted label maps (PNG) for the agreement check
+    ov_hint: str | None = None  # ov-cpu int8 rows: float layers' precision (a bundle default's); None: f32
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -124,8 +125,9 @@ def open_backend(job: WorkerJob):
 
         if job.precision == "bf16" and not bf16_available():
             raise BackendUnavailable("ov-cpu bf16 needs a CPU with AVX512-BF16 or AMX; this one has neither")
-        # int8 rows run their float layers in f32: the row says int8, not int8 + bf16
-        return OvRunner(job.artifact, threads=job.threads, precision_hint="bf16" if job.precision == "bf16" else "f32")
+        # int8 rows run their float layers in f32 unless the job names the bundle default's hint; recorded either way
+        hint = "bf16" if job.precision == "bf16" else (job.ov_hint or "f32")
+        return OvRunner(job.artifact, threads=job.threads, precision_hint=hint)
     if job.backend == "trt":
         from edgeseg.runners.trt import TensorRTRunner
 
