@@ -15,7 +15,7 @@ rounds (machine drift hits every row alike, so the ratios hold on a busy machine
 mIoU on the whole test split (accuracy is not noisy; --eval-limit to shorten), drop vs ORT FP32 in points.
 
     EDGESEG_DATA=... python benchmarks/cpu_openvino.py bundles/segformer-b0-cpu bundles/deeplabv3plus-mobilenetv2-cpu
-    # -> benchmarks/results/cpu-openvino/<model>.json and results.md
+    # -> benchmarks/results/cpu-openvino/<model>-<threads>t.json and results.md
 """
 
 from __future__ import annotations
@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                   "peers": "OpenVINO defaults (precision hint left to OpenVINO: recorded); NNCF defaults given the "
                            "bundle's calibration images", "seconds": round(time.monotonic() - started, 1),
                   "env": collect_env(args.threads)}
-        write_json(args.out / f"{report['model']}.json", result)
-        print(f"wrote {args.out / (report['model'] + '.json')}")
+        out = args.out / f"{report['model']}-{args.threads}t.json"
+        write_json(out, result)
+        print(f"wrote {out}")
     write_markdown(args.out)
     return 0
 
