@@ -88,6 +88,8 @@ def test_open_runner_picks_openvino_for_ov_cpu_and_ir(tiny_onnx, tmp_path):
     ov.save_model(ov.Core().read_model(str(path)), str(ir))
     with open_runner(ir) as runner:  # the IR keeps the ONNX metadata
         assert runner.backend == "ov-cpu" and runner.preprocessing.input_size == (32, 32)
+    with pytest.raises(UsageError, match="is an OpenVINO IR"):
+        open_runner(ir, backend="ort-cpu")
     with pytest.raises(UsageError, match="unknown backend"):
         open_runner(path, backend="openvino")
     with pytest.raises(UsageError, match="runs on the CPU"):

@@ -52,6 +52,8 @@ def open_runner(path: str | Path, device: str = "auto", threads: int | None = No
     hint = "f32"
     if path.is_dir():
         path, backend, hint = _bundle_artifact(path, device, backend)
+    if path.suffix == ".xml" and backend not in ("auto", "ov-cpu"):
+        raise UsageError(f"{path.name} is an OpenVINO IR; run it with --backend ov-cpu, not {backend}")
     if path.suffix == ".xml" or backend == "ov-cpu":
         if path.suffix not in (".onnx", ".xml"):
             raise UsageError(f"{path}: OpenVINO runs .onnx or .xml (IR) models, not {path.suffix or 'this file'}")
