@@ -169,3 +169,16 @@ def test_bench_runs_a_bundles_default_openvino_variant(tmp_path):
     (bundle / "report.json").write_text(json.dumps({"default": default}))
     assert bundle_file(bundle, "int8", "ov-cpu") == bundle / "model.int8.onnx"
     assert bundle_file(bundle, "int8", "ort-cpu") == bundle / "model.int8.onnx"
+
+
+def test_openvino_runner_never_imports_torch(tiny_onnx):
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from edgeseg.runners import open_runner\n"
+            f"r = open_runner({str(tiny_onnx())!r}, backend='ov-cpu', threads=1)\n"
+            "r.infer(np.zeros((1, 3, 32, 32), np.float32))\n"
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
