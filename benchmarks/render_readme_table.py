@@ -16,6 +16,7 @@ from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))  # runs from a checkout without installing edgeseg
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # cpu_openvino, beside this script
 
 from edgeseg.bench.readme import default_result_paths, update_readme  # noqa: E402
 from edgeseg.errors import EdgesegError  # noqa: E402
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     results = args.results or default_result_paths(CHECKOUT / "benchmarks" / "results")
     try:
         changed = update_readme(args.readme, results, check=args.check)
+        # The CPU-vs-OpenVINO table (benchmarks/cpu_openvino.py), between its own markers.
+        from cpu_openvino import render_readme
+
+        changed = render_readme(args.readme, check=args.check) or changed
     except EdgesegError as exc:
         print(f"render_readme_table: error: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the committed CPU results from a finished training run (RUN_DIR/best.safetensors):
 #   publish the reference checkpoint, build it for the cpu target (and segformer-b0 for jetson-orin as well),
+#   compare the cpu bundle's default variant with OpenVINO + NNCF defaults (benchmarks/cpu_openvino.py),
 #   and keep each bundle's report under benchmarks/results/builds/ and its calibration set under calibration/.
 # Usage: EDGESEG_DATA=../shared/data bash benchmarks/run_cpu_results.sh MODEL [RUN_DIR [PREVIOUS_RUN...]]
 #   RUN_DIR defaults to runs/MODEL; PREVIOUS_RUNs are the runs it continued from, oldest first.
@@ -26,6 +27,9 @@ keep_reports() {  # bundle directory, name under benchmarks/results/builds/
 edgeseg build --model "$model" --target cpu --max-miou-drop "$budget" --out "bundles/$model-cpu" --force
 keep_reports "bundles/$model-cpu" "$model-cpu"
 cp "bundles/$model-cpu/calibration.json" "calibration/$model-camvid-class-balanced-200.json"
+if python -c "import openvino, nncf" 2>/dev/null; then  # the bundle's default vs OpenVINO + NNCF defaults
+    python benchmarks/cpu_openvino.py "bundles/$model-cpu" --threads 1
+fi
 if [[ "$model" == segformer-b0 ]]; then
     edgeseg build --model "$model" --target jetson-orin --max-miou-drop "$budget" \
         --out "bundles/$model-jetson-agx-orin" --force

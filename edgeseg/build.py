@@ -1,7 +1,9 @@
 """`edgeseg build`: the pipeline for one model and one target, composed from the stage functions.
 
   export (model.onnx) -> fp16 (model.fp16.onnx) -> calibration set (calibration.json) -> int8 (model.int8.onnx)
-  -> evaluate + time every precision on ONNX Runtime CPU -> engine for the target, or a cross-build kit
+  -> cpu target: NNCF INT8 for OpenVINO (model.int8.ov.xml) and every CPU backend x precision evaluated and timed
+     side by side, the fastest within the accuracy budget named the default (edgeseg.cpu_variants);
+     GPU targets: every precision on ONNX Runtime CPU -> engine for the target, or a cross-build kit
   -> manifest.json, report.json, report.md
 
 The bundle is assembled in `<out>.partial` and renamed onto `<out>` only when every stage succeeded, so an
@@ -17,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgeseg.calibration import CalibConfig, make_calibration_set
+from edgeseg.cpu_variants import FILES, choose_default, measure_variants, openvino_available, plan_variants
 from edgeseg.errors import UsageError
 from edgeseg.export import ExportConfig, export_model, onnx_preprocessing
 from edgeseg.manifest import input_record, stage_manifest, write_json
@@ -95,7 +98,7 @@ def build(cfg: BuildConfig, log=print) -> Path:
     _prepare_dir(work_dir)
     started = time.monotonic()
     profile = cfg.quant_profile or ("cpu" if target.kind == "cpu" else "trt")
-    steps = 7 if cfg.prune_ratio else 6
+    steps = (7 if cfg.prune_ratio else 6) + (1 if target.kind == "cpu" else 0)
     step = iter(range(1, steps + 1))
     try:
         weights = cfg.weights
@@ -139,11 +142,17 @@ def build(cfg: BuildConfig, log=print) -> Path:
                            eval_dataset=cfg.dataset, eval_split=cfg.budget_split, eval_limit=cfg.budget_limit,
                            data_root=cfg.data_root, threads=cfg.threads),
             work_dir / PRECISION_FILES["int8"], log=lambda line: log("      " + line))
-        log(f"[{next(step)}/{steps}] evaluate and time fp32 / fp16 / int8 on ONNX Runtime CPU "
-            + (f"({cfg.eval_split} split)" if labelled else "(latency only: no labelled data)"))
-        measured = measure_precisions({p: work_dir / f for p, f in PRECISION_FILES.items()}, cfg.dataset,
-                                      cfg.eval_split, cfg.data_root, cfg.eval_limit, cfg.threads,
-                                      cfg.latency_rounds, log=lambda line: log("      " + line), accuracy=labelled)
+        if target.kind == "cpu" and labelled:
+            measured = _cpu_variants_stage(work_dir, cfg, calibration.path, step, steps, log)
+        else:
+            if target.kind == "cpu":  # no labelled data: no variant can be held to the accuracy budget
+                log(f"[{next(step)}/{steps}] INT8 for OpenVINO: skipped, no labelled data to choose a CPU variant on")
+            log(f"[{next(step)}/{steps}] evaluate and time fp32 / fp16 / int8 on ONNX Runtime CPU "
+                + (f"({cfg.eval_split} split)" if labelled else "(latency only: no labelled data)"))
+            measured = measure_precisions({p: work_dir / f for p, f in PRECISION_FILES.items()}, cfg.dataset,
+                                          cfg.eval_split, cfg.data_root, cfg.eval_limit, cfg.threads,
+                                          cfg.latency_rounds, log=lambda line: log("      " + line),
+                                          accuracy=labelled)
         log(f"[{next(step)}/{steps}] engine for {target.name}")
         engine = _engine_stage(work_dir, target, cfg, spec, log)
         checks = {"parity": export.manifest["checks"]["parity"],
@@ -160,9 +169,12 @@ def build(cfg: BuildConfig, log=print) -> Path:
             checks=checks,
             libraries=("torch", "onnx", "onnxruntime", "onnxslim", "transformers", "torchvision",
                        "segmentation-models-pytorch"))
+        artifacts = {p: _relative_record(work_dir / f) for p, f in PRECISION_FILES.items()}
+        if (work_dir / FILES["int8-nncf"]).is_file():
+            artifacts["int8-nncf"] = _relative_record(work_dir / FILES["int8-nncf"])
         manifest.update({"model": source.name, "model_kind": source.kind, "target": target.name,
                          "target_resolved_from": target.resolved_from,
-                         "artifacts": {p: _relative_record(work_dir / f) for p, f in PRECISION_FILES.items()},
+                         "artifacts": artifacts,
                          "layers_kept_float": quantized.manifest["layers_kept_float"], "engine": engine,
                          "seconds": round(time.monotonic() - started, 1)})
         if card is not None:
@@ -256,6 +268,36 @@ def _replace_bundle(work_dir: Path, final_dir: Path, force: bool) -> None:
     work_dir.rename(final_dir)
 
 
+def _cpu_variants_stage(work_dir: Path, cfg: BuildConfig, calibration: Path, step, steps: int, log) -> dict:
+    """The CPU target: NNCF INT8 for OpenVINO (where installed), then every CPU backend x precision measured
+    side by side; the fastest within the accuracy budget becomes the bundle's default."""
+    sub = lambda line: log("      " + line)  # noqa: E731
+    if openvino_available():
+        from edgeseg.quantize_ov import quantize_nncf
+
+        log(f"[{next(step)}/{steps}] INT8 for OpenVINO (NNCF, same calibration set)")
+        quantize_nncf(work_dir / PRECISION_FILES["fp32"], calibration, work_dir / FILES["int8-nncf"],
+                      data_root=cfg.data_root, log=sub)
+        openvino_note = None
+    else:
+        log(f"[{next(step)}/{steps}] INT8 for OpenVINO: skipped, openvino is not installed")
+        openvino_note = "openvino is not installed (pip install 'edgeseg[openvino]'): ONNX Runtime rows only"
+        sub(openvino_note)
+    variants = plan_variants(work_dir)
+    log(f"[{next(step)}/{steps}] evaluate and time {len(variants)} CPU variants side by side ({cfg.eval_split} split)")
+    measured = measure_variants(work_dir, variants, cfg.dataset, cfg.eval_split, cfg.data_root, cfg.eval_limit,
+                                cfg.threads, cfg.latency_rounds, log=sub)
+    default = choose_default(measured["rows"], cfg.max_miou_drop)
+    sub(f"default CPU variant: {default['name']} ({default['latency_ratio']:.2f}x ORT fp32, "
+        f"drop {default['miou_drop']:+.2f} points"
+        + (f", budget {cfg.max_miou_drop})" if cfg.max_miou_drop is not None else ")"))
+    measured.update({"backend": "ort-cpu", "default": default, "max_miou_drop": cfg.max_miou_drop,
+                     "openvino_note": openvino_note,
+                     # The ONNX Runtime rows by precision, the shape report.json had before rows existed.
+                     "precisions": {row["precision"]: row for row in measured["rows"] if row["backend"] == "ort-cpu"}})
+    return measured
+
+
 def _prepare_dir(work_dir: Path) -> None:
     try:
         if work_dir.exists():
@@ -291,8 +333,8 @@ def _prune_stage(cfg: BuildConfig, work_dir: Path, log) -> Path:
 
 def _engine_stage(work_dir: Path, target, cfg: BuildConfig, spec: dict | None, log) -> dict:
     if target.kind == "cpu":
-        log("      cpu target: ONNX Runtime runs model.int8.onnx directly; no engine to build")
-        return {"engine": None, "reason": "cpu target runs ONNX Runtime"}
+        log("      cpu target: the default CPU variant (report.json) runs the bundle's files directly; no engine")
+        return {"engine": None, "reason": "cpu target runs ONNX Runtime / OpenVINO on the bundle's files"}
     from edgeseg.engine.bundle import EngineOptions, finish_for_target
 
     options = EngineOptions()

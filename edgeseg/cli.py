@@ -441,9 +441,10 @@ def build(
 
 @app.command()
 def demo(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=".onnx model (with --card if foreign), TensorRT "
-                                                                    ".engine or build bundle folder (required unless "
-                                                                    "--print-pipeline)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=".onnx model (with --card if foreign), OpenVINO "
+                                                                    ".xml, TensorRT .engine or build bundle folder "
+                                                                    "(required "
+                                                                    "unless --print-pipeline)"),
     source: str = typer.Option("0", "--source", "-s", help="camera index (0), /dev/videoN, v4l2:///dev/videoN, "
                                                            "csi://N?width=1920&height=1080&fps=30&sensor-mode=M&"
                                                            "flip=F, "
@@ -461,6 +462,8 @@ def demo(
                                                             "frames to keep up, like a live camera"),
     max_frames: Optional[int] = typer.Option(None, help="stop after N rendered frames"),
     device: str = typer.Option("auto", help="auto, cuda or cpu (for ONNX models)"),
+    backend: str = typer.Option("auto", help="auto (a bundle: its engine, else the default CPU variant its build "
+                                             "measured fastest), ort-cpu, ort-cuda, ov-cpu (OpenVINO) or trt"),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime CPU threads (default: all cores)"),
     legend: bool = typer.Option(True, "--legend/--no-legend", help="draw the class colour legend"),
     hud: bool = typer.Option(True, "--hud/--no-hud", help="draw FPS and per-stage milliseconds on the frame"),
@@ -511,7 +514,8 @@ def demo(
                          alpha=alpha,
                          classes=tuple(name.strip() for name in (classes or "").split(",") if name.strip()),
                          effect=effect, realtime=realtime, max_frames=max_frames, device=device, threads=threads,
-                         legend=legend, hud=hud, reconnect_attempts=reconnect_attempts, fit=fit, serve=serve)
+                         backend=backend, legend=legend, hud=hud, reconnect_attempts=reconnect_attempts, fit=fit,
+                         serve=serve)
         summary = run_demo(cfg)
     console.print(format_summary(summary), markup=False, highlight=False)
     if json_out:
@@ -528,8 +532,9 @@ def bench_command(
     models: list[str] = typer.Option([], "--models", "-m", help="zoo model, bundle folder or .onnx; comma-separated "
                                                                 "or repeated (replaces the suite's models)"),
     weights: Optional[str] = typer.Option(None, help="weights spec for the zoo models (e.g. random, a checkpoint)"),
-    precisions: list[str] = typer.Option([], help="fp32, fp16, int8; comma-separated or repeated"),
-    backends: list[str] = typer.Option([], help="torch, torch-cuda, ort-cpu, ort-cuda, trt; comma-separated"),
+    precisions: list[str] = typer.Option([], help="fp32, fp16, bf16 (ov-cpu), int8; comma-separated or repeated"),
+    backends: list[str] = typer.Option([], help="torch, torch-cuda, ort-cpu, ov-cpu, ort-cuda, trt; "
+                                                "comma-separated"),
     size: list[str] = typer.Option([], help="input size HEIGHTxWIDTH (repeatable; default: the suite's or 360x480)"),
     with_optional: bool = typer.Option(False, "--with-optional", help="also measure the suite's optional precisions"),
     data: Optional[str] = typer.Option(None, help="dataset (default: the suite's, camvid)"),

@@ -1,6 +1,6 @@
 """Import optional heavy packages only when a command needs them.
 
-The device side (engines, demo) must run without torch, and TensorRT/pycuda/torch-pruning are extras,
+The device side (engines, demo) must run without torch, and TensorRT/pycuda/torch-pruning/OpenVINO are extras,
 so they are imported here on first use with an error that names the pip extra to install.
 """
 
@@ -20,6 +20,8 @@ EXTRAS = {
     "onnxruntime": "onnx",
     "onnx": "onnx",
     "matplotlib": "bench",
+    "openvino": "openvino",
+    "nncf": "openvino",
 }
 
 

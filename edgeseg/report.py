@@ -1,7 +1,8 @@
 """Accuracy and latency of each precision of a bundle, measured side by side, and the report files.
 
 report.json keeps one entry per precision with miou, miou_drop (points vs fp32), latency_p50_ms,
-latency_ratio (vs fp32, same run) and size_mb, so other tools can read it without knowing edgeseg.
+latency_ratio (vs fp32, same run) and size_mb, so other tools can read it without knowing edgeseg. CPU bundles
+add `rows` (every backend x precision, edgeseg.cpu_variants) and the `default` variant demo and bench run.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def write_reports(bundle: Path, model: str, target: str, measured: dict, manifes
               "latency_method": measured["latency_method"], "precisions": measured["precisions"],
               "layers_kept_float": manifest.get("layers_kept_float", []),
               "parity": manifest["checks"].get("parity"), "engine": manifest.get("engine")}
+    if "rows" in measured:  # cpu target: every backend x precision, and the default demo/bench run
+        report.update({"rows": measured["rows"], "default": measured["default"],
+                       "max_miou_drop": measured["max_miou_drop"], "openvino_note": measured.get("openvino_note")})
     write_json(bundle / "report.json", report)
     lines = [f"# {model} for {target}", "",
              f"Accuracy on {measured['dataset']} ({measured['images']} images); latency on ONNX Runtime CPU, "
@@ -93,6 +97,21 @@ def write_reports(bundle: Path, model: str, target: str, measured: dict, manifes
             continue
         lines.append(f"| {precision} | {result['miou']:.4f} | {result['miou_drop']:+.2f} | "
                      f"{result['latency_p50_ms']:.1f} | {result['latency_ratio']:.2f}x | {result['size_mb']:.1f} |")
+    if "rows" in measured:
+        lines += ["", "Every CPU backend x precision, side by side in the same run (latency vs ONNX Runtime fp32; "
+                  "OpenVINO float layers run in the recorded precision hint):", "",
+                  "| variant | backend | precision | float layers | mIoU | drop (points) | p50 latency (ms) "
+                  "| vs ORT fp32 | size (MB) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for row in measured["rows"]:
+            lines.append(f"| {row['name']}{' **default**' if row['name'] == measured['default']['name'] else ''} "
+                         f"| {row['backend']} | {row['precision']} | {row.get('inference_precision') or '-'} "
+                         f"| {row['miou']:.4f} | {row['miou_drop']:+.2f} | {row['latency_p50_ms']:.1f} "
+                         f"| {row['latency_ratio']:.2f}x | {row['size_mb']:.1f} |")
+        budget = measured["max_miou_drop"]
+        within = f"fastest within {budget:g} points of mIoU" if budget is not None else "fastest"
+        lines += ["", f"Default ({within}, run by demo and bench on this bundle): {measured['default']['name']}."]
+        if measured.get("openvino_note"):
+            lines.append(f"OpenVINO: {measured['openvino_note']}.")
     kept = manifest.get("layers_kept_float") or []
     lines += ["", f"INT8 layers kept in float: {', '.join(kept) if kept else 'none'}."]
     engine = manifest.get("engine") or {}

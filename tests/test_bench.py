@@ -27,7 +27,7 @@ from tests.test_cli import assert_one_line_error, run_cli
 TINY_SUITE = """
 name = "tiny"
 precisions = ["fp32", "int8"]
-backends = ["torch", "ort-cpu", "ort-cuda", "trt"]
+backends = ["torch", "ort-cpu", "ov-cpu", "ort-cuda", "trt"]
 sizes = ["48x64"]
 eval_limit = 2
 batch = 2
@@ -42,7 +42,8 @@ name = "fcn-resnet18"
 weights = "random"
 """
 MODEL = "fcn-resnet18"
-ROW_IDS = [f"{MODEL}/{p}/{b}/48x64" for b in ("torch", "ort-cpu", "ort-cuda", "trt") for p in ("fp32", "int8")]
+BACKENDS = ("torch", "ort-cpu", "ov-cpu", "ort-cuda", "trt")
+ROW_IDS = [f"{MODEL}/{p}/{b}/48x64" for b in BACKENDS for p in ("fp32", "int8")]
 
 
 def cli_captured(args) -> tuple[int, str, str]:
@@ -119,6 +120,21 @@ def test_rows_that_cannot_run_are_isolated(bench_run):
 
 
 @pytest.mark.slow
+def test_openvino_rows_run_the_onnx_and_the_nncf_int8_with_f32_set(bench_run):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    reference_id = f"{MODEL}/fp32/torch/48x64"
+    for precision, suffix in (("fp32", ".onnx"), ("int8", ".xml")):
+        row = bench_run.rows[f"{MODEL}/{precision}/ov-cpu/48x64"]
+        assert row["status"] == "ok", row
+        assert row["runtime"]["backend"] == "ov-cpu" and row["runtime"]["inference_precision"] == "f32"
+        assert row["artifact"]["path"].endswith(suffix) and row["accuracy"]["reference"] == reference_id
+        assert row["latency_ms"]["p50_ms"] > 0
+    assert bench_run.rows[f"{MODEL}/fp32/ov-cpu/48x64"]["accuracy"]["pixel_agreement"] > 0.99
+    assert (bench_run.rows[f"{MODEL}/int8/ov-cpu/48x64"]["artifact"]["path"]
+            .endswith("model.int8.ov.xml"))
+
+
+@pytest.mark.slow
 def test_accuracy_is_compared_with_the_fp32_torch_predictions(bench_run):
     reference_id = f"{MODEL}/fp32/torch/48x64"
     reference = bench_run.rows[reference_id]["accuracy"]
@@ -161,7 +177,8 @@ def test_cached_onnx_prebuilt_model_and_passing_gates(bench_run, tmp_path, capsy
     adds the torch reference row the backends left out, and passes its gates."""
     int8 = next(bench_run.cache.glob(f"{MODEL}-48x64-*/model.int8.onnx"))
     suite = tmp_path / "prebuilt.toml"
-    suite.write_text(TINY_SUITE.replace('backends = ["torch", "ort-cpu", "ort-cuda", "trt"]', 'backends = ["ort-cpu"]')
+    suite.write_text(TINY_SUITE.replace('backends = ["torch", "ort-cpu", "ov-cpu", "ort-cuda", "trt"]',
+                                        'backends = ["ort-cpu"]')
                      + f'\n[[models]]\npath = "{int8}"\nlabel = "prebuilt"\nreference = "{MODEL}"\n')
     code, out, err = run_cli(["bench", "--suite", str(suite), "--data-root", str(bench_run.data), "--out",
                               str(tmp_path / "results"), "--cache-dir", str(bench_run.cache), "--threads", "1",
@@ -212,7 +229,7 @@ def test_bad_options_and_missing_data_fail_before_any_row(tmp_path, tiny_camvid,
     out = ["--out", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache")]
     code, _, err = run_cli(["bench", "--models", MODEL, "--weights", "random", "--backends", "ort-gpu",
                             "--data-root", str(tiny_camvid), *out], capsys)
-    assert_one_line_error(code, err, "unknown backend 'ort-gpu'; did you mean 'ort-cpu' or 'ort-cuda'?")
+    assert_one_line_error(code, err, "unknown backend 'ort-gpu'; did you mean 'ort-cpu' or 'ort-cuda'")
     code, _, err = run_cli(["bench", "--models", MODEL, "--weights", "random", "--data-root",
                             str(tmp_path / "absent"), *out], capsys)
     assert_one_line_error(code, err, "does not exist")
@@ -244,12 +261,16 @@ def test_cpu_suite_file():
     suite = load_suite("cpu")
     # The suite benchmarks every bundled CamVid reference.
     assert [model.label for model in suite.models] == ["segformer-b0", "deeplabv3plus-mobilenetv2", "unet-mobilenetv2"]
-    assert suite.precisions == ("fp32", "int8") and suite.optional_precisions == ("fp16",)
-    assert suite.backends == ("torch", "ort-cpu") and suite.sizes == ((360, 480),)
+    assert suite.precisions == ("fp32", "int8") and suite.optional_precisions == ("fp16", "bf16")
+    assert suite.backends == ("torch", "ort-cpu", "ov-cpu") and suite.sizes == ((360, 480),)
     assert (suite.dataset, suite.split) == ("camvid", "test")
     rows = plan_rows(suite, with_optional=True)
-    assert {row.precision for row in rows if row.optional} == {"fp16"}
-    assert len(rows) == 3 * 3 * 2
+    assert {row.precision for row in rows if row.optional} == {"fp16", "bf16"}
+    assert len(rows) == 3 * 3 * 4
+    # bf16 is OpenVINO's; ONNX Runtime and torch rows of it are reported unsupported, as is OpenVINO fp16
+    runnable = {(row.backend, row.precision) for row in rows if planned_unsupported(row) is None}
+    assert runnable == {("torch", "fp32"), ("ort-cpu", "fp32"), ("ort-cpu", "fp16"), ("ort-cpu", "int8"),
+                        ("ov-cpu", "fp32"), ("ov-cpu", "bf16"), ("ov-cpu", "int8")}
 
 
 @pytest.mark.slow

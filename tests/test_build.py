@@ -1,6 +1,7 @@
 """`edgeseg build` on generated data: a complete bundle, a readable report, and no half-built bundle when it
 is interrupted."""
 
+import importlib.util
 import json
 
 import pytest
@@ -33,13 +34,28 @@ def test_cpu_build_writes_a_complete_bundle(tmp_path, tiny_camvid):
     assert report["precisions"]["int8"]["size_mb"] < report["precisions"]["fp32"]["size_mb"] / 2
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["artifacts"]["int8"]["sha256"] and manifest["checks"]["parity"]["passed"]
-    assert [line.split("]")[0] for line in lines if line.startswith("[")] == [f"[{i}/6" for i in range(1, 7)]
+    assert [line.split("]")[0] for line in lines if line.startswith("[")] == [f"[{i}/7" for i in range(1, 8)]
     assert not (tmp_path / "bundle.partial").exists()
+    # every CPU backend x precision as a row, ratios against ORT fp32 of the same run, and a default within budget
+    rows = {row["name"]: row for row in report["rows"]}
+    assert {"ort-cpu/fp32", "ort-cpu/fp16", "ort-cpu/int8-edgeseg"} <= set(rows)
+    for row in rows.values():
+        for key in ("miou", "miou_drop", "latency_p50_ms", "latency_ratio", "size_mb"):
+            assert isinstance(row[key], float), (row["name"], key)
+    assert rows["ort-cpu/fp32"]["latency_ratio"] == 1.0 and rows["ort-cpu/fp32"]["miou_drop"] == 0.0
+    assert report["default"]["name"] in rows
+    assert report["default"]["latency_p50_ms"] == min(row["latency_p50_ms"] for row in rows.values())  # no budget
+    if importlib.util.find_spec("openvino"):
+        assert (bundle / "model.int8.ov.xml").is_file() and (bundle / "model.int8.ov.bin").is_file()
+        assert {"ov-cpu/fp32", "ov-cpu/int8-nncf+f32", "ov-cpu/int8-edgeseg+f32"} <= set(rows)
+        assert all(row["inference_precision"] == row["hint"] for row in rows.values() if row["backend"] == "ov-cpu")
+        assert manifest["artifacts"]["int8-nncf"]["sha256"]
+    assert "**default**" in (bundle / "report.md").read_text()
 
 
 def test_interrupted_build_leaves_nothing_that_looks_valid(tmp_path, tiny_camvid):
     def interrupt_at_quantization(line):
-        if line.startswith("[4/6]"):
+        if line.startswith("[4/7]"):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

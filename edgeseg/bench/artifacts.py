@@ -22,6 +22,7 @@ from edgeseg.errors import UsageError
 from edgeseg.manifest import sha256_file, write_json
 
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+OV_INT8_FILE = "model.int8.ov.xml"  # NNCF INT8 for OpenVINO (edgeseg.quantize_ov), as in a build bundle
 RANDOM_SEED = 0
 
 
@@ -132,6 +133,21 @@ class ArtifactCache:
             quantize_int8(fp32, calibration, settings, out, log=lambda line: self.log("    " + line))
         return out
 
+    def ov_int8_for(self, model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int]) -> Path:
+        """The NNCF INT8 OpenVINO IR, quantized on the same calibration set as the ONNX Runtime INT8 model."""
+        fp32 = self.onnx_for(model, weights, size, "fp32")
+        calibration = fp32.parent / "calibration.json"
+        if not calibration.is_file():
+            self._calibrate(fp32, calibration)
+        out = fp32.parent / OV_INT8_FILE
+        if not out.is_file():
+            from edgeseg.quantize_ov import quantize_nncf
+
+            self.log(f"  NNCF int8 OpenVINO IR of {model.label} at {size[0]}x{size[1]}")
+            quantize_nncf(fp32, calibration, out, data_root=self.suite.data_root,
+                          log=lambda line: self.log("    " + line))
+        return out
+
     def _export(self, model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int], folder: Path) -> None:
         from edgeseg.export import ExportConfig, export_model
         from edgeseg.zoo.weights import load_model
@@ -196,6 +212,11 @@ def backend_unavailable(backend: str) -> str | None:
             return f"trt needs TensorRT: {host.tensorrt_problem} (pip install 'edgeseg[trt]', or JetPack)"
         if host.device is None:
             return "trt needs a CUDA GPU; none is visible here"
+    if backend == "ov-cpu":
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return "ov-cpu needs OpenVINO (pip install 'edgeseg[openvino]')"
     if backend == "torch-cuda":
         try:
             import torch
@@ -214,9 +235,22 @@ def bundle_file(bundle: Path, precision: str, backend: str) -> Path | None:
         from edgeseg.engine.bundle import engine_name
 
         candidate = bundle / engine_name(precision)
+    elif backend == "ov-cpu":
+        default = bundle_default(bundle)
+        if default is not None and (default.backend, default.precision) == (backend, precision):
+            candidate = bundle / default.file  # the variant the build chose, e.g. our Q/DQ graph on OpenVINO
+        else:
+            candidate = bundle / (OV_INT8_FILE if precision == "int8" else ONNX_FILES["fp32"])
     else:
         candidate = bundle / ONNX_FILES[precision]
     return candidate if candidate.is_file() else None
+
+
+def bundle_default(bundle: Path):
+    """The default CPU variant a bundle's report.json names (edgeseg.cpu_variants), or None."""
+    from edgeseg.cpu_variants import best_variant
+
+    return best_variant(bundle) if bundle.is_dir() else None
 
 
 def onnx_precision(path: Path) -> str:

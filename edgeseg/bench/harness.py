@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgeseg.bench.artifacts import (ArtifactCache, ResolvedWeights, backend_unavailable, bundle_file,
+from edgeseg.bench.artifacts import (ArtifactCache, ResolvedWeights, backend_unavailable, bundle_default, bundle_file,
                                      check_default_weights, default_cache_dir, onnx_param_count, onnx_precision,
                                      resolve_weights)
 from edgeseg.bench.suite import BACKENDS, PRECISIONS, ModelSpec, Suite
@@ -105,12 +105,18 @@ def planned_unsupported(row: PlannedRow) -> str | None:
         if row.model.is_artifact:
             return f"{row.model.path} is a prebuilt model without a torch model; add its zoo model for torch rows"
         return None
+    if row.precision == "bf16" and row.backend != "ov-cpu":
+        return f"{row.backend} has no bf16 mode here; bf16 is measured on the ov-cpu (OpenVINO) rows"
+    if row.backend == "ov-cpu" and row.precision == "fp16":
+        return "OpenVINO's CPU plugin computes in f32, bf16 or int8, not fp16; see the bf16 row"
     if row.model.is_artifact:
         path = Path(row.model.path)
         if path.is_file():
             if row.backend == "trt":
                 return f"{path.name} is an ONNX file; give a bundle with a built engine for trt rows"
             own = onnx_precision(path)
+            if row.backend == "ov-cpu" and row.precision == "bf16" and own == "fp32":
+                return None  # OpenVINO runs the FP32 ONNX with its bf16 hint
             if own != row.precision:
                 return f"{path.name} is an {own} model; it has no {row.precision} variant"
         elif bundle_file(path, row.precision, row.backend) is None:
@@ -247,17 +253,27 @@ class _RowRunner:
                 onnx_files[row.precision] = self.cache.onnx_for(row.model, weights, row.size, row.precision,
                                                                 profile="trt")
             return self.cache.engine_for(onnx_files, row.precision)
+        if row.backend == "ov-cpu":
+            if row.precision == "int8":
+                return self.cache.ov_int8_for(row.model, weights, row.size)
+            return self.cache.onnx_for(row.model, weights, row.size, "fp32")  # fp32 / bf16: the hint decides
         return self.cache.onnx_for(row.model, weights, row.size, row.precision, profile="cpu")
 
     def _run_worker(self, row: PlannedRow, artifact: Path | None, predictions: Path) -> dict:
         suite = self.suite
         weights = self.weights.get(row.model.label)
+        hint = None
+        if row.model.is_artifact and row.backend == "ov-cpu" and row.precision == "int8":
+            default = bundle_default(Path(row.model.path))
+            if default is not None and artifact is not None and default.file == artifact.name:
+                hint = default.hint  # the bundle's default runs as the build measured it (e.g. int8 + bf16)
         job = WorkerJob(row_id=row.id, backend=row.backend, precision=row.precision, size=row.size,
                         dataset=suite.dataset, split=suite.split, data_root=suite.data_root,
                         eval_limit=suite.eval_limit, threads=suite.threads, batch=suite.batch, warmup=suite.warmup,
                         min_runs=suite.min_runs, min_seconds=suite.min_seconds,
                         artifact=str(artifact) if artifact else None, model=row.model.zoo_name,
-                        weights=weights.spec if weights else None, predictions_dir=str(predictions))
+                        weights=weights.spec if weights else None, predictions_dir=str(predictions),
+                        ov_hint=hint)
         return run_worker(job, timeout_s=suite.row_timeout_s)
 
     def _compare(self, row: PlannedRow, record: dict, predictions: Path) -> list[str]:

@@ -32,9 +32,10 @@ from edgeseg.errors import UsageError
 from edgeseg.sizes import parse_size
 from edgeseg.manifest import read_text_file
 
-PRECISIONS = ("fp32", "fp16", "int8")
-# torch runs on the CPU (the accuracy reference); torch-cuda, ort-cuda and trt need an NVIDIA GPU.
-BACKENDS = ("torch", "torch-cuda", "ort-cpu", "ort-cuda", "trt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # bf16: OpenVINO (ov-cpu) rows only
+# torch runs on the CPU (the accuracy reference); torch-cuda, ort-cuda and trt need an NVIDIA GPU; ov-cpu is
+# OpenVINO on the CPU (the openvino extra).
+BACKENDS = ("torch", "torch-cuda", "ort-cpu", "ov-cpu", "ort-cuda", "trt")
 REPO_SUITES_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "suites"
 
 

@@ -28,7 +28,7 @@ RESULT_MARKER = "EDGESEG-BENCH-RESULT "
 @dataclass(frozen=True)
 class WorkerJob:
     row_id: str
-    backend: str  # torch, torch-cuda, ort-cpu, ort-cuda, trt
+    backend: str  # torch, torch-cuda, ort-cpu, ov-cpu, ort-cuda, trt
     precision: str
     size: tuple[int, int]
     dataset: str
@@ -44,6 +44,7 @@ class WorkerJob:
     model: str | None = None  # zoo name, torch rows
     weights: str | None = None  # resolved weights spec, torch rows
     predictions_dir: str | None = None  # where to write predicted label maps (PNG) for the agreement check
+    ov_hint: str | None = None  # ov-cpu int8 rows: float layers' precision (a bundle default's); None: f32
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -119,6 +120,14 @@ def open_backend(job: WorkerJob):
         if runner.backend != job.backend:
             raise RuntimeError(f"ONNX Runtime opened {runner.backend}, not {job.backend}")
         return runner
+    if job.backend == "ov-cpu":
+        from edgeseg.runners.ov import OvRunner, bf16_available
+
+        if job.precision == "bf16" and not bf16_available():
+            raise BackendUnavailable("ov-cpu bf16 needs a CPU with AVX512-BF16 or AMX; this one has neither")
+        # int8 rows run their float layers in f32 unless the job names the bundle default's hint; recorded either way
+        hint = "bf16" if job.precision == "bf16" else (job.ov_hint or "f32")
+        return OvRunner(job.artifact, threads=job.threads, precision_hint=hint)
     if job.backend == "trt":
         from edgeseg.runners.trt import TensorRTRunner
 
@@ -203,6 +212,9 @@ def run_job(job: WorkerJob) -> dict:
                           else (None, "no GPU backend"))
     runtime = {"backend": runner.backend, "pid": os.getpid(), "threads": job.threads, "output": runner.output_kind,
                "input_shape": list(runner.input_spec.shape)}
+    if job.backend == "ov-cpu":
+        runtime["inference_precision"] = runner.inference_precision  # read back from the compiled model
+        runtime["threads"] = runner.threads
     if hasattr(runner, "session") and runner.session is not None:
         runtime["providers"] = runner.session.get_providers()
     if job.backend.startswith("torch"):

@@ -36,6 +36,7 @@ class DemoConfig:
     max_frames: int | None = None
     device: str = "auto"
     threads: int | None = None
+    backend: str = "auto"  # auto (a bundle: its engine, else its default CPU variant), ort-cpu, ov-cpu, ...
     legend: bool = True
     hud: bool = True
     reconnect_attempts: int = 5
@@ -107,7 +108,7 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = log_to_stderr,
         raise
     server = None
     try:
-        runner = open_runner(cfg.model, device=cfg.device, threads=cfg.threads)
+        runner = open_runner(cfg.model, device=cfg.device, threads=cfg.threads, backend=cfg.backend)
         preprocessing = runner.preprocessing
         fit = cfg.fit or preprocessing.fit
 

@@ -1,0 +1,160 @@
+"""CPU deployment variants of a bundle: every backend (ONNX Runtime, OpenVINO) x precision this machine can run,
+measured side by side, and the choice of the default one `demo` and `bench` run.
+
+A variant is a file of the bundle plus how to run it: ONNX Runtime on the FP32/FP16/INT8 ONNX models, and
+OpenVINO on the same ONNX files and on the NNCF INT8 IR, with the precision OpenVINO runs float layers in
+(`f32`, or `bf16` where the CPU has it) set explicitly and recorded. Rows are measured in one run with
+interleaved latency rounds (machine drift hits all alike, so ratios to ONNX Runtime FP32 stay meaningful).
+The default is the fastest row whose mIoU drop vs FP32 is within the accuracy budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# Files a CPU bundle may hold, by role.
+FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx", "int8-nncf": "model.int8.ov.xml"}
+
+
+@dataclass(frozen=True)
+class CpuVariant:
+    backend: str  # "ort-cpu" or "ov-cpu"
+    precision: str  # the row's precision: fp32, fp16, bf16, int8
+    file: str  # bundle-relative model file
+    quantizer: str | None = None  # int8 rows: "edgeseg" (ONNX Runtime quantize_static Q/DQ) or "nncf"
+    # OpenVINO: the inference precision hint for float layers (f32 / bf16), always set explicitly. None for ORT.
+    hint: str | None = None
+    peer: bool = False  # a competitor's out-of-the-box setting, measured for comparison only
+
+    @property
+    def name(self) -> str:
+        quantizer = f"-{self.quantizer}" if self.quantizer else ""
+        hint = f"+{self.hint}" if self.hint and self.precision == "int8" else ""
+        return f"{self.backend}/{self.precision}{quantizer}{hint}" + (" (peer)" if self.peer else "")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "name": self.name}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CpuVariant":
+        return cls(**{key: data.get(key) for key in ("backend", "precision", "file", "quantizer", "hint")},
+                   peer=bool(data.get("peer", False)))
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def plan_variants(bundle: Path, openvino: bool | None = None, bf16: bool | None = None) -> list[CpuVariant]:
+    """Every variant of the bundle's files this machine can run; ORT FP32 (the latency reference) first."""
+    from edgeseg.runners.ov import bf16_available
+
+    openvino = openvino_available() if openvino is None else openvino
+    bf16 = (openvino and bf16_available()) if bf16 is None else bf16
+    present = {role: name for role, name in FILES.items() if (bundle / name).is_file()}
+    variants = [CpuVariant("ort-cpu", precision, present[precision], "edgeseg" if precision == "int8" else None)
+                for precision in ("fp32", "fp16", "int8") if precision in present]
+    if openvino:
+        float_hints = ["f32"] + (["bf16"] if bf16 else [])
+        if "fp32" in present:
+            variants += [CpuVariant("ov-cpu", "fp32" if hint == "f32" else "bf16", present["fp32"], hint=hint)
+                         for hint in float_hints]
+        for role, quantizer in (("int8", "edgeseg"), ("int8-nncf", "nncf")):
+            if role in present:
+                variants += [CpuVariant("ov-cpu", "int8", present[role], quantizer, hint) for hint in float_hints]
+    return variants
+
+
+def open_variant(bundle: Path, variant: CpuVariant, threads: int | None = None):
+    if variant.backend == "ov-cpu":
+        from edgeseg.runners.ov import OvRunner
+
+        return OvRunner(bundle / variant.file, threads=threads, precision_hint=variant.hint or "f32")
+    from edgeseg.runners.ort import OrtRunner
+
+    return OrtRunner(bundle / variant.file, device="cpu", threads=threads)
+
+
+def file_size_mb(path: Path) -> float:
+    size = path.stat().st_size
+    if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
+        size += path.with_suffix(".bin").stat().st_size
+    return size / 1e6
+
+
+def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str, split: str, data_root,
+                     limit: int | None, threads: int | None, latency_rounds: int, log=print) -> dict:
+    """Accuracy of every variant on the split, then latency of all of them in interleaved rounds."""
+    import numpy as np
+
+    from edgeseg.bench.latency import measure_interleaved
+    from edgeseg.data.datasets import open_dataset
+    from edgeseg.evaluate import evaluate
+
+    dataset = open_dataset(dataset_name, split, data_root)
+    images = min(len(dataset), limit or len(dataset))
+    runners = {variant.name: open_variant(bundle, variant, threads) for variant in variants}
+    rows = []
+    for variant in variants:
+        runner = runners[variant.name]
+        scores = evaluate(runner.infer, dataset, runner.preprocessing, limit=limit, description=f"eval {variant.name}")
+        row = {**variant.to_dict(), "miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
+               "per_class_iou": scores.to_dict(dataset.label_set.classes)["per_class_iou"],
+               "size_mb": file_size_mb(bundle / variant.file)}
+        if variant.backend == "ov-cpu":
+            row["inference_precision"] = runner.inference_precision  # read back from the compiled model
+        rows.append(row)
+        log(f"{variant.name}: mIoU {scores.miou:.4f} on {images} images")
+    batch = np.zeros((1, 3, *runners[variants[0].name].preprocessing.input_size), np.float32)
+    timings = measure_interleaved({name: (lambda r=r: r.infer(batch)) for name, r in runners.items()},
+                                  rounds=latency_rounds, per_round=2)
+    reference = next(row for row in rows if row["backend"] == "ort-cpu" and row["precision"] == "fp32")
+    for row in rows:
+        row["miou_drop"] = (reference["miou"] - row["miou"]) * 100
+        row["latency_p50_ms"] = timings[row["name"]].p50_ms
+        row["latency_ratio"] = row["latency_p50_ms"] / timings[reference["name"]].p50_ms
+        row["latency"] = timings[row["name"]].to_dict()
+        log(f"{row['name']}: p50 {row['latency_p50_ms']:.1f} ms ({row['latency_ratio']:.2f}x ORT fp32), "
+            f"mIoU drop {row['miou_drop']:+.2f} points, {row['size_mb']:.1f} MB")
+    return {"dataset": dataset.name, "images": images, "threads": threads,
+            "latency_method": "interleaved rounds, batch 1, model only", "rows": rows}
+
+
+def choose_default(rows: list[dict], max_miou_drop: float | None) -> dict:
+    """The fastest non-peer row within the accuracy budget (points of mIoU vs FP32); ORT FP32 when none is."""
+    budget = float("inf") if max_miou_drop is None else max_miou_drop
+    eligible = [row for row in rows if not row.get("peer") and row["miou_drop"] <= budget]
+    if not eligible:  # FP32 always qualifies (drop 0), so this only happens without an FP32 row
+        raise ValueError("no variant within the accuracy budget")
+    return min(eligible, key=lambda row: row["latency_p50_ms"])
+
+
+def best_variant(bundle: Path, backend: str | None = None) -> CpuVariant | None:
+    """The variant to run from a bundle's report.json: its default, or with `backend` the fastest row of that
+    backend within the report's accuracy budget. None for bundles without rows (older or GPU bundles)."""
+    import json
+
+    report = bundle / "report.json"
+    if not report.is_file():
+        return None
+    try:
+        report = json.loads(report.read_text())
+    except (OSError, ValueError):
+        return None
+    chosen = report.get("default")
+    if backend is not None and report.get("rows"):
+        rows = [row for row in report["rows"] if row.get("backend") == backend and not row.get("peer")]
+        if not rows:
+            return None
+        try:
+            chosen = choose_default(rows, report.get("max_miou_drop"))
+        except ValueError:
+            return None
+    if not isinstance(chosen, dict) or "backend" not in chosen or not (bundle / chosen.get("file", "")).is_file():
+        return None
+    return CpuVariant.from_dict(chosen)

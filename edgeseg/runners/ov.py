@@ -1,0 +1,108 @@
+"""OpenVINO CPU runner (`ov-cpu`): the same ONNX files ONNX Runtime runs (Q/DQ included), or an OpenVINO IR
+(.xml + .bin), behind the Runner interface. Imports no torch; openvino is the optional extra `openvino`.
+
+OpenVINO picks the precision of float layers itself: on a CPU with AVX512-BF16 or AMX it runs them in bf16
+unless told otherwise. That would silently make an "fp32" row a bf16 one, so this runner always sets
+`inference_precision` explicitly (f32 unless bf16 is asked for), refuses bf16 where the CPU lacks it, and reads
+the hint back from the compiled model so what ran is what is recorded. In an INT8 (Q/DQ) model the quantized
+layers run in int8 whatever the hint; the hint decides the layers left in float.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.errors import UsageError
+from edgeseg.lazy import lazy_import
+from edgeseg.runners.base import TensorSpec
+from edgeseg.runners.ort import METADATA_OUTPUT, METADATA_PREPROCESSING
+from edgeseg.zoo.contract import Preprocessing
+
+PRECISION_HINTS = ("f32", "bf16")
+_OV_TYPES = {"f32": "float32", "f16": "float16", "u8": "uint8", "i64": "int64"}
+
+
+def cpu_capabilities() -> tuple[str, ...]:
+    """OpenVINO's optimization capabilities of this CPU (e.g. FP32, BF16, INT8); () without openvino."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return ()
+    return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def bf16_available() -> bool:
+    return "BF16" in cpu_capabilities()
+
+
+def _metadata(model) -> dict[str, str]:
+    """ONNX metadata_props (OpenVINO keeps them under rt_info 'framework'), or what edgeseg saved into an IR."""
+    found = {}
+    for key in (METADATA_PREPROCESSING, METADATA_OUTPUT):
+        for path in (["framework", key], [key]):
+            if model.has_rt_info(path):
+                found[key] = model.get_rt_info(path).astype(str)
+                break
+    return found
+
+
+class OvRunner:
+    backend = "ov-cpu"
+
+    def __init__(self, path: str | Path, threads: int | None = None, precision_hint: str = "f32"):
+        if precision_hint not in PRECISION_HINTS:
+            raise UsageError(f"OpenVINO precision hint {precision_hint!r}: choose {', '.join(PRECISION_HINTS)}")
+        ov = lazy_import("openvino", extra="openvino")
+        self.path = Path(path)
+        core = ov.Core()
+        if precision_hint == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise UsageError("this CPU has no bf16 support (AVX512-BF16 or AMX); OpenVINO would run f32 instead: "
+                             "use the f32 hint")
+        try:
+            model = core.read_model(str(self.path))
+        except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line C++ message
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"{self.path} cannot be loaded by OpenVINO: {first_line}") from exc
+        metadata = _metadata(model)
+        if METADATA_PREPROCESSING not in metadata:
+            raise UsageError(f"{self.path} carries no edgeseg preprocessing metadata; export it with 'edgeseg export'")
+        self.preprocessing = Preprocessing.from_dict(json.loads(metadata[METADATA_PREPROCESSING]))
+        self.output_kind = metadata.get(METADATA_OUTPUT, "logits")
+        config = {"INFERENCE_PRECISION_HINT": precision_hint, "PERFORMANCE_HINT": "LATENCY",
+                  "NUM_STREAMS": "1"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self._compiled = core.compile_model(model, "CPU", config)
+        # What OpenVINO will really use (bf16 / f32), read back rather than assumed.
+        self.inference_precision = _hint_name(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if self.inference_precision != precision_hint:
+            raise UsageError(f"OpenVINO compiled {self.path.name} with inference precision "
+                             f"{self.inference_precision}, not the {precision_hint} asked for")
+        self.threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
+        model_input = self._compiled.inputs[0]
+        shape = model_input.get_partial_shape()
+        self.input_spec = TensorSpec(model_input.get_any_name(),
+                                     tuple(int(d.get_length()) if d.is_static else "dynamic" for d in shape),
+                                     _OV_TYPES.get(model_input.get_element_type().get_type_name(), "float32"))
+        self._request = self._compiled.create_infer_request()
+
+    def __enter__(self) -> "OvRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._request = self._compiled = None
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=self.input_spec.dtype)
+        self._request.infer({0: batch})
+        # The output tensor's memory is reused by the next inference: hand out a copy.
+        return self._request.get_output_tensor(0).data.copy()
+
+
+def _hint_name(value) -> str:
+    text = str(value).lower()
+    return {"float32": "f32", "f32": "f32", "bfloat16": "bf16", "bf16": "bf16", "float16": "f16",
+            "f16": "f16"}.get(text, getattr(value, "get_type_name", lambda: text)())
