@@ -74,7 +74,8 @@ def quantize_nncf(fp32_path: str | Path, calibration_path: str | Path, out_path:
     settings = {**asdict(cfg), "model_type": model_type, "ignored_nodes": list(cfg.ignored_nodes),
                 "quantizer": "nncf.quantize (OpenVINO backend)", "format": "OpenVINO IR"}
     manifest = stage_manifest("quantize",
-                              inputs={"onnx": input_record(fp32_path), "calibration": input_record(calibration_path)},
+                              inputs={"onnx": input_record(fp32_path, out_path.parent),
+                                      "calibration": input_record(calibration_path, out_path.parent)},
                               settings=settings, libraries=("openvino", "nncf"))
     manifest.update({"precision": "int8", "calibration": {"count": calibration["count"],
                                                           "strategy": calibration["strategy"]},
