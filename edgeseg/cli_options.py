@@ -99,11 +99,22 @@ def old_spelling(name: str, new: str) -> Any:
     return typer.Option(None, name, hidden=True, help=f"old spelling of {new}")
 
 
-def renamed(value: Any, default: Any, old_value: Any, new: str, old: str) -> Any:
-    """The option's value given under its new or its old spelling; both with different values is refused."""
+def _given_on_command_line(option: str) -> bool:
+    """Whether the running command's `option` was typed (not its default), from click's parameter source."""
+    try:
+        from typer._click.globals import get_current_context  # typer 0.26+ vendors click
+    except ImportError:
+        from click import get_current_context
+    ctx = get_current_context(silent=True)
+    source = ctx.get_parameter_source(option.lstrip("-").replace("-", "_")) if ctx is not None else None
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def renamed(value: Any, old_value: Any, new: str, old: str) -> Any:
+    """The option's value given under its new or its old spelling; both given with different values is refused."""
     if old_value is None:
         return value
-    if value != default and value != old_value:
+    if _given_on_command_line(new) and value != old_value:
         raise UsageError(f"give {new} once ({old} is its old spelling)")
     return old_value
 

@@ -120,6 +120,9 @@ def test_old_option_spellings_still_work(capsys, tmp_path):
     code, _, err = run_cli(["build", *model, "--out", str(tmp_path / "b"), "--split", "val", "--eval-split", "test"],
                            capsys)
     assert_one_line_error(code, err, "give --split once (--eval-split is its old spelling)")
+    code, _, err = run_cli(["build", *model, "--out", str(tmp_path / "b"), "--split", "test", "--eval-split", "val"],
+                           capsys)  # the new spelling with its default value is still a second answer
+    assert_one_line_error(code, err, "give --split once (--eval-split is its old spelling)")
     code, _, err = run_cli(["quantize", str(tmp_path / "m.onnx"), "--eval-split", "training"], capsys)
     assert_one_line_error(code, err, "--budget-split 'training' is not accepted")
 
