@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeseg import __version__
+from edgeseg import cli_options as opts
 from edgeseg import option_domains as domain
 from edgeseg.errors import EdgesegError, UsageError
 from edgeseg.sizes import parse_size
@@ -25,21 +26,12 @@ app.add_typer(data_app, name="data")
 # Pipes and CI logs get a wide fixed width so tables are not folded into unreadable columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
 
-SIZE_HELP = "input size HEIGHTxWIDTH, e.g. 360x480 (default: the model's own)"
-MODEL_HELP = ("zoo name, .onnx (with --card if foreign), build bundle, .engine, Hugging Face directory or hub id, "
-              "or package.module:factory (with --weights and --card)")
-DATA_HELP = ("dataset: camvid, cityscapes, cityscapes:PATH (as downloaded) or folder:IMAGES:MASKS[:classes=FILE:"
-             "image_suffix=S:mask_suffix=S:masks=colour:void=N]")
-CLASSES_HELP = ("folder datasets: the class names, one per line ('name' or 'name R G B'), or a model card "
-                "(default: the model's classes)")
-CARD_HELP = "model card (TOML) of a foreign model: 'edgeseg card init MODEL.onnx' writes one"
 DIST_BACKEND_HELP = "under torchrun: gloo (CPU), nccl (CUDA GPUs) or auto (nccl when the device is CUDA)"
 DIST_TIMEOUT_HELP = "under torchrun: seconds a process waits for the others before giving up with an error"
 
 
 def _quiet(line: str) -> None:
     """The log of torchrun ranks other than 0: they repeat what rank 0 says."""
-FORCE_HELP = "replace an existing output (a file, or a folder edgeseg wrote; never a folder of other files)"
 
 
 def _plain_log(line: str) -> None:
@@ -91,27 +83,28 @@ def models():
 
 @app.command("eval")
 def eval_command(
-    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
-    weights: Optional[str] = typer.Option(None, help="checkpoint path, hub id, named weights or 'random' "
-                                                     "(default: the bundled CamVid checkpoint)"),
-    data: str = typer.Option("camvid", help=DATA_HELP),
-    split: str = typer.Option("test", help="train, val or test"),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
-    size: Optional[str] = typer.Option(None, help=SIZE_HELP),
-    limit: Optional[int] = typer.Option(None, help="evaluate only the first N images"),
-    device: str = typer.Option("cpu", help="cpu or cuda"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON here"),
-    card: Optional[Path] = typer.Option(None, help=CARD_HELP),
-    classes: Optional[Path] = typer.Option(None, help=CLASSES_HELP),
-    dist_backend: str = typer.Option("auto", "--dist-backend", help=DIST_BACKEND_HELP),
+    model: str = opts.model(),
+    weights: Optional[str] = opts.weights(),
+    data: str = opts.data(),
+    split: str = opts.split(),
+    data_root: Optional[str] = opts.data_root(),
+    size: Optional[str] = opts.size(),
+    limit: Optional[int] = opts.limit(),
+    device: str = opts.device(),
+    threads: Optional[int] = opts.threads(),
+    json_out: Optional[Path] = opts.json_out(),
+    card: Optional[Path] = opts.card(),
+    classes: Optional[Path] = opts.classes(),
+    dist_backend: str = typer.Option("auto", "--dist-backend", metavar="BACKEND", help=DIST_BACKEND_HELP),
     dist_timeout: float = typer.Option(600.0, "--dist-timeout", help=DIST_TIMEOUT_HELP),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    force: bool = opts.force(),
 ):
     """Evaluate a model on a dataset split: per-class IoU, mIoU, pixel and mean class accuracy.
     Under torchrun the split is shared out across the processes and the results summed."""
     domain.one_of("--split", split, domain.SPLITS)
     domain.count("--limit", limit)
-    domain.one_of("--device", device, domain.EVAL_DEVICES)
+    domain.one_of("--device", device, domain.TORCH_DEVICES)
+    domain.count("--threads", threads)
     if json_out:
         check_output_file(json_out, force=force, option="--json")
     from edgeseg.distributed import is_main_process
@@ -120,7 +113,7 @@ def eval_command(
 
     data = with_classes(data, classes)
     report = evaluate_model(EvalConfig(model=model, weights=weights, dataset=data, split=split, data_root=data_root,
-                                       size=parse_size(size), limit=limit, device=device,
+                                       size=parse_size(size), limit=limit, device=device, threads=threads,
                                        card=str(card) if card else None, dist_backend=dist_backend,
                                        dist_timeout_s=dist_timeout))
     if not is_main_process():  # every rank holds the same report; rank 0 shows and writes it
@@ -145,38 +138,39 @@ def eval_command(
 
 @app.command()
 def train(
-    model: str = typer.Option(..., "--model", "-m", help="zoo model name"),
-    out: Path = typer.Option(..., "--out", "-o", help="run directory (checkpoints, log); reused by --resume"),
-    weights: str = typer.Option("random", help="initial weights (any --weights spec)"),
-    data: str = typer.Option("camvid", help="dataset: camvid, cityscapes or folder:IMAGES:MASKS"),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
-    epochs: int = typer.Option(100),
-    batch_size: int = typer.Option(8),
+    model: str = opts.model(help="zoo model name"),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR",
+                             help="run directory (checkpoints, log); reused by --resume"),
+    weights: str = opts.weights("random", help="initial weights: checkpoint path, hub id, named weights or random"),
+    data: str = opts.data(help="dataset: camvid, cityscapes or folder:IMAGES:MASKS"),
+    data_root: Optional[str] = opts.data_root(),
+    epochs: int = typer.Option(100, help="training epochs"),
+    batch_size: int = typer.Option(8, help="images per step (per process under torchrun)"),
     lr: float = typer.Option(1e-3, help="peak AdamW learning rate (after warmup)"),
-    weight_decay: float = typer.Option(0.01),
-    warmup_iters: int = typer.Option(150),
-    crop: str = typer.Option("256x320", help="training crop HEIGHTxWIDTH"),
+    weight_decay: float = typer.Option(0.01, help="AdamW weight decay"),
+    warmup_iters: int = typer.Option(150, help="steps of linear learning-rate warmup"),
+    crop: str = typer.Option("256x320", metavar="HxW", help="training crop HEIGHTxWIDTH"),
     scale_min: float = typer.Option(0.75, help="smallest random scale"),
     scale_max: float = typer.Option(1.5, help="largest random scale"),
     loss: str = typer.Option("weighted-ce",
                              help="ce, weighted-ce (ENet class weights), ohem, weighted-ohem or dice (+ce)"),
     eval_every: int = typer.Option(5, help="evaluate on val every N epochs (0: only at the end)"),
-    seed: int = typer.Option(0),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch"),
-    device: str = typer.Option("auto", help="auto, cpu or cuda"),
-    no_amp: bool = typer.Option(False, "--no-amp", help="disable mixed precision on CUDA"),
+    seed: int = typer.Option(0, help="random seed (data order, augmentation, initial weights)"),
+    threads: Optional[int] = opts.threads(),
+    device: str = opts.device(),
+    no_amp: bool = opts.flag("--no-amp", "disable mixed precision on CUDA"),
     max_minutes: Optional[float] = typer.Option(None, help="stop cleanly after this long; continue with --resume"),
     resume: bool = typer.Option(False, help="continue the run in --out where it stopped"),
     distill_from: Optional[str] = typer.Option(None, help="teacher weights for knowledge distillation"),
-    new_head: bool = typer.Option(False, "--new-head", help="--weights predict other classes (e.g. cityscapes) or "
+    new_head: bool = opts.flag("--new-head", "--weights predict other classes (e.g. cityscapes) or "
                                   "lack a decoder (nvidia/mit-b0): start those layers afresh for this dataset"),
-    sync_bn: bool = typer.Option(False, "--sync-bn", help="under torchrun on GPUs: BatchNorm statistics over the "
+    sync_bn: bool = opts.flag("--sync-bn", "under torchrun on GPUs: BatchNorm statistics over the "
                                  "global batch (SyncBatchNorm)"),
-    freeze_bn: bool = typer.Option(False, "--freeze-bn", help="keep BatchNorm running statistics fixed (tiny "
+    freeze_bn: bool = opts.flag("--freeze-bn", "keep BatchNorm running statistics fixed (tiny "
                                    "per-process batches, fine-tuning)"),
-    dist_backend: str = typer.Option("auto", "--dist-backend", help=DIST_BACKEND_HELP),
+    dist_backend: str = typer.Option("auto", "--dist-backend", metavar="BACKEND", help=DIST_BACKEND_HELP),
     dist_timeout: float = typer.Option(600.0, "--dist-timeout", help=DIST_TIMEOUT_HELP),
-    force: bool = typer.Option(False, "--force", help="start afresh in an --out that holds an earlier run"),
+    force: bool = opts.force("start afresh in an --out that holds an earlier run"),
 ):
     """Train or fine-tune a model (AdamW, warmup + poly LR, augmentation, periodic eval, resumable).
     Under torchrun: DistributedDataParallel, --batch-size per process, rank 0 writes the run."""
@@ -227,25 +221,29 @@ def data_fetch(
 
 @app.command()
 def export(
-    model: str = typer.Option(..., "--model", "-m", help="zoo name, Hugging Face directory or hub id, or "
-                                                          "package.module:factory (with --weights and --card)"),
-    weights: Optional[str] = typer.Option(None, help="weights spec (default: the bundled CamVid checkpoint)"),
-    out: Path = typer.Option(Path("model.onnx"), "--out", "-o", help="ONNX file to write (+ <file>.json manifest)"),
-    size: Optional[str] = typer.Option(None, help=SIZE_HELP),
+    model: str = opts.model(help="zoo name, Hugging Face directory or hub id, or package.module:factory (with "
+                                 "--weights and --card)"),
+    weights: Optional[str] = opts.weights(),
+    out: Path = typer.Option(Path("model.onnx"), "--out", "-o", metavar="FILE",
+                             help="ONNX file to write (+ <file>.json manifest)"),
+    size: Optional[str] = opts.size(),
     batch: int = typer.Option(1, help="static batch size"),
-    dynamic: list[str] = typer.Option([], help="make an axis dynamic: batch, height or width (repeatable)"),
-    opset: int = typer.Option(17),
-    no_simplify: bool = typer.Option(False, "--no-simplify", help="skip onnxslim"),
+    dynamic: list[str] = typer.Option([], metavar="AXIS",
+                                      help="make an axis dynamic: batch, height or width (repeatable)"),
+    opset: int = typer.Option(17, help="ONNX opset (17 or newer)"),
+    no_simplify: bool = opts.flag("--no-simplify", "skip onnxslim"),
     fuse_argmax: bool = typer.Option(False, help="output a uint8 label map (argmax in the graph) instead of logits"),
-    data: str = typer.Option("camvid", help="dataset whose images the parity check uses"),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
-    card: Optional[Path] = typer.Option(None, help="model card for a Hugging Face or module:factory model"),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    data: str = opts.data(help="dataset whose images the parity check uses"),
+    data_root: Optional[str] = opts.data_root(),
+    card: Optional[Path] = opts.card(help="model card for a Hugging Face or module:factory model"),
+    threads: Optional[int] = opts.threads(),
+    force: bool = opts.force(),
 ):
     """Export a model to ONNX with its preprocessing in the metadata and a parity check against torch."""
     domain.count("--batch", batch)
     domain.each_one_of("--dynamic", dynamic, domain.DYNAMIC_AXES)
     domain.between("--opset", opset, domain.MIN_OPSET, domain.MAX_OPSET)
+    domain.count("--threads", threads)
     check_output_file(out, force=force)
     check_output_file(Path(f"{out}.json"), force=force)  # the manifest written beside it
     from edgeseg.export import ExportConfig, export_model
@@ -255,7 +253,8 @@ def export(
     if not source.is_torch:
         raise UsageError(f"{model} is already an {source.kind}; export takes a PyTorch model")
     cfg = ExportConfig(size=parse_size(size), batch=batch, dynamic=tuple(dynamic), opset=opset,
-                       simplify=not no_simplify, fuse_argmax=fuse_argmax, dataset=data, data_root=data_root)
+                       simplify=not no_simplify, fuse_argmax=fuse_argmax, dataset=data, data_root=data_root,
+                       threads=threads)
     artifact = export_model(load_torch(source, weights, load_card_option(card, source)), source.name, cfg, out)
     parity = artifact.manifest["checks"]["parity"]
     console.print(f"wrote {artifact.path}: argmax agreement with torch {parity['argmax_agreement']:.4%} on "
@@ -264,20 +263,21 @@ def export(
 
 @app.command()
 def calib(
-    model: str = typer.Option(..., "--model", "-m", help="zoo model, or any --model with a contract (its contract "
-                                                          "sets the deployed resolution)"),
+    model: str = opts.model(help="zoo model, or any --model with a contract (its contract sets the deployed "
+                                 "resolution)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="manifest to write (default: calibration/<model>-"
                                                                  "<dataset>-<strategy>-<count>.json)"),
-    data: str = typer.Option("camvid", help=f"dataset to sample from; {DATA_HELP}"),
-    split: str = typer.Option("train"),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
-    images: Optional[Path] = typer.Option(None, help="a plain folder of images instead of a dataset"),
-    count: int = typer.Option(200),
-    strategy: str = typer.Option("class-balanced", help="random, class-balanced or sequence-spread"),
-    seed: int = typer.Option(0),
-    size: Optional[str] = typer.Option(None, help="calibration resolution (default: the model's input size)"),
-    card: Optional[Path] = typer.Option(None, help=CARD_HELP),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    data: str = opts.data(help=f"dataset to sample from; {opts.DATA_HELP}"),
+    split: str = opts.split("train", help="split to sample from: train, val or test"),
+    data_root: Optional[str] = opts.data_root(),
+    images: Optional[Path] = typer.Option(None, metavar="DIR", help="a plain folder of images instead of a dataset"),
+    count: int = typer.Option(200, help="how many images to sample"),
+    strategy: str = typer.Option("class-balanced", metavar="STRATEGY",
+                                 help="random, class-balanced or sequence-spread"),
+    seed: int = typer.Option(0, help="random seed of the sample"),
+    size: Optional[str] = opts.size(help="calibration resolution HEIGHTxWIDTH (default: the model's input size)"),
+    card: Optional[Path] = opts.card(),
+    force: bool = opts.force(),
 ):
     """Sample a calibration set and write its manifest (image paths + sha256, never images)."""
     import re
@@ -306,33 +306,45 @@ def calib(
 
 @app.command()
 def quantize(
-    onnx_model: Path = typer.Argument(..., help="the FP32 model.onnx written by 'edgeseg export'"),
-    precision: str = typer.Option("int8", help="int8 or fp16"),
-    calibration: Optional[Path] = typer.Option(None, help="calibration manifest ('edgeseg calib'), for int8"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="default: model.<precision>.onnx beside the input"),
-    profile: str = typer.Option("cpu", help="cpu (ONNX Runtime CPU) or trt (symmetric INT8 for TensorRT)"),
-    method: str = typer.Option("minmax", help="minmax, entropy or percentile"),
+    onnx_model: Path = typer.Argument(..., metavar="MODEL.onnx",
+                                      help="the FP32 model.onnx written by 'edgeseg export'"),
+    precision: str = typer.Option("int8", metavar="PRECISION", help="int8 or fp16"),
+    calibration: Optional[Path] = typer.Option(None, metavar="FILE",
+                                               help="calibration manifest ('edgeseg calib'), for int8"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE",
+                                       help="model to write (default: model.<precision>.onnx beside the input)"),
+    profile: str = typer.Option("cpu", metavar="PROFILE",
+                                help="cpu (ONNX Runtime CPU) or trt (symmetric INT8 for TensorRT)"),
+    method: str = typer.Option("minmax", metavar="METHOD", help="minmax, entropy or percentile"),
     max_miou_drop: Optional[float] = typer.Option(None, help="accuracy budget in mIoU points: keep the most "
                                                              "sensitive layers in float until the drop fits"),
-    eval_split: str = typer.Option("val", help="held-out split for the accuracy budget"),
-    eval_limit: Optional[int] = typer.Option(None, help="evaluate the budget on the first N images"),
-    keep_float: list[str] = typer.Option([], help="node name to keep in float (repeatable)"),
-    data: str = typer.Option("camvid"),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
-    card: Optional[Path] = typer.Option(None, help="model card of a foreign ONNX (no edgeseg metadata); the output "
-                                                   "graph carries it"),
-    calib_images: Optional[Path] = typer.Option(None, "--calib-images", help="INT8: calibrate on a plain folder of "
-                                                "images (random sample) instead of --calibration"),
+    budget_split: str = opts.budget_split(),
+    budget_limit: Optional[int] = typer.Option(None, "--budget-limit", metavar="N",
+                                               help="evaluate the accuracy budget on the first N images only"),
+    keep_float: list[str] = typer.Option([], metavar="NODE", help="node name to keep in float (repeatable)"),
+    data: str = opts.data(help="dataset the accuracy budget is measured on"),
+    data_root: Optional[str] = opts.data_root(),
+    card: Optional[Path] = opts.card(help="model card of a foreign ONNX (no edgeseg metadata); the output graph "
+                                          "carries it"),
+    calib_images: Optional[Path] = typer.Option(None, "--calib-images", metavar="DIR", help="INT8: calibrate on a "
+                                                "plain folder of images (random sample) instead of --calibration"),
     calib_count: int = typer.Option(100, help="--calib-images: how many images (at most the folder's)"),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    threads: Optional[int] = opts.threads(help="ONNX Runtime CPU threads for the accuracy budget (default: all "
+                                              "cores)"),
+    force: bool = opts.force(),
+    eval_split: Optional[str] = opts.old_spelling("--eval-split", "--budget-split"),
+    eval_limit: Optional[int] = opts.old_spelling("--eval-limit", "--budget-limit"),
 ):
     """Put precision into the graph: FP16, or INT8 Q/DQ calibrated on a calibration set."""
     domain.one_of("--precision", precision, ("int8", "fp16"))
     domain.one_of("--profile", profile, domain.QUANT_PROFILES)
     domain.one_of("--method", method, domain.CALIB_METHODS)
     domain.at_least("--max-miou-drop", max_miou_drop, 0)
-    domain.one_of("--eval-split", eval_split, domain.SPLITS)
-    domain.count("--eval-limit", eval_limit)
+    budget_split = opts.renamed(budget_split, eval_split, "--budget-split", "--eval-split")
+    budget_limit = opts.renamed(budget_limit, eval_limit, "--budget-limit", "--eval-limit")
+    domain.one_of("--budget-split", budget_split, domain.SPLITS)
+    domain.count("--budget-limit", budget_limit)
+    domain.count("--threads", threads)
     if not onnx_model.is_file():
         raise UsageError(f"{onnx_model} " + ("is a folder; give the .onnx file" if onnx_model.is_dir()
                                              else "does not exist"))
@@ -356,8 +368,8 @@ def quantize(
     if calibration is None:
         raise UsageError("INT8 needs --calibration MANIFEST ('edgeseg calib --model ...') or --calib-images DIR")
     cfg = QuantizeConfig(profile=profile, method=method, max_miou_drop=max_miou_drop, eval_dataset=data,
-                         eval_split=eval_split, eval_limit=eval_limit, data_root=data_root,
-                         keep_float=tuple(keep_float))
+                         eval_split=budget_split, eval_limit=budget_limit, data_root=data_root,
+                         keep_float=tuple(keep_float), threads=threads)
     from edgeseg.distributed import is_main_process, process_group
 
     # Under torchrun (CPU processes, gloo) the accuracy budget's evaluations are shared out; rank 0 writes.
@@ -385,42 +397,55 @@ def _calibration_from_images(onnx_model: Path, card, images: Path, count: int, o
 
 @app.command()
 def build(
-    model: str = typer.Option(..., "--model", "-m", help="zoo name, .onnx (with --card if foreign), Hugging Face "
-                                                          "directory or package.module:factory"),
-    target: str = typer.Option("cpu", help="deployment target (see 'edgeseg targets'), e.g. cpu, jetson-orin"),
-    weights: Optional[str] = typer.Option(None, help="weights spec (default: the bundled CamVid checkpoint)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o",
+    model: str = opts.model(help="zoo name, .onnx (with --card if foreign), Hugging Face directory or "
+                                 "package.module:factory"),
+    target: str = typer.Option("cpu", metavar="TARGET",
+                               help="deployment target (see 'edgeseg targets'), e.g. cpu, jetson-orin"),
+    weights: Optional[str] = opts.weights(),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR",
                                        help="bundle directory (default: bundles/<model>-<target>)"),
-    size: Optional[str] = typer.Option(None, help=SIZE_HELP),
-    data: str = typer.Option("camvid", help=DATA_HELP),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
+    size: Optional[str] = opts.size(),
+    data: str = opts.data(),
+    data_root: Optional[str] = opts.data_root(),
     calib_count: int = typer.Option(200, help="calibration images"),
-    calib_strategy: str = typer.Option("class-balanced", help="random, class-balanced or sequence-spread"),
-    profile: Optional[str] = typer.Option(None, help="INT8 profile: cpu or trt (default: by target)"),
-    method: str = typer.Option("minmax", help="calibration method: minmax, entropy or percentile"),
-    max_miou_drop: Optional[float] = typer.Option(1.0, help="INT8 accuracy budget on the val split, mIoU points "
+    calib_strategy: str = typer.Option("class-balanced", metavar="STRATEGY",
+                                       help="random, class-balanced or sequence-spread"),
+    profile: Optional[str] = typer.Option(None, metavar="PROFILE",
+                                          help="INT8 profile: cpu or trt (default: by target)"),
+    method: str = typer.Option("minmax", metavar="METHOD", help="calibration method: minmax, entropy or percentile"),
+    max_miou_drop: Optional[float] = typer.Option(1.0, help="INT8 accuracy budget on --budget-split, mIoU points "
                                                             "(negative: no budget loop)"),
-    eval_split: str = typer.Option("test", help="split the report's mIoU is measured on"),
-    eval_limit: Optional[int] = typer.Option(None, help="evaluate on the first N images only"),
-    precision: str = typer.Option("int8", help="engine precision for GPU targets: fp32, fp16, int8"),
-    threads: Optional[int] = typer.Option(None, help="ONNX Runtime CPU threads (default: all cores)"),
-    prune: Optional[float] = typer.Option(None, "--prune", help="prune this fraction of channels first (0-1)"),
+    split: str = opts.split(help="split the report's mIoU is measured on: train, val or test"),
+    limit: Optional[int] = opts.limit(),
+    budget_split: str = opts.budget_split(),
+    precision: str = typer.Option("int8", metavar="PRECISION",
+                                  help="engine precision for GPU targets: fp32, fp16, int8"),
+    threads: Optional[int] = opts.threads(help="ONNX Runtime CPU threads (default: all cores)"),
+    prune: Optional[float] = typer.Option(None, "--prune", metavar="RATIO",
+                                          help="prune this fraction of channels first (0-1)"),
     finetune_epochs: int = typer.Option(0, help="recovery fine-tune epochs after --prune (distilled)"),
-    card: Optional[Path] = typer.Option(None, help=CARD_HELP),
-    calib_images: Optional[Path] = typer.Option(None, "--calib-images", help="calibrate on a plain folder of images "
-                                                "(no masks); without labelled data the accuracy budget is skipped"),
-    budget_limit: Optional[int] = typer.Option(None, help="evaluate the INT8 accuracy budget on the first N images"),
-    classes: Optional[Path] = typer.Option(None, help=CLASSES_HELP),
-    force: bool = typer.Option(False, "--force", help="replace an earlier bundle at --out (never a folder that "
-                                                      "edgeseg did not write)"),
+    card: Optional[Path] = opts.card(),
+    calib_images: Optional[Path] = typer.Option(None, "--calib-images", metavar="DIR", help="calibrate on a plain "
+                                                "folder of images (no masks); without labelled data the accuracy "
+                                                "budget is skipped"),
+    budget_limit: Optional[int] = typer.Option(None, "--budget-limit", metavar="N",
+                                               help="evaluate the INT8 accuracy budget on the first N images only"),
+    classes: Optional[Path] = opts.classes(),
+    force: bool = opts.force("replace an earlier bundle at --out (never a folder that edgeseg did not write)"),
+    eval_split: Optional[str] = opts.old_spelling("--eval-split", "--split"),
+    eval_limit: Optional[int] = opts.old_spelling("--eval-limit", "--limit"),
 ):
     """Run the pipeline for one target: export, FP16, calibration, INT8, evaluation, engine or cross-build kit."""
     domain.count("--calib-count", calib_count)
     domain.one_of("--calib-strategy", calib_strategy, domain.CALIB_STRATEGIES)
     domain.one_of("--profile", profile, domain.QUANT_PROFILES)
     domain.one_of("--method", method, domain.CALIB_METHODS)
-    domain.one_of("--eval-split", eval_split, domain.SPLITS)
-    domain.count("--eval-limit", eval_limit)
+    split = opts.renamed(split, eval_split, "--split", "--eval-split")
+    limit = opts.renamed(limit, eval_limit, "--limit", "--eval-limit")
+    domain.one_of("--split", split, domain.SPLITS)
+    domain.count("--limit", limit)
+    domain.one_of("--budget-split", budget_split, domain.SPLITS)
+    domain.count("--budget-limit", budget_limit)
     domain.one_of("--precision", precision, domain.PRECISIONS)
     domain.count("--threads", threads)
     domain.between("--prune", prune, 0, 1, open_low=True, open_high=True)
@@ -433,7 +458,8 @@ def build(
                       size=parse_size(size), dataset=data, data_root=data_root, calib_count=calib_count,
                       calib_strategy=calib_strategy, quant_profile=profile, quant_method=method,
                       max_miou_drop=None if max_miou_drop is not None and max_miou_drop < 0 else max_miou_drop,
-                      eval_split=eval_split, eval_limit=eval_limit, engine_precision=precision, threads=threads,
+                      eval_split=split, eval_limit=limit, budget_split=budget_split, engine_precision=precision,
+                      threads=threads,
                       prune_ratio=prune, finetune_epochs=finetune_epochs, card=str(card) if card else None,
                       calib_images=str(calib_images) if calib_images else None, budget_limit=budget_limit, force=force)
     run_build(cfg, log=_plain_log)
@@ -441,43 +467,47 @@ def build(
 
 @app.command()
 def demo(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=".onnx model (with --card if foreign), OpenVINO "
-                                                                    ".xml, TensorRT .engine or build bundle folder "
-                                                                    "(required "
-                                                                    "unless --print-pipeline)"),
-    source: str = typer.Option("0", "--source", "-s", help="camera index (0), /dev/videoN, v4l2:///dev/videoN, "
-                                                           "csi://N?width=1920&height=1080&fps=30&sensor-mode=M&"
-                                                           "flip=F, "
-                                                           "video file, rtsp:// URL (#codec=h265) or image folder"),
-    print_pipeline: bool = typer.Option(False, "--print-pipeline", help="print the GStreamer pipeline the source "
-                                                                         "would be opened with, and exit"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="MODEL",
+                                        help=".onnx model (with --card if foreign), OpenVINO .xml, TensorRT .engine or "
+                                             "build bundle folder (required unless --print-pipeline)"),
+    source: str = typer.Option("0", "--source", "-s", metavar="SOURCE",
+                               help="camera index (0), /dev/videoN, v4l2:///dev/videoN, "
+                                    "csi://N?width=1920&height=1080&fps=30&sensor-mode=M&flip=F, "
+                                    "video file, rtsp:// URL (#codec=h265) or image folder"),
+    print_pipeline: bool = opts.flag("--print-pipeline", "print the GStreamer pipeline the source would be opened "
+                                                         "with, and exit"),
     show: bool = typer.Option(True, "--show/--no-show", help="open a window (q or Esc quits)"),
-    save: Optional[Path] = typer.Option(None, help="write the rendered video here (.mp4), finalised even on Ctrl-C"),
-    mode: str = typer.Option("overlay", help="overlay, mask or side-by-side"),
+    save: Optional[Path] = typer.Option(None, metavar="FILE",
+                                        help="write the rendered video here (.mp4), finalised even on Ctrl-C"),
+    mode: str = typer.Option("overlay", metavar="MODE", help="overlay, mask or side-by-side"),
     alpha: float = typer.Option(0.5, help="overlay opacity, 0 to 1"),
     classes: Optional[str] = typer.Option(None, help="draw only these classes, comma-separated, e.g. Car,Pedestrian"),
-    effect: str = typer.Option("none", help="none or blur-background (keeps --classes, by default the road users, "
-                                            "sharp and blurs the rest)"),
-    realtime: bool = typer.Option(False, "--realtime", help="files and folders: play at their frame rate and drop "
-                                                            "frames to keep up, like a live camera"),
+    effect: str = typer.Option("none", metavar="EFFECT",
+                               help="none or blur-background (keeps --classes, by default the road users, "
+                                    "sharp and blurs the rest)"),
+    realtime: bool = opts.flag("--realtime", "files and folders: play at their frame rate and drop frames to keep "
+                                             "up, like a live camera"),
     max_frames: Optional[int] = typer.Option(None, help="stop after N rendered frames"),
-    device: str = typer.Option("auto", help="auto, cuda or cpu (for ONNX models)"),
-    backend: str = typer.Option("auto", help="auto (a bundle: its engine, else the default CPU variant its build "
-                                             "measured fastest), ort-cpu, ort-cuda, ov-cpu (OpenVINO) or trt"),
-    threads: Optional[int] = typer.Option(None, help="ONNX Runtime CPU threads (default: all cores)"),
+    device: str = opts.device(help="for ONNX models: " + opts.DEVICE_HELP),
+    backend: str = typer.Option("auto", metavar="BACKEND",
+                                help="auto (a bundle: its engine, else the default CPU variant its build measured "
+                                     "fastest), ort-cpu, ort-cuda, ov-cpu (OpenVINO) or trt"),
+    threads: Optional[int] = opts.threads(help="ONNX Runtime CPU threads (default: all cores)"),
     legend: bool = typer.Option(True, "--legend/--no-legend", help="draw the class colour legend"),
     hud: bool = typer.Option(True, "--hud/--no-hud", help="draw FPS and per-stage milliseconds on the frame"),
     reconnect_attempts: int = typer.Option(5, help="live sources: reconnect attempts when the stream drops "
                                                    "(waits start at 0.5 s and double)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the run summary as JSON here"),
-    card: Optional[Path] = typer.Option(None, help="model card of a foreign .onnx (no edgeseg metadata)"),
-    fit: Optional[str] = typer.Option(None, "--fit", help="frames of another shape: letterbox (keep the aspect, pad "
-                                                          "cut out of the mask), crop or resize (squeeze); default: "
-                                                          "the model's contract (letterbox)"),
-    serve: Optional[str] = typer.Option(None, "--serve", help="HOST:PORT: live view in a browser (MJPEG, legend, FPS, "
-                                                              "mode and alpha); 127.0.0.1:8080 for this machine only, "
-                                                              "0.0.0.0:8080 for the network, port 0 picks one"),
-    force: bool = typer.Option(False, "--force", help="replace an existing --save video or --json file"),
+    json_out: Optional[Path] = opts.json_out(help="write the run summary as JSON here"),
+    card: Optional[Path] = opts.card(help="model card of a foreign .onnx (no edgeseg metadata)"),
+    fit: Optional[str] = typer.Option(None, "--fit", metavar="FIT",
+                                      help="frames of another shape: letterbox (keep the aspect, pad cut out of the "
+                                           "mask), crop or resize (squeeze); default: the model's contract "
+                                           "(letterbox)"),
+    serve: Optional[str] = typer.Option(None, "--serve", metavar="HOST:PORT",
+                                        help="live view in a browser (MJPEG, legend, FPS, mode and alpha); "
+                                             "127.0.0.1:8080 for this machine only, 0.0.0.0:8080 for the network, "
+                                             "port 0 picks one"),
+    force: bool = opts.force("replace an existing --save video or --json file"),
 ):
     """Real-time segmentation of a camera, stream, video file or image folder, with legend, HUD and --save."""
     domain.one_of("--mode", mode, domain.DEMO_MODES)
@@ -527,26 +557,27 @@ def demo(
 
 @app.command("bench")
 def bench_command(
-    suite: Optional[str] = typer.Option(None, "--suite", help="suite TOML file, or a name under benchmarks/suites "
-                                                              "(e.g. cpu)"),
-    models: list[str] = typer.Option([], "--models", "-m", help="zoo model, bundle folder or .onnx; comma-separated "
-                                                                "or repeated (replaces the suite's models)"),
-    weights: Optional[str] = typer.Option(None, help="weights spec for the zoo models (e.g. random, a checkpoint)"),
+    suite: Optional[str] = typer.Option(None, "--suite", metavar="SUITE",
+                                        help="suite TOML file, or a name under benchmarks/suites (e.g. cpu)"),
+    models: list[str] = typer.Option([], "--models", "-m", metavar="MODELS",
+                                     help="zoo model, bundle folder or .onnx; comma-separated or repeated (replaces "
+                                          "the suite's models)"),
+    weights: Optional[str] = opts.weights(help="weights spec for the zoo models (e.g. random, a checkpoint)"),
     precisions: list[str] = typer.Option([], help="fp32, fp16, bf16 (ov-cpu), int8; comma-separated or repeated"),
-    backends: list[str] = typer.Option([], help="torch, torch-cuda, ort-cpu, ov-cpu, ort-cuda, trt; "
-                                                "comma-separated"),
-    size: list[str] = typer.Option([], help="input size HEIGHTxWIDTH (repeatable; default: the suite's or 360x480)"),
-    with_optional: bool = typer.Option(False, "--with-optional", help="also measure the suite's optional precisions"),
-    data: Optional[str] = typer.Option(None, help="dataset (default: the suite's, camvid)"),
-    split: Optional[str] = typer.Option(None, help="split accuracy is measured on (default: the suite's, test)"),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
-    limit: Optional[int] = typer.Option(None, help="evaluate on the first N images only"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch and ONNX Runtime (default: theirs)"),
+    backends: list[str] = typer.Option([], help="torch, torch-cuda, ort-cpu, ov-cpu, ort-cuda, trt; comma-separated"),
+    size: list[str] = typer.Option([], metavar="HxW",
+                                   help="input size HEIGHTxWIDTH (repeatable; default: the suite's or 360x480)"),
+    with_optional: bool = opts.flag("--with-optional", "also measure the suite's optional precisions"),
+    data: Optional[str] = typer.Option(None, metavar="DATASET", help="dataset (default: the suite's, camvid)"),
+    split: Optional[str] = opts.split(None, help="split accuracy is measured on (default: the suite's, test)"),
+    data_root: Optional[str] = opts.data_root(),
+    limit: Optional[int] = opts.limit(),
+    threads: Optional[int] = opts.threads(),
     batch: Optional[int] = typer.Option(None, help="the larger batch throughput is measured at (default 4)"),
     min_seconds: Optional[float] = typer.Option(None, help="time each latency figure at least this long"),
     calib_count: Optional[int] = typer.Option(None, help="INT8 calibration images"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="results folder (default: "
-                                                                 "benchmarks/results/<machine>)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR",
+                                       help="results folder (default: benchmarks/results/<machine>)"),
     machine: Optional[str] = typer.Option(None, help="machine name for the results folder (default: from the "
                                                      "hardware, e.g. cpu-xeon-platinum-8375c-8c)"),
     cache_dir: Optional[Path] = typer.Option(None, help="where exported ONNX and engines are cached and reused "
@@ -556,8 +587,8 @@ def bench_command(
     fail_under_miou: Optional[float] = typer.Option(None, help="fail (after writing results) when a row's mIoU is "
                                                                "under this fraction, e.g. 0.6"),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="write latency-vs-mIoU and per-class charts"),
-    card: Optional[Path] = typer.Option(None, help="model card for the foreign .onnx models given with --models"),
-    force: bool = typer.Option(False, "--force", help="replace earlier results in the results folder"),
+    card: Optional[Path] = opts.card(help="model card for the foreign .onnx models given with --models"),
+    force: bool = opts.force("replace earlier results in the results folder"),
 ):
     """Benchmark models x precisions x backends x sizes: latency, throughput, memory, accuracy; JSON/CSV/MD/PNG."""
     domain.one_of("--split", split, domain.SPLITS)
@@ -622,31 +653,36 @@ def _bench(suite, models, weights, precisions, backends, size, with_optional, da
 
 @app.command("prune")
 def prune_command(
-    model: str = typer.Option(..., "--model", "-m", help="zoo model name"),
-    weights: Optional[str] = typer.Option(None, help="weights spec (default: the bundled CamVid checkpoint)"),
+    model: str = opts.model(help="zoo model name"),
+    weights: Optional[str] = opts.weights(),
     ratio: float = typer.Option(..., help="fraction of channels to remove, between 0 and 1, e.g. 0.3"),
-    out: Path = typer.Option(..., "--out", "-o", help="pruned checkpoint to write (.safetensors + .json sidecar)"),
-    importance: str = typer.Option("l1", help="channel ranking: l1, l2, bn-scale or taylor (gradients on images)"),
-    global_pruning: bool = typer.Option(False, "--global", help="rank all layers together instead of the same "
-                                                                "ratio in every layer"),
+    out: Path = typer.Option(..., "--out", "-o", metavar="FILE",
+                             help="pruned checkpoint to write (.safetensors + .json sidecar)"),
+    importance: str = typer.Option("l1", metavar="IMPORTANCE",
+                                   help="channel ranking: l1, l2, bn-scale or taylor (gradients on images)"),
+    global_pruning: bool = opts.flag("--global", "rank all layers together instead of the same ratio in every layer"),
     iterative_steps: int = typer.Option(1, help="reach the ratio in N steps (re-ranking in between)"),
     round_to: int = typer.Option(8, help="keep channel counts multiples of this (fast kernels); 1: no rounding"),
-    ignore: list[str] = typer.Option([], help="layer name whose outputs keep all channels (repeatable)"),
-    sparsity: Optional[str] = typer.Option(None, help="2:4 semi-structured sparsity on top (Ampere+ TensorRT)"),
-    size: Optional[str] = typer.Option(None, help="size to trace, count GFLOPs, time and evaluate at "
-                                                  "(default: the model's own)"),
-    data: str = typer.Option("camvid", help="dataset for taylor gradients, mIoU and fine-tuning"),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="data directory (default: $EDGESEG_DATA)"),
-    eval_split: str = typer.Option("test", help="split the mIoU before/after is measured on"),
-    eval_limit: Optional[int] = typer.Option(None, help="evaluate on the first N images only"),
+    ignore: list[str] = typer.Option([], metavar="LAYER",
+                                     help="layer name whose outputs keep all channels (repeatable)"),
+    sparsity: Optional[str] = typer.Option(None, metavar="N:M",
+                                           help="2:4 semi-structured sparsity on top (Ampere+ TensorRT)"),
+    size: Optional[str] = opts.size(help="size HEIGHTxWIDTH to trace, count GFLOPs, time and evaluate at (default: "
+                                         "the model's own)"),
+    data: str = opts.data(help="dataset for taylor gradients, mIoU and fine-tuning"),
+    data_root: Optional[str] = opts.data_root(),
+    split: str = opts.split(help="split the mIoU before/after is measured on: train, val or test"),
+    limit: Optional[int] = opts.limit(),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="time both models in ONNX Runtime (CPU)"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch and ONNX Runtime"),
+    threads: Optional[int] = opts.threads(),
     finetune_epochs: int = typer.Option(0, help="recovery fine-tune for N epochs after pruning (0: none)"),
     finetune_lr: float = typer.Option(1e-3, help="peak learning rate of the fine-tune"),
     batch_size: int = typer.Option(8, help="fine-tune batch size"),
     distill: bool = typer.Option(False, help="distil from the unpruned model while fine-tuning"),
-    device: str = typer.Option("auto", help="fine-tune device: auto, cpu or cuda"),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    device: str = opts.device(help="fine-tune device: " + opts.DEVICE_HELP),
+    force: bool = opts.force(),
+    eval_split: Optional[str] = opts.old_spelling("--eval-split", "--split"),
+    eval_limit: Optional[int] = opts.old_spelling("--eval-limit", "--limit"),
 ):
     """Prune channels (Torch-Pruning DepGraph), optionally 2:4-sparsify and fine-tune; report GFLOPs, latency, mIoU."""
     domain.between("--ratio", ratio, 0, 1, open_low=True, open_high=True)
@@ -654,8 +690,10 @@ def prune_command(
     domain.count("--iterative-steps", iterative_steps)
     domain.count("--round-to", round_to)
     domain.one_of("--sparsity", sparsity, domain.SPARSITY)
-    domain.one_of("--eval-split", eval_split, domain.SPLITS)
-    domain.count("--eval-limit", eval_limit)
+    split = opts.renamed(split, eval_split, "--split", "--eval-split")
+    limit = opts.renamed(limit, eval_limit, "--limit", "--eval-limit")
+    domain.one_of("--split", split, domain.SPLITS)
+    domain.count("--limit", limit)
     domain.count("--threads", threads)
     domain.at_least("--finetune-epochs", finetune_epochs, 0)
     domain.positive("--finetune-lr", finetune_lr)
@@ -668,8 +706,8 @@ def prune_command(
 
     cfg = PruneConfig(model=model, weights=weights, ratio=ratio, importance=importance, global_pruning=global_pruning,
                       iterative_steps=iterative_steps, round_to=round_to, ignore=tuple(ignore), sparsity=sparsity,
-                      size=parse_size(size), dataset=data, data_root=data_root, eval_split=eval_split,
-                      eval_limit=eval_limit, measure_latency=latency, threads=threads, finetune_epochs=finetune_epochs,
+                      size=parse_size(size), dataset=data, data_root=data_root, eval_split=split,
+                      eval_limit=limit, measure_latency=latency, threads=threads, finetune_epochs=finetune_epochs,
                       finetune_lr=finetune_lr, finetune_batch_size=batch_size, distill=distill, device=device)
     artifact = run_prune(cfg, out, log=lambda message: console.print(message, markup=False, highlight=False))
     metrics = artifact.manifest["metrics"]
@@ -724,11 +762,11 @@ app.add_typer(engine_app, name="engine")
 @engine_app.command("build")
 def engine_build(
     bundle: Path = typer.Argument(..., help="the bundle folder (with plan.json and target.toml)"),
-    precision: Optional[str] = typer.Option(None, help="fp32, fp16 or int8 (default: the precision planned)"),
+    precision: Optional[str] = typer.Option(None, metavar="PRECISION",
+                                            help="fp32, fp16 or int8 (default: the precision planned)"),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="build for this DLA core (Orin, Xavier)"),
     workspace_mb: Optional[int] = typer.Option(None, "--workspace-mb", help="builder workspace in MiB"),
-    data_root: Optional[str] = typer.Option(None, "--data-root",
-                                            help="calibration images, for INT8 calibrated inside TensorRT"),
+    data_root: Optional[str] = opts.data_root(help="calibration images, for INT8 calibrated inside TensorRT"),
 ):
     """Build a bundle's TensorRT engine on this device, planned again for the TensorRT installed here."""
     domain.one_of("--precision", precision, domain.PRECISIONS)
@@ -765,7 +803,7 @@ def engine_sidecar(engine: Path = typer.Argument(..., help="the engine build_eng
 
 
 @app.command("doctor")
-def doctor_command(json_out: bool = typer.Option(False, "--json", help="print the report as JSON instead of tables")):
+def doctor_command(json_out: bool = opts.flag("--json", "print the report as JSON instead of tables")):
     """What this machine can do: packages, ONNX Runtime providers, TensorRT, GPU, Jetson, OpenCV, cameras."""
     import json
 
@@ -798,8 +836,8 @@ app.add_typer(card_app, name="card")
 def card_init(
     onnx_model: Path = typer.Argument(..., help="a foreign .onnx model"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="card to write (default: <model>.card.toml)"),
-    size: Optional[str] = typer.Option(None, help="input size HEIGHTxWIDTH for a graph with dynamic height/width"),
-    force: bool = typer.Option(False, "--force", help="overwrite an existing card"),
+    size: Optional[str] = opts.size(help="input size HEIGHTxWIDTH for a graph with dynamic height/width"),
+    force: bool = opts.force("overwrite an existing card"),
 ):
     """Write a commented model card template filled in from the graph (input size, outputs, class count)."""
     from edgeseg.card import init_card_text
@@ -819,7 +857,7 @@ def card_init(
 @card_app.command("show")
 def card_show(
     model: str = typer.Argument(..., help="zoo name, .onnx, bundle, .engine, Hugging Face directory or module:factory"),
-    card: Optional[Path] = typer.Option(None, help="model card for a foreign model (checked against the graph)"),
+    card: Optional[Path] = opts.card(help="model card for a foreign model (checked against the graph)"),
 ):
     """Print the contract of a model (as a model card): classes, normalisation, input size, output."""
     from edgeseg.card import card_from_preprocessing, card_toml
@@ -905,6 +943,8 @@ def main(argv: list[str] | None = None) -> None:
     if isinstance(result, int) and result != 0:  # typer.Exit(code) in a command comes back as a return value
         sys.exit(result)
 
+
+opts.readable_help(app)  # after every command is defined: usage names instead of bare types in --help
 
 if __name__ == "__main__":
     main()

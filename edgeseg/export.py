@@ -42,6 +42,7 @@ class ExportConfig:
     dataset: str = "camvid"
     data_root: str | None = None
     parity_split: str = "val"
+    threads: int | None = None  # CPU threads for torch and ONNX Runtime (default: theirs)
 
     def __post_init__(self):
         unknown = set(self.dynamic) - set(DYNAMIC_AXES)
@@ -94,12 +95,12 @@ def parity_batches(preprocessing: Preprocessing, cfg: ExportConfig) -> tuple[lis
     return batches, f"{dataset.name} images {indices}"
 
 
-def check_parity(model, onnx_path: Path, batches: list[np.ndarray], fused: bool) -> dict:
+def check_parity(model, onnx_path: Path, batches: list[np.ndarray], fused: bool, threads: int | None = None) -> dict:
     import torch
 
     from edgeseg.runners.ort import ort_session
 
-    session, _ = ort_session(onnx_path, device="cpu")
+    session, _ = ort_session(onnx_path, device="cpu", threads=threads)
     input_name = session.get_inputs()[0].name
     max_abs, agree, total = 0.0, 0, 0
     for batch in batches:
@@ -122,6 +123,8 @@ def export_model(loaded: LoadedModel, model_name: str, cfg: ExportConfig, out_pa
     import onnx
     import torch
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     out_path = Path(out_path)
     preprocessing = loaded.preprocessing.with_size(cfg.size) if cfg.size else loaded.preprocessing
     model = loaded.model.eval().cpu()
@@ -162,7 +165,7 @@ def export_model(loaded: LoadedModel, model_name: str, cfg: ExportConfig, out_pa
         batches, parity_source = parity_batches(preprocessing, cfg)
         if "batch" not in cfg.dynamic and cfg.batch != 1:
             batches = [np.repeat(b, cfg.batch, axis=0) for b in batches]
-        parity = check_parity(model, checked_path, batches, cfg.fuse_argmax)
+        parity = check_parity(model, checked_path, batches, cfg.fuse_argmax, cfg.threads)
         parity["source"] = parity_source
         parity["min_agreement"] = cfg.min_agreement
         parity["passed"] = parity["argmax_agreement"] >= cfg.min_agreement

@@ -14,7 +14,6 @@ from edgeseg.errors import UsageError
 
 SPLITS = ("train", "val", "test")
 TORCH_DEVICES = ("auto", "cpu", "cuda")
-EVAL_DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "fp16", "int8")
 QUANT_PROFILES = ("cpu", "trt")
 CALIB_METHODS = ("minmax", "entropy", "percentile")

@@ -74,7 +74,7 @@ def test_foreign_lraspp_through_every_stage(lraspp_onnx, lraspp_card, real_data,
     common = ["--data-root", str(real_data), "--calib-count", "8", "--calib-strategy", "random", "--threads", "1"]
     bundle = tmp_path / "cpu"
     code, out, err = run_cli(["build", "--model", str(lraspp_onnx), "--card", str(lraspp_card), "--target", "cpu",
-                              "--out", str(bundle), "--budget-limit", "20", "--eval-limit", "10", *common], capsys)
+                              "--out", str(bundle), "--budget-limit", "20", "--limit", "10", *common], capsys)
     assert code == 0, err
     manifest = json.loads((bundle / "manifest.json").read_text())
     budget = manifest["checks"]["int8_accuracy_budget"]
@@ -91,7 +91,7 @@ def test_foreign_lraspp_through_every_stage(lraspp_onnx, lraspp_card, real_data,
 
     kit = tmp_path / "orin"
     code, _, err = run_cli(["build", "--model", str(lraspp_onnx), "--card", str(lraspp_card), "--target",
-                            "jetson-orin-nano", "--out", str(kit), "--max-miou-drop", "-1", "--eval-limit", "2",
+                            "jetson-orin-nano", "--out", str(kit), "--max-miou-drop", "-1", "--limit", "2",
                             *common], capsys)
     assert code == 0, err
     plan = json.loads((kit / "plan.json").read_text())

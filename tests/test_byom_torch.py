@@ -38,7 +38,7 @@ def test_local_hf_segformer_builds_end_to_end_on_cityscapes_as_downloaded(segfor
 
     bundle = tmp_path / "bundle"
     code, out, err = run_cli(["build", "--model", str(segformer_dir), "--data", f"cityscapes:{data}", "--size",
-                              "64x128", "--calib-count", "4", "--calib-strategy", "random", "--eval-split", "val",
+                              "64x128", "--calib-count", "4", "--calib-strategy", "random", "--split", "val",
                               "--max-miou-drop", "5", "--threads", "1", "--out", str(bundle)], capsys)
     assert code == 0, err
     manifest = json.loads((bundle / "manifest.json").read_text())

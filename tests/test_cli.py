@@ -57,6 +57,76 @@ def test_help_lists_commands():
     assert len(names) == len(set(names)) and set(names) == TOP_LEVEL_COMMANDS, result.stdout
 
 
+def command_paths() -> dict[tuple[str, ...], object]:
+    """Every command and group of the app, by its path (() is edgeseg itself)."""
+    import typer
+
+    from edgeseg.cli import app
+
+    paths = {}
+
+    def visit(command, path):
+        paths[path] = command
+        for name, sub in getattr(command, "commands", {}).items():
+            visit(sub, (*path, name))
+
+    visit(typer.main.get_command(app), ())
+    return paths
+
+
+def test_every_option_and_argument_has_help():
+    missing = [f"{' '.join(path) or 'edgeseg'} {param.name}" for path, command in command_paths().items()
+               for param in command.params if not (getattr(param, "help", None) or "").strip()]
+    assert len(command_paths()) > 20 and not missing, missing
+
+
+def test_help_shows_usage_names_not_types(capsys):
+    """Flags show no type (typer prints <bool>, click BOOLEAN) and values a usage name (N, PATH, HxW), not <int>."""
+    for path in command_paths():
+        code, out, _ = run_cli([*path, "--help"], capsys)
+        assert code == 0 and "Usage:" in out, path
+        for shown in ("<bool>", "BOOLEAN", "<int>", "<float>"):
+            assert shown not in out, (path, shown, out)
+    code, out, _ = run_cli(["eval", "--help"], capsys)
+    for usage_name in ("--size  *HxW", "--limit  *N ", "--data-root  *PATH", "--split  *SPLIT"):
+        assert re.search(usage_name, out), (usage_name, out)
+
+
+def test_one_vocabulary_across_commands():
+    """The split a result is measured on is --split, an image count --limit, --device defaults to auto, and every
+    command that runs a model takes --threads; the old spellings are accepted but never shown."""
+    commands = {path[0]: command for path, command in command_paths().items() if len(path) == 1}
+    for name, command in commands.items():
+        shown = {opt for param in command.params if not getattr(param, "hidden", False) for opt in param.opts}
+        assert not shown & {"--eval-split", "--eval-limit"}, name
+        for param in command.params:
+            if param.name == "device":
+                assert param.default == "auto", name
+    for name in ("eval", "export", "quantize", "build", "bench", "prune", "train", "demo"):
+        assert "threads" in {param.name for param in commands[name].params}, name
+    for name in ("eval", "build", "bench", "prune"):
+        assert {"split", "limit"} <= {param.name for param in commands[name].params}, name
+    for name in ("build", "quantize"):
+        assert {"budget_split", "budget_limit"} <= {param.name for param in commands[name].params}, name
+
+
+def test_old_option_spellings_still_work(capsys, tmp_path):
+    model = ["--model", "fcn-resnet18", "--weights", "random", "--data-root", str(tmp_path)]
+    code, _, err = run_cli(["prune", *model, "--ratio", "0.3", "--out", str(tmp_path / "p"), "--eval-limit", "0"],
+                           capsys)
+    assert_one_line_error(code, err, "--limit 0 is out of range")  # folded into --limit and checked as such
+    code, _, err = run_cli(["build", *model, "--out", str(tmp_path / "b"), "--eval-split", "training"], capsys)
+    assert_one_line_error(code, err, "--split 'training' is not accepted")
+    code, _, err = run_cli(["build", *model, "--out", str(tmp_path / "b"), "--split", "val", "--eval-split", "test"],
+                           capsys)
+    assert_one_line_error(code, err, "give --split once (--eval-split is its old spelling)")
+    code, _, err = run_cli(["build", *model, "--out", str(tmp_path / "b"), "--split", "test", "--eval-split", "val"],
+                           capsys)  # the new spelling with its default value is still a second answer
+    assert_one_line_error(code, err, "give --split once (--eval-split is its old spelling)")
+    code, _, err = run_cli(["quantize", str(tmp_path / "m.onnx"), "--eval-split", "training"], capsys)
+    assert_one_line_error(code, err, "--budget-split 'training' is not accepted")
+
+
 def test_models_prints_the_zoo_table(capsys):
     code, out, _ = run_cli(["models"], capsys)
     assert code == 0
@@ -66,7 +136,7 @@ def test_models_prints_the_zoo_table(capsys):
 
 
 def test_unknown_option_and_missing_value_are_one_line_usage_errors(capsys):
-    for args, message in ((["eval", "--model", "segformer-b0", "--threads", "1"], "No such option: --threads"),
+    for args, message in ((["eval", "--model", "segformer-b0", "--eval-limit", "1"], "No such option: --eval-limit"),
                           (["train", "--out", "x"], "Missing option"),
                           (["eval", "--model"], "requires an argument")):
         code, _, err = run_cli(args, capsys)
