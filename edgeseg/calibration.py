@@ -22,6 +22,7 @@ import numpy as np
 from edgeseg.data.datasets import IGNORE, IMAGE_SUFFIXES, open_dataset, read_rgb, resolve_data_root
 from edgeseg.data.transforms import resize_pair
 from edgeseg.errors import DataError, UsageError
+from edgeseg.fit import fit_frame, plan_fit
 from edgeseg.manifest import Artifact, now_utc, read_json, sha256_file, write_json
 from edgeseg.zoo.contract import Preprocessing
 
@@ -195,10 +196,7 @@ def calibration_batches(paths: list[Path], preprocessing: Preprocessing):
     fit = getattr(preprocessing, "fit", "resize")
     for path in paths:
         if fit != "resize":  # calibrate on frames fitted the way the deployed model sees them
-            from edgeseg.data.fit import fit_image, rgb_mean
-
-            image = fit_image(read_rgb(path), preprocessing.input_size, fit, rgb_mean(preprocessing),
-                              getattr(preprocessing, "pad", "mean"))[0]
+            image = read_rgb(path)
+            yield fit_frame(image, plan_fit(image.shape[:2], preprocessing), preprocessing, "RGB")
         else:
-            image = resize_pair(read_rgb(path), None, preprocessing.input_size)[0]
-        yield preprocessing.normalize(image)
+            yield preprocessing.normalize(resize_pair(read_rgb(path), None, preprocessing.input_size)[0])
