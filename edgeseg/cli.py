@@ -869,8 +869,6 @@ def main(argv: list[str] | None = None) -> None:
     import warnings
 
     warnings.showwarning = _one_line_warning
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
     exits, usage_errors, aborts = _click_exception_types()
     _CtrlC.install()
     try:

@@ -240,8 +240,8 @@ def _fit_accuracy_budget(fp32_path, prepared, candidate, reader, cfg, excluded, 
     fp32_miou = evaluate_onnx(fp32_path, cfg)
     int8_miou = evaluate_onnx(candidate, cfg)
     rounds = [{"kept_float": len(excluded), "miou": int8_miou, "drop": (fp32_miou - int8_miou) * 100}]
-    log(f"INT8 mIoU {int8_miou:.4f} vs FP32 {fp32_miou:.4f}: drop {rounds[-1]['drop']:.2f} points "
-        f"(budget {cfg.max_miou_drop})")
+    log(f"INT8 mIoU {int8_miou:.4f} vs FP32 {fp32_miou:.4f} on {_budget_split(cfg)}: drop {rounds[-1]['drop']:.2f} "
+        f"points (budget {cfg.max_miou_drop})")
     ranking = None
     step = 1
     while rounds[-1]["drop"] > cfg.max_miou_drop and len(rounds) <= cfg.max_fallback_rounds:
@@ -257,7 +257,8 @@ def _fit_accuracy_budget(fp32_path, prepared, candidate, reader, cfg, excluded, 
         int8_miou = evaluate_onnx(candidate, cfg)
         rounds.append({"kept_float": len(excluded), "added": newly, "miou": int8_miou,
                        "drop": (fp32_miou - int8_miou) * 100})
-        log(f"kept {len(excluded)} layers in float: INT8 mIoU {int8_miou:.4f}, drop {rounds[-1]['drop']:.2f} points")
+        log(f"kept {len(excluded)} layers in float: INT8 mIoU {int8_miou:.4f} on {_budget_split(cfg)}, "
+            f"drop {rounds[-1]['drop']:.2f} points")
     met = rounds[-1]["drop"] <= cfg.max_miou_drop
     if not met:
         raise QuantizeError(f"INT8 mIoU drop {rounds[-1]['drop']:.2f} points still exceeds --max-miou-drop "
@@ -266,6 +267,11 @@ def _fit_accuracy_budget(fp32_path, prepared, candidate, reader, cfg, excluded, 
     return {"fp32_miou": fp32_miou, "int8_miou": int8_miou, "drop_points": rounds[-1]["drop"],
             "budget_points": cfg.max_miou_drop, "eval": f"{cfg.eval_dataset}/{cfg.eval_split}",
             "rounds": rounds, "kept_float": list(excluded), "met": met}
+
+
+def _budget_split(cfg) -> str:
+    """Where the budget's mIoU was measured, as its result lines name it: "camvid/val (first 20 images)"."""
+    return f"{cfg.eval_dataset}/{cfg.eval_split}" + (f" (first {cfg.eval_limit} images)" if cfg.eval_limit else "")
 
 
 __all__ = ["QuantizeConfig", "convert_fp16", "quantize_int8", "replace", "np"]

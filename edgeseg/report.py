@@ -32,7 +32,8 @@ def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, da
         results[precision] = {"miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
                               "per_class_iou": scores.to_dict(dataset.label_set.classes)["per_class_iou"],
                               "size_mb": paths[precision].stat().st_size / 1e6}
-        log(f"{precision}: mIoU {scores.miou:.4f} on {min(len(dataset), limit or len(dataset))} images")
+        images = min(len(dataset), limit or len(dataset))
+        log(f"{precision}: mIoU {scores.miou:.4f} on {dataset.name} ({images} images)")
     batch = np.zeros((1, 3, *next(iter(runners.values())).preprocessing.input_size), np.float32)
     timings = measure_interleaved({p: (lambda r=r: r.infer(batch)) for p, r in runners.items()},
                                   rounds=latency_rounds, per_round=2)
@@ -43,7 +44,7 @@ def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, da
         result["latency_ratio"] = timings[precision].p50_ms / reference_ms
         result["latency"] = timings[precision].to_dict()
         log(f"{precision}: p50 {result['latency_p50_ms']:.1f} ms ({result['latency_ratio']:.2f}x fp32), "
-            f"mIoU drop {result['miou_drop']:+.2f} points, {result['size_mb']:.1f} MB")
+            f"mIoU drop {result['miou_drop']:+.2f} points on {dataset.name}, {result['size_mb']:.1f} MB")
     return {"dataset": dataset.name, "images": min(len(dataset), limit or len(dataset)), "backend": "ort-cpu",
             "threads": threads, "latency_method": "interleaved rounds, batch 1, model only",
             "precisions": results}
