@@ -6,6 +6,7 @@ labels 1xhxw; predictions are compared at the mask's own resolution.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,6 +22,8 @@ from edgeseg.metrics import ConfusionMatrix, SegmentationScores
 from edgeseg.progress import track
 from edgeseg.runners.labels import labels_from_logits
 from edgeseg.zoo.contract import Preprocessing
+
+log = logging.getLogger(__name__)
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -67,7 +70,9 @@ def confusion_on(predict: Predictor, dataset: SegmentationDataset, preprocessing
     confusion = ConfusionMatrix(dataset.label_set.num_classes)
     count = images_to_evaluate(dataset, limit)
     indices = shard(count)
-    for index in track(indices, description, total=len(indices)):
+    log.debug("%s: %d images of %s (this process: %d), fit %s at %s", description, count, dataset.name,
+              len(indices), getattr(preprocessing, "fit", "resize"), "x".join(map(str, preprocessing.input_size)))
+    for index in track(indices, description, total=len(indices), logger=log):
         image, mask = dataset.load(index)
         if getattr(preprocessing, "fit", "resize") != "resize":  # a card's letterbox / crop, seen as deployed
             placement = plan_fit(image.shape[:2], preprocessing)
