@@ -875,7 +875,14 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line and a non-zero exit for user errors, never a traceback."""
     import warnings
 
-    warnings.showwarning = _one_line_warning
+    # Warnings in the CLI's one-line format for this run only: the filters and showwarning are put back after it,
+    # so a program (or a test) that calls main() keeps its own warning handling.
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     from edgeseg import logs
 
     logs.configure()  # progress and stage lines on stderr; the root callback's -q / -v then set the level
