@@ -143,3 +143,32 @@ def test_quiet_and_verbose_control_what_the_cli_says(flag, tmp_path, capsys, mon
 def test_quiet_and_verbose_together_is_a_one_line_error(capsys):
     code, _, err = run_cli(["-q", "-v", "models"], capsys)
     assert code != 0 and err.strip().splitlines() == ["edgeseg: error: choose one of -q/--quiet and -v/--verbose"]
+
+
+def test_only_the_ort_quantizers_warnings_are_dropped_while_quantizing():
+    """ORT's per-weight "Axis 1 is out-of-range" root-logger warnings are noise; anyone else's warning is not, and
+    nothing is dropped once quantizing is over (logging.disable once silenced everything, progress included)."""
+    import logging
+
+    from edgeseg.quantize import _ort_quantizer_warnings_silenced
+
+    root, kept = logging.getLogger(), []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            kept.append(record.getMessage())
+
+    def warn(pathname, message):
+        root.handle(root.makeRecord("root", logging.WARNING, pathname, 1, message, None, None))
+
+    ort_file = "/venv/site-packages/onnxruntime/quantization/base_quantizer.py"
+    handler = Keep()
+    root.addHandler(handler)
+    try:
+        with _ort_quantizer_warnings_silenced():
+            warn(ort_file, "Axis 1 is out-of-range for weight 'ln.weight' with rank 1")
+            warn("/work/app.py", "the caller's own warning")
+        warn(ort_file, "after quantizing")
+    finally:
+        root.removeHandler(handler)
+    assert kept == ["the caller's own warning", "after quantizing"]
