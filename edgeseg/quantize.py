@@ -279,6 +279,8 @@ def _fit_accuracy_budget(fp32_path, prepared, candidate, reader, cfg, excluded, 
     step = 1
     while rounds[-1]["drop"] > cfg.max_miou_drop and len(rounds) <= cfg.max_fallback_rounds:
         if ranking is None:
+            log.info("ranking the quantized layers by the error each adds, on %d calibration images",
+                     len(calib_paths[:4]))
             ranking = [name for name, _ in rank_sensitivity(prepared, candidate, calib_paths[:4], reader.preprocessing,
                                                             reader.input_name) if name not in excluded]
         if not ranking:
