@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from edgeseg.bench.env import collect_env  # noqa: E402
 from edgeseg.demo.app import DemoConfig, format_summary, run_demo  # noqa: E402
-from edgeseg.demo.fit import fit_frame, is_dynamic, plan_fit  # noqa: E402
+from edgeseg.fit import fit_frame, is_dynamic, plan_fit  # noqa: E402
 from edgeseg.demo.render import MODES  # noqa: E402
 from edgeseg.demo.sources import open_source, parse_source  # noqa: E402
 from edgeseg.errors import EdgesegError, UsageError  # noqa: E402

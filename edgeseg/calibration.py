@@ -11,6 +11,7 @@ Images are calibrated at the deployed resolution (the model's input size) unless
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -22,8 +23,12 @@ import numpy as np
 from edgeseg.data.datasets import IGNORE, IMAGE_SUFFIXES, open_dataset, read_rgb, resolve_data_root
 from edgeseg.data.transforms import resize_pair
 from edgeseg.errors import DataError, UsageError
+from edgeseg.fit import fit_frame, plan_fit
 from edgeseg.manifest import Artifact, now_utc, read_json, sha256_file, write_json
+from edgeseg.progress import track
 from edgeseg.zoo.contract import Preprocessing
+
+log = logging.getLogger(__name__)
 
 STRATEGIES = ("random", "class-balanced", "sequence-spread")
 CALIBRATION_FORMAT = "edgeseg-calibration"
@@ -136,13 +141,14 @@ def make_calibration_set(preprocessing: Preprocessing, cfg: CalibConfig, out_pat
         indices = _pick_sequence_spread(paths, cfg.count)
     else:
         presence = np.zeros((len(paths), dataset.label_set.num_classes))
-        for index in range(len(paths)):
+        for index in track(range(len(paths)), "calibration: classes per image", len(paths), logger=log):
             mask = dataset.read_mask(dataset.samples[index].mask)
             counts = np.bincount(mask[mask != IGNORE].ravel(), minlength=presence.shape[1])[: presence.shape[1]]
             presence[index] = counts >= 0.001 * mask.size  # a class "shows" from 0.1% of the frame
         indices = _pick_class_balanced(presence, cfg.count, rng)
         class_coverage = {name: int(presence[indices, c].sum()) for c, name in enumerate(dataset.label_set.classes)}
     chosen = [paths[i] for i in indices]
+    log.debug("calibration: %d of %d images (%s, seed %d)", len(chosen), len(paths), cfg.strategy, cfg.seed)
     image_size = _check_one_size(chosen)
     if len(chosen) < MIN_RECOMMENDED_IMAGES:
         warnings.warn(f"only {len(chosen)} calibration images; {MIN_RECOMMENDED_IMAGES}+ give steadier INT8 ranges",
@@ -160,7 +166,8 @@ def make_calibration_set(preprocessing: Preprocessing, cfg: CalibConfig, out_pat
         "preprocessing": preprocessing.to_dict(),
         "class_coverage": class_coverage,
         # Paths are relative to the data root (or image folder) so the manifest moves between machines.
-        "images": [{"path": str(p.relative_to(root)), "sha256": sha256_file(p)} for p in chosen],
+        "images": [{"path": str(p.relative_to(root)), "sha256": sha256_file(p)}
+                   for p in track(chosen, "calibration: hashing images", len(chosen), logger=log)],
     }
     write_json(out_path, manifest)
     return Artifact(Path(out_path), manifest)
@@ -195,10 +202,7 @@ def calibration_batches(paths: list[Path], preprocessing: Preprocessing):
     fit = getattr(preprocessing, "fit", "resize")
     for path in paths:
         if fit != "resize":  # calibrate on frames fitted the way the deployed model sees them
-            from edgeseg.data.fit import fit_image, rgb_mean
-
-            image = fit_image(read_rgb(path), preprocessing.input_size, fit, rgb_mean(preprocessing),
-                              getattr(preprocessing, "pad", "mean"))[0]
+            image = read_rgb(path)
+            yield fit_frame(image, plan_fit(image.shape[:2], preprocessing), preprocessing, "RGB")
         else:
-            image = resize_pair(read_rgb(path), None, preprocessing.input_size)[0]
-        yield preprocessing.normalize(image)
+            yield preprocessing.normalize(resize_pair(read_rgb(path), None, preprocessing.input_size)[0])

@@ -59,8 +59,15 @@ def _version_callback(value: bool):
 @app.callback()
 def _root(ctx: typer.Context,
           version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
-                                       help="print the version and exit")):
+                                       help="print the version and exit"),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="say only warnings and errors: no progress"),
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="also say what each stage decides (debug)")):
+    from edgeseg import logs
     from edgeseg.distributed import refuse_torchrun_for
+
+    if quiet and verbose:
+        raise UsageError("choose one of -q/--quiet and -v/--verbose")
+    logs.configure(logs.QUIET if quiet else logs.VERBOSE if verbose else logs.NORMAL)
 
     refuse_torchrun_for(ctx.invoked_subcommand)
 
@@ -911,9 +918,17 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line and a non-zero exit for user errors, never a traceback."""
     import warnings
 
-    warnings.showwarning = _one_line_warning
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    # Warnings in the CLI's one-line format for this run only: the filters and showwarning are put back after it,
+    # so a program (or a test) that calls main() keeps its own warning handling.
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
+    from edgeseg import logs
+
+    logs.configure()  # progress and stage lines on stderr; the root callback's -q / -v then set the level
     exits, usage_errors, aborts = _click_exception_types()
     _CtrlC.install()
     try:

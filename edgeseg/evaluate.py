@@ -6,6 +6,7 @@ labels 1xhxw; predictions are compared at the mask's own resolution.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,14 +14,16 @@ import cv2
 import numpy as np
 
 from edgeseg.data.datasets import SegmentationDataset
-from edgeseg.data.fit import fit_image, output_inner, rgb_mean, source_region
 from edgeseg.data.transforms import resize_pair
 from edgeseg.distributed import shard, sum_across_ranks
 from edgeseg.errors import DataError
+from edgeseg.fit import fit_frame, output_content, plan_fit, seen_region
 from edgeseg.metrics import ConfusionMatrix, SegmentationScores
 from edgeseg.progress import track
 from edgeseg.runners.labels import labels_from_logits
 from edgeseg.zoo.contract import Preprocessing
+
+log = logging.getLogger(__name__)
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -67,13 +70,14 @@ def confusion_on(predict: Predictor, dataset: SegmentationDataset, preprocessing
     confusion = ConfusionMatrix(dataset.label_set.num_classes)
     count = images_to_evaluate(dataset, limit)
     indices = shard(count)
-    for index in track(indices, description, total=len(indices)):
+    log.debug("%s: %d images of %s (this process: %d), fit %s at %s", description, count, dataset.name,
+              len(indices), getattr(preprocessing, "fit", "resize"), "x".join(map(str, preprocessing.input_size)))
+    for index in track(indices, description, total=len(indices), logger=log):
         image, mask = dataset.load(index)
         if getattr(preprocessing, "fit", "resize") != "resize":  # a card's letterbox / crop, seen as deployed
-            fitted, placement = fit_image(image, preprocessing.input_size, preprocessing.fit, rgb_mean(preprocessing),
-                                          getattr(preprocessing, "pad", "mean"))
-            output = output_inner(predict(preprocessing.normalize(fitted)), placement)
-            seen = source_region(mask, placement)
+            placement = plan_fit(image.shape[:2], preprocessing)
+            output = output_content(predict(fit_frame(image, placement, preprocessing, "RGB")), placement)
+            seen = seen_region(mask, placement)
             confusion.update(seen, labels_at(output, seen.shape))
             continue
         resized, _ = resize_pair(image, None, preprocessing.input_size)

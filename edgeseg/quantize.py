@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -21,6 +23,9 @@ from edgeseg.distributed import is_main_process
 from edgeseg.errors import EdgesegError, UsageError
 from edgeseg.export import onnx_preprocessing, read_onnx_metadata
 from edgeseg.manifest import Artifact, atomic_path, input_record, sha256_file, stage_manifest, write_json
+from edgeseg.progress import ProgressLines
+
+log = logging.getLogger(__name__)
 
 PROFILES = ("cpu", "trt")
 METHODS = ("minmax", "entropy", "percentile")
@@ -136,12 +141,23 @@ class _ManifestReader:
     def __len__(self):
         return len(self.paths)
 
+        self.progress: ProgressLines | None = None
+
     def set_range(self, start_index: int, end_index: int):
         self._batches = calibration_batches(self.paths[start_index:end_index], self.preprocessing)
 
+    def start_pass(self) -> None:
+        """A new calibration pass over all images (one per quantization: the budget loop re-quantizes)."""
+        self.set_range(0, len(self.paths))
+        self.progress = ProgressLines("INT8 calibration", len(self.paths), log)
+
     def get_next(self):
         batch = next(self._batches, None)
-        return None if batch is None else {self.input_name: batch}
+        if batch is None:
+            return None
+        if self.progress is not None:
+            self.progress.advance()
+        return {self.input_name: batch}
 
 
 def _quantize_once(prepared: Path, out_path: Path, reader, cfg: QuantizeConfig, exclude: list[str],
@@ -155,9 +171,8 @@ def _quantize_once(prepared: Path, out_path: Path, reader, cfg: QuantizeConfig, 
              "CalibStridedMinMax": _stride(len(reader)),
              # TensorRT takes biases in float and folds them itself; int32 bias Q/DQ only gets in its way.
              "QuantizeBias": not trt}
-    # ORT logs a root-logger warning per 1-D weight (LayerNorm) it cannot quantize per channel: expected, noise.
-    logging.disable(logging.WARNING)
-    try:
+    reader.start_pass()
+    with _ort_quantizer_warnings_silenced():
         quantize_static(
             str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(TRT_QUANTIZED_OPS) if trt else None,
@@ -165,14 +180,30 @@ def _quantize_once(prepared: Path, out_path: Path, reader, cfg: QuantizeConfig, 
             activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_exclude=exclude, calibrate_method=method, extra_options=extra,
             calibration_cache_path=str(cache))
-    finally:
-        logging.disable(logging.NOTSET)
     if not trt:
         import onnx
 
         graph = onnx.load(str(out_path))
         if float_softmax_inputs(graph):
             onnx.save(graph, str(out_path))
+
+
+@contextmanager
+def _ort_quantizer_warnings_silenced():
+    """ORT logs a root-logger warning per 1-D weight (LayerNorm) it cannot quantize per channel: expected, noise.
+    Drop exactly those records (warnings logged on the root logger from onnxruntime's quantization package) while
+    quantizing, instead of disabling logging for everyone, edgeseg's own progress lines included."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not (record.levelno <= logging.WARNING and "onnxruntime" in record.pathname
+                    and "quantization" in record.pathname)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def float_softmax_inputs(graph) -> int:
@@ -216,12 +247,14 @@ def _stride(count: int) -> int:
 
 
 def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: QuantizeConfig,
-                  out_path: str | Path, log=print, card=None) -> Artifact:
+                  out_path: str | Path, log: Callable[[str], None] | None = None, card=None) -> Artifact:
     """FP32 ONNX + calibration manifest -> INT8 Q/DQ ONNX (+ manifest with the accuracy loop's record). A foreign
-    graph comes with its model card, which the INT8 graph then carries; its FP32 reference is ONNX Runtime's."""
+    graph comes with its model card, which the INT8 graph then carries; its FP32 reference is ONNX Runtime's.
+    Result lines go to `log` when given (a pipeline indenting its stages' lines), else to this module's logger."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    say = log or log_info
     original, out_path = Path(fp32_path), Path(out_path)
     started = time.monotonic()
 
@@ -239,7 +272,7 @@ def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: Quan
         try:  # symbolic shape inference + ORT graph clean-up, as ORT recommends before quantizing
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
         except Exception as exc:  # fall back to the exported graph, which is already simplified
-            log(f"quantization pre-processing skipped ({type(exc).__name__}); quantizing the exported graph")
+            say(f"quantization pre-processing skipped ({type(exc).__name__}); quantizing the exported graph")
             prepared.write_bytes(fp32_path.read_bytes())
         cache = scratch / "ranges.json"
         candidate = scratch / "int8.onnx"
@@ -248,7 +281,7 @@ def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: Quan
         _quantize_once(prepared, candidate, reader, cfg, excluded, cache)
         accuracy = None
         if cfg.max_miou_drop is not None:
-            accuracy = _fit_accuracy_budget(fp32_path, prepared, candidate, reader, cfg, excluded, cache, paths, log)
+            accuracy = _fit_accuracy_budget(fp32_path, prepared, candidate, reader, cfg, excluded, cache, paths, say)
         if not is_main_process():  # under torchrun the other ranks only shared the budget's evaluation
             return Artifact(out_path, {"layers_kept_float": accuracy["kept_float"] if accuracy else excluded})
         graph = onnx.load(str(candidate))
@@ -274,31 +307,35 @@ def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: Quan
     return Artifact(out_path, manifest)
 
 
-def _fit_accuracy_budget(fp32_path, prepared, candidate, reader, cfg, excluded, cache, calib_paths, log) -> dict:
+def _fit_accuracy_budget(fp32_path, prepared, candidate, reader, cfg, excluded, cache, calib_paths, say) -> dict:
     """Evaluate INT8 vs FP32; while the drop exceeds the budget, keep the most sensitive layers in float."""
     from edgeseg.quant_sensitivity import evaluate_onnx, rank_sensitivity
 
     fp32_miou = evaluate_onnx(fp32_path, cfg)
     int8_miou = evaluate_onnx(candidate, cfg)
     rounds = [{"kept_float": len(excluded), "miou": int8_miou, "drop": (fp32_miou - int8_miou) * 100}]
-    log(f"INT8 mIoU {int8_miou:.4f} vs FP32 {fp32_miou:.4f}: drop {rounds[-1]['drop']:.2f} points "
-        f"(budget {cfg.max_miou_drop})")
+    say(f"INT8 mIoU {int8_miou:.4f} vs FP32 {fp32_miou:.4f} on {_budget_split(cfg)}: drop {rounds[-1]['drop']:.2f} "
+        f"points (budget {cfg.max_miou_drop})")
     ranking = None
     step = 1
     while rounds[-1]["drop"] > cfg.max_miou_drop and len(rounds) <= cfg.max_fallback_rounds:
         if ranking is None:
+            log.info("ranking the quantized layers by the error each adds, on %d calibration images",
+                     len(calib_paths[:4]))
             ranking = [name for name, _ in rank_sensitivity(prepared, candidate, calib_paths[:4], reader.preprocessing,
                                                             reader.input_name) if name not in excluded]
         if not ranking:
             break
         newly, ranking = ranking[:step], ranking[step:]
         excluded.extend(newly)
+        log.debug("budget round %d: keeping in float %s", len(rounds), ", ".join(newly))
         step *= 2  # 1, 2, 4, 8 ... layers: few rounds even when many layers matter
         _quantize_once(prepared, candidate, reader, cfg, excluded, cache)
         int8_miou = evaluate_onnx(candidate, cfg)
         rounds.append({"kept_float": len(excluded), "added": newly, "miou": int8_miou,
                        "drop": (fp32_miou - int8_miou) * 100})
-        log(f"kept {len(excluded)} layers in float: INT8 mIoU {int8_miou:.4f}, drop {rounds[-1]['drop']:.2f} points")
+        say(f"kept {len(excluded)} layers in float: INT8 mIoU {int8_miou:.4f} on {_budget_split(cfg)}, "
+            f"drop {rounds[-1]['drop']:.2f} points")
     met = rounds[-1]["drop"] <= cfg.max_miou_drop
     if not met:
         raise QuantizeError(f"INT8 mIoU drop {rounds[-1]['drop']:.2f} points still exceeds --max-miou-drop "
@@ -307,6 +344,15 @@ def _fit_accuracy_budget(fp32_path, prepared, candidate, reader, cfg, excluded, 
     return {"fp32_miou": fp32_miou, "int8_miou": int8_miou, "drop_points": rounds[-1]["drop"],
             "budget_points": cfg.max_miou_drop, "eval": f"{cfg.eval_dataset}/{cfg.eval_split}",
             "rounds": rounds, "kept_float": list(excluded), "met": met}
+
+
+def log_info(line: str) -> None:
+    log.info(line)
+
+
+def _budget_split(cfg) -> str:
+    """Where the budget's mIoU was measured, as its result lines name it: "camvid/val (first 20 images)"."""
+    return f"{cfg.eval_dataset}/{cfg.eval_split}" + (f" (first {cfg.eval_limit} images)" if cfg.eval_limit else "")
 
 
 __all__ = ["QuantizeConfig", "convert_fp16", "quantize_int8", "replace", "np"]

@@ -7,15 +7,19 @@ add `rows` (every backend x precision, edgeseg.cpu_variants) and the `default` v
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Callable
 
 from edgeseg.manifest import write_json
 
+log = logging.getLogger(__name__)
+
 
 def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, data_root, limit, threads,
-                       latency_rounds: int, log=print, accuracy: bool = True) -> dict:
+                       latency_rounds: int, log: Callable[[str], None] | None = None, accuracy: bool = True) -> dict:
     """accuracy=False (no labelled data, e.g. a foreign model calibrated on a plain image folder): latency and
-    size only, mIoU recorded as None."""
+    size only, mIoU recorded as None. Result lines go to `log` when given, else to this module's logger."""
     import numpy as np
 
     from edgeseg.bench.latency import measure_interleaved
@@ -23,9 +27,10 @@ def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, da
     from edgeseg.evaluate import evaluate
     from edgeseg.runners.ort import OrtRunner
 
+    say = log or log_info
     runners = {precision: OrtRunner(path, device="cpu", threads=threads) for precision, path in paths.items()}
     if not accuracy:
-        return _latency_only(paths, runners, latency_rounds, threads, log)
+        return _latency_only(paths, runners, latency_rounds, threads, say)
     dataset = open_dataset(dataset_name, split, data_root, label_set=next(iter(runners.values())).preprocessing)
     results: dict[str, dict] = {}
     for precision, runner in runners.items():
@@ -33,7 +38,8 @@ def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, da
         results[precision] = {"miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
                               "per_class_iou": scores.to_dict(dataset.label_set.classes)["per_class_iou"],
                               "size_mb": paths[precision].stat().st_size / 1e6}
-        log(f"{precision}: mIoU {scores.miou:.4f} on {min(len(dataset), limit or len(dataset))} images")
+        images = min(len(dataset), limit or len(dataset))
+        say(f"{precision}: mIoU {scores.miou:.4f} on {dataset.name} ({images} images)")
     batch = np.zeros((1, 3, *next(iter(runners.values())).preprocessing.input_size), np.float32)
     timings = measure_interleaved({p: (lambda r=r: r.infer(batch)) for p, r in runners.items()},
                                   rounds=latency_rounds, per_round=2)
@@ -43,14 +49,18 @@ def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, da
         result["latency_p50_ms"] = timings[precision].p50_ms
         result["latency_ratio"] = timings[precision].p50_ms / reference_ms
         result["latency"] = timings[precision].to_dict()
-        log(f"{precision}: p50 {result['latency_p50_ms']:.1f} ms ({result['latency_ratio']:.2f}x fp32), "
-            f"mIoU drop {result['miou_drop']:+.2f} points, {result['size_mb']:.1f} MB")
+        say(f"{precision}: p50 {result['latency_p50_ms']:.1f} ms ({result['latency_ratio']:.2f}x fp32), "
+            f"mIoU drop {result['miou_drop']:+.2f} points on {dataset.name}, {result['size_mb']:.1f} MB")
     return {"dataset": dataset.name, "images": min(len(dataset), limit or len(dataset)), "backend": "ort-cpu",
             "threads": threads, "latency_method": "interleaved rounds, batch 1, model only",
             "precisions": results}
 
 
-def _latency_only(paths, runners, latency_rounds, threads, log) -> dict:
+def log_info(line: str) -> None:
+    log.info(line)
+
+
+def _latency_only(paths, runners, latency_rounds, threads, say) -> dict:
     import numpy as np
 
     from edgeseg.bench.latency import measure_interleaved
@@ -64,7 +74,7 @@ def _latency_only(paths, runners, latency_rounds, threads, log) -> dict:
                               "size_mb": path.stat().st_size / 1e6, "latency_p50_ms": timings[precision].p50_ms,
                               "latency_ratio": timings[precision].p50_ms / timings["fp32"].p50_ms,
                               "latency": timings[precision].to_dict()}
-        log(f"{precision}: p50 {results[precision]['latency_p50_ms']:.1f} ms "
+        say(f"{precision}: p50 {results[precision]['latency_p50_ms']:.1f} ms "
             f"({results[precision]['latency_ratio']:.2f}x fp32), {results[precision]['size_mb']:.1f} MB "
             f"(no labelled data: accuracy not measured)")
     return {"dataset": None, "images": 0, "backend": "ort-cpu", "threads": threads,

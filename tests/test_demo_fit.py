@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from edgeseg.demo.app import DemoConfig, format_summary, run_demo
-from edgeseg.demo.fit import plan_fit
+from edgeseg.fit import plan_fit
 from edgeseg.demo.render import hud_lines
 from edgeseg.demo.stats import DemoStats
 from edgeseg.errors import UsageError

@@ -182,10 +182,14 @@ def test_accuracy_budget_rescues_a_bad_calibration_or_fails_clearly(toy_checkpoi
                       QuantizeConfig(max_miou_drop=0.0, data_root=str(data), max_fallback_rounds=1),
                       tmp_path / "never.onnx", log=lambda _: None)
     assert not (tmp_path / "never.onnx").exists()
+    lines = []
     rescued = quantize_int8(fp32.path, calibration.path,
                             QuantizeConfig(max_miou_drop=2.0, data_root=str(data), max_fallback_rounds=8),
-                            tmp_path / "rescued.onnx", log=lambda _: None)
+                            tmp_path / "rescued.onnx", log=lines.append)
     accuracy = rescued.manifest["checks"]["accuracy"]
+    # Every result line of the budget loop names the split it was measured on.
+    budget_lines = [line for line in lines if "INT8 mIoU" in line]
+    assert len(budget_lines) == len(accuracy["rounds"]) and all(" on camvid/val" in line for line in budget_lines)
     assert accuracy["rounds"][0]["drop"] > 2.0  # black-frame calibration really broke INT8
     assert accuracy["met"] and accuracy["drop_points"] <= 2.0
     assert rescued.manifest["layers_kept_float"] == accuracy["kept_float"] and accuracy["kept_float"]

@@ -8,23 +8,28 @@ import numpy as np
 import pytest
 
 from edgeseg.data.datasets import SegmentationDataset, Sample
-from edgeseg.data.fit import fit_image, output_inner, source_region
 from edgeseg.data.palettes import LabelSet
 from edgeseg.evaluate import evaluate
+from edgeseg.fit import Box, fit_frame, output_content, plan_fit, seen_region
 from edgeseg.zoo.contract import Preprocessing
 
 
 def test_letterbox_and_crop_geometry():
     image = np.full((40, 80, 3), 200, np.uint8)
-    boxed, placement = fit_image(image, (40, 40), "letterbox", mean=(0.0, 0.5, 1.0))
-    assert placement.inner == (10, 0, 20, 40) and placement.source == (0, 0, 40, 80)
-    assert (boxed[:10] == (0, 128, 255)).all() and (boxed[10:30] == 200).all() and (boxed[30:] == (0, 128, 255)).all()
-    cropped, placement = fit_image(image, (40, 40), "crop")
-    assert placement.inner == (0, 0, 40, 40) and placement.source == (0, 20, 40, 40)
+    contract = Preprocessing(input_size=(40, 40), mean=(0.0, 0.5, 1.0), std=(1.0, 1.0, 1.0), pad="mean")
+    placement = plan_fit(image.shape[:2], contract, "letterbox")
+    assert (placement.content.top, placement.content.left, placement.content.height, placement.content.width) == \
+        (10, 0, 20, 40) and placement.region == Box(0, 0, 40, 80)
+    boxed = fit_frame(image, placement, contract, "RGB")[0]
+    # The pad is exactly the mean (0 after normalising); the content is the image, normalised.
+    assert (boxed[:, :10] == 0).all() and (boxed[:, 30:] == 0).all()
+    assert np.allclose(boxed[:, 10:30], (200 / 255 - np.array([0.0, 0.5, 1.0]))[:, None, None])
+    crop = plan_fit(image.shape[:2], contract, "crop")
+    assert crop.content == Box(0, 0, 40, 40) and crop.region == Box(0, 20, 40, 40)
     logits = np.zeros((1, 3, 20, 20))  # an output at half the input size
-    _, placement = fit_image(image, (40, 40), "letterbox")
-    assert output_inner(logits, placement).shape == (1, 3, 10, 20)
-    assert source_region(np.zeros((40, 80)), fit_image(image, (40, 40), "crop")[1]).shape == (40, 40)
+    assert output_content(logits, placement).shape == (1, 3, 10, 20)
+    assert output_content(logits, crop).shape == (1, 3, 20, 20)
+    assert seen_region(np.zeros((40, 80)), crop).shape == (40, 40)
 
 
 def colour_bands(tmp_path):
@@ -62,10 +67,21 @@ def test_evaluation_feeds_fitted_frames_and_maps_the_output_back(tmp_path, fit):
 
 
 def test_a_reflect_pad_is_the_image_mirrored_as_the_demo_fills_it():
-    from edgeseg.data.fit import fit_image
-
     image = np.arange(20 * 40 * 3, dtype=np.uint8).reshape(20, 40, 3)
-    fitted, placement = fit_image(image, (40, 40), "letterbox", pad="reflect")
-    top, left, height, width = placement.inner
+    contract = Preprocessing(input_size=(40, 40), mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3, pad="reflect")
+    placement = plan_fit(image.shape[:2], contract, "letterbox")
+    fitted = fit_frame(image, placement, contract, "RGB")[0].transpose(1, 2, 0)  # back to HxWx3 pixel values
+    top, height = placement.content.top, placement.content.height
     assert (top, height) == (10, 20) and np.array_equal(fitted[top:top + height], image)
     assert np.array_equal(fitted[top - 1], image[1]) and np.array_equal(fitted[top + height], image[-2])
+
+
+def test_the_demo_and_evaluation_fit_an_image_identically():
+    """One geometry: a BGR frame through the demo's path and the same image in RGB through evaluation's path give
+    the same model input."""
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 91, 3), dtype=np.uint8)
+    for fit, pad in (("letterbox", "reflect"), ("letterbox", "mean"), ("crop", "reflect")):
+        contract = Preprocessing(input_size=(32, 48), fit=fit, pad=pad)
+        placement = plan_fit(rgb.shape[:2], contract)
+        assert np.array_equal(fit_frame(rgb[..., ::-1].copy(), placement, contract),
+                              fit_frame(rgb, placement, contract, "RGB"))

@@ -73,7 +73,9 @@ def test_measure_precisions_scores_each_model_and_compares_with_fp32(tmp_path, t
     assert fp32["latency_ratio"] == 1.0 and fp32["latency_p50_ms"] == fp32["latency"]["p50_ms"] > 0
     assert int8["latency_ratio"] == pytest.approx(int8["latency_p50_ms"] / fp32["latency_p50_ms"])
     assert int8["latency"]["runs"] == 2 * 2  # rounds x 2 per round
-    assert lines[0] == "fp32: mIoU 0.3667 on 2 images" and lines[1] == "int8: mIoU 0.1333 on 2 images"
+    assert lines[0] == "fp32: mIoU 0.3667 on camvid/test (2 images)"
+    assert lines[1] == "int8: mIoU 0.1333 on camvid/test (2 images)"
+    assert "mIoU drop +23.33 points on camvid/test" in lines[3]  # the INT8 result line names its split
     # The first frame alone: road IoU 32/64.
     first = measure_precisions({"fp32": paths["fp32"]}, "camvid", "test", two_frames, limit=1, threads=1,
                                latency_rounds=1, log=lambda _: None)

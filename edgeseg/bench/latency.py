@@ -6,11 +6,16 @@ on shared, noisy machines.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
+
+from edgeseg.progress import ProgressLines
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,11 +45,13 @@ def measure(call: Callable[[], object], warmup: int = 3, min_runs: int = 10, min
     for _ in range(warmup):
         call()
     samples = []
+    progress = ProgressLines("latency", logger=log)
     started = time.perf_counter()
     while len(samples) < max_runs and (len(samples) < min_runs or time.perf_counter() - started < min_seconds):
         begin = time.perf_counter()
         call()
         samples.append((time.perf_counter() - begin) * 1000)
+        progress.advance()
     return stats_from_samples(samples)
 
 
@@ -56,10 +63,12 @@ def measure_interleaved(calls: dict[str, Callable[[], object]], warmup: int = 3,
         for _ in range(warmup):
             call()
     samples: dict[str, list[float]] = {name: [] for name in calls}
+    progress = ProgressLines(f"latency rounds of {', '.join(calls)}", rounds, log)
     for _ in range(rounds):
         for name, call in calls.items():
             for _ in range(per_round):
                 begin = time.perf_counter()
                 call()
                 samples[name].append((time.perf_counter() - begin) * 1000)
+        progress.advance()
     return {name: stats_from_samples(values) for name, values in samples.items()}

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from edgeseg.demo.outputs import AtomicVideoWriter, Window
-from edgeseg.demo.fit import is_dynamic
+from edgeseg.fit import is_dynamic
 from edgeseg.demo.pipeline import Pipeline
 from edgeseg.demo.render import (EFFECTS, MODES, compose, draw_hud, draw_legend, hud_lines, make_style)
 from edgeseg.demo.sources import Backoff, CaptureFactory, log_to_stderr, open_source, parse_source

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from edgeseg.demo.fit import Placement, fit_frame, is_dynamic, labels_to_frame, plan_fit
+from edgeseg.fit import Placement, fit_frame, is_dynamic, labels_to_frame, plan_fit
 from edgeseg.demo.stats import STAGES, DemoStats  # noqa: F401 (DemoStats: re-exported for callers)
 from edgeseg.runners.labels import labels_from_logits
 from edgeseg.zoo.contract import Preprocessing

@@ -90,7 +90,7 @@ def make_style(classes: Sequence[str], palette: Sequence[Sequence[int]], *, show
 
 def labels_to_frame(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Labels at another resolution -> the frame's (height, width); nearest, so no invented classes. (The demo's
-    pipeline already maps the mask back with its fit, edgeseg.demo.fit; this is for squeezed label maps.)"""
+    pipeline already maps the mask back with its fit, edgeseg.fit; this is for squeezed label maps.)"""
     if labels.shape[:2] == tuple(size):
         return labels
     return cv2.resize(labels, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)

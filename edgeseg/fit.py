@@ -1,4 +1,8 @@
-"""Fitting a frame of any shape to the model's input, and mapping the predicted mask back onto the frame exactly.
+"""Fitting an image of any shape to the model's input, and mapping the model's output back onto the image exactly.
+
+The one owner of that geometry (where the content goes, the pad, the crop region, mapping an output back): the
+demo uses it for BGR camera frames, evaluation and calibration for RGB dataset images, so the accuracy measured
+and the INT8 scales calibrated are those of frames fitted exactly as the deployed demo fits them. No torch.
 
 A 1024x512 street frame squeezed into a 360x480 input shows the model a scene 1.5x narrower than anything it was
 trained on, and it mislabels it. So the default keeps the aspect ratio:
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -101,39 +106,55 @@ def plan_fit(frame_size: tuple[int, int], preprocessing: Preprocessing, fit: str
     return Placement((height, width), input_size, region, whole_input, fit)
 
 
-def fit_frame(image_bgr: np.ndarray, placement: Placement, preprocessing: Preprocessing) -> np.ndarray:
-    """BGR frame -> the model's 1x3xHxW input: crop, resize (on the fewer pixels), pad, normalise."""
+def fit_frame(image: np.ndarray, placement: Placement, preprocessing: Preprocessing,
+              channel_order: Literal["BGR", "RGB"] = "BGR") -> np.ndarray:
+    """HxWx3 uint8 image (a BGR camera frame, or an RGB dataset image with channel_order="RGB") -> the model's
+    1x3xHxW input: crop, resize (on the fewer pixels), pad, normalise."""
+    normalize = preprocessing.normalize_bgr if channel_order == "BGR" else preprocessing.normalize
     region, content = placement.region, placement.content
     if placement.cropped:
-        image_bgr = image_bgr[region.slices()]
-    if image_bgr.shape[:2] != (content.height, content.width):
-        image_bgr = cv2.resize(image_bgr, (content.width, content.height),
-                               interpolation=INTERPOLATION.get(preprocessing.interpolation, cv2.INTER_LINEAR))
+        image = image[region.slices()]
+    if image.shape[:2] != (content.height, content.width):
+        image = cv2.resize(image, (content.width, content.height),
+                           interpolation=INTERPOLATION.get(preprocessing.interpolation, cv2.INTER_LINEAR))
     if not placement.padded:
-        return preprocessing.normalize_bgr(image_bgr)
+        return normalize(image)
     in_height, in_width = placement.input_size
     if preprocessing.pad == "reflect":
-        image_bgr = cv2.copyMakeBorder(image_bgr, content.top, in_height - content.top - content.height,
-                                       content.left, in_width - content.left - content.width, cv2.BORDER_REFLECT_101)
-        return preprocessing.normalize_bgr(image_bgr)
+        image = cv2.copyMakeBorder(image, content.top, in_height - content.top - content.height,
+                                   content.left, in_width - content.left - content.width, cv2.BORDER_REFLECT_101)
+        return normalize(image)
     # The mean: pad after normalising, where 0 is exactly the mean (a uint8 colour could only approximate it).
     batch = np.zeros((1, 3, in_height, in_width), np.float32)
-    batch[(..., *content.slices())] = preprocessing.normalize_bgr(image_bgr)
+    batch[(..., *content.slices())] = normalize(image)
     return batch
+
+
+def output_content(output: np.ndarray, placement: Placement) -> np.ndarray:
+    """The part of a model output (1xKxhxw logits, or hxw labels; at the input size or below, for a model whose
+    output is smaller than its input) that shows the image, i.e. without the letterbox pad."""
+    if not placement.padded:
+        return output
+    content = placement.content
+    in_height, in_width = placement.input_size
+    out_height, out_width = output.shape[-2:]
+    ys, xs = out_height / in_height, out_width / in_width
+    # Round both edges (not the length), so the pad cut above and below stays symmetric at any output scale.
+    y0, x0 = round(content.top * ys), round(content.left * xs)
+    y1 = max(y0 + 1, round((content.top + content.height) * ys))
+    x1 = max(x0 + 1, round((content.left + content.width) * xs))
+    return output[..., y0:y1, x0:x1]
+
+
+def seen_region(mask: np.ndarray, placement: Placement) -> np.ndarray:
+    """The part of the image (or its ground-truth mask) the model saw: all of it, except the edges a crop cut."""
+    return mask[placement.region.slices()]
 
 
 def labels_to_frame(labels: np.ndarray, placement: Placement) -> np.ndarray:
     """The model's HxW labels -> labels for the whole frame: the pad is cut off first, nearest-neighbour scaling
     (no invented classes), and frame pixels the model never saw (crop edges) are VOID."""
-    content = placement.content
-    label_height, label_width = labels.shape[:2]
-    in_height, in_width = placement.input_size
-    if (label_height, label_width) != (in_height, in_width):  # a model whose output is smaller than its input
-        ys, xs = label_height / in_height, label_width / in_width
-        content = Box(round(content.top * ys), round(content.left * xs), max(1, round(content.height * ys)),
-                      max(1, round(content.width * xs)))
-    if placement.padded or (label_height, label_width) != (content.height, content.width):
-        labels = labels[content.slices()]
+    labels = output_content(labels, placement)
     region = placement.region
     if labels.shape[:2] != (region.height, region.width):
         labels = cv2.resize(labels, (region.width, region.height), interpolation=cv2.INTER_NEAREST)
