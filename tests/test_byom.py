@@ -120,7 +120,7 @@ def test_foreign_lraspp_through_every_stage(lraspp_onnx, lraspp_card, real_data,
     frames = tmp_path / "frames"
     frames.mkdir()
     for image in sorted((real_data / "CamVid" / "val").glob("*.png"))[:3]:
-        (frames / image.name).symlink_to(image)
+        (frames / image.name).symlink_to(image.resolve())  # EDGESEG_DATA may be relative (CI: ../shared/data)
     video = tmp_path / "demo.mp4"
     code, _, err = run_cli(["demo", "--model", str(lraspp_onnx), "--card", str(lraspp_card), "--source", str(frames),
                             "--save", str(video), "--no-show", "--threads", "1"], capsys)
