@@ -19,6 +19,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edgeseg.bench.env import read_text_quietly, run_quietly  # the same quiet probes the bench env block uses
 from edgeseg.demo.gst import GSTREAMER_ELEMENTS
 from edgeseg.lazy import EXTRAS
 
@@ -170,7 +171,7 @@ def nvidia_smi_cuda_version() -> str | None:
     """The 'CUDA Version: 12.6' of nvidia-smi's header (what the driver supports)."""
     if not shutil.which("nvidia-smi"):
         return None
-    match = re.search(r"CUDA Version:\s*([\d.]+)", _run(["nvidia-smi"]) or "")
+    match = re.search(r"CUDA Version:\s*([\d.]+)", run_quietly(["nvidia-smi"]) or "")
     return match.group(1) if match else None
 
 
@@ -191,15 +192,15 @@ def installed_jetpack() -> str | None:
     """The version of the nvidia-jetpack meta package, when apt installed it."""
     if not shutil.which("dpkg-query"):
         return None
-    text = _run(["dpkg-query", "-W", "-f", "${Version}", "nvidia-jetpack"])
+    text = run_quietly(["dpkg-query", "-W", "-f", "${Version}", "nvidia-jetpack"])
     return text.split("-")[0].split("+")[0] if text else None
 
 
 def jetson_checks(device_tree_model: str | None = None, tegra_release: str | None = None,
                   dla_devices: list[str] | None = None) -> list[Check]:
     """The module, its JetPack and DLA cores; the arguments replace what is read from the machine (tests)."""
-    model = device_tree_model if device_tree_model is not None else _read("/proc/device-tree/model")
-    release = tegra_release if tegra_release is not None else _read("/etc/nv_tegra_release")
+    model = device_tree_model if device_tree_model is not None else read_text_quietly("/proc/device-tree/model")
+    release = tegra_release if tegra_release is not None else read_text_quietly("/etc/nv_tegra_release")
     model = (model or "").strip("\x00 \n")
     if "jetson" not in model.lower() and not release:
         why = "not a Jetson" + (f" ({model})" if model else f" ({platform.machine()})")
@@ -313,7 +314,7 @@ def check_cameras(pattern: str = "/dev/video*") -> Check:
                      "connect a USB or CSI camera; the demo also takes video files, image folders and rtsp:// URLs")
     named = []
     for device in devices:
-        name = _read(f"/sys/class/video4linux/{Path(device).name}/name")
+        name = read_text_quietly(f"/sys/class/video4linux/{Path(device).name}/name")
         named.append(f"{device} ({name.strip()})" if name else device)
     return Check("cameras", OK, ", ".join(named), needed_for)
 
@@ -365,19 +366,6 @@ def doctor_report(checks: list[Check] | None = None) -> dict:
             "stages": capabilities(checks)}
 
 
-def _read(path: str) -> str | None:
-    try:
-        return Path(path).read_text(errors="replace")
-    except OSError:
-        return None
-
-
-def _run(command: list[str]) -> str | None:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=20, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout if done.returncode == 0 else None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -31,7 +31,7 @@ def collect_env(threads: int | None = None) -> dict:
         "cpu_model": cpu_model(),
         "cpu_cores": cores,
         "cpu_cores_usable": usable,
-        "cpu_governor": _read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "cpu_governor": read_text_quietly("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "threads": threads,  # None: each library's default (ONNX Runtime: physical cores, torch: all cores)
         "memory_gb": _memory_gb(),
         "load_avg_1m_at_start": load_average(),
@@ -46,7 +46,7 @@ def collect_env(threads: int | None = None) -> dict:
 
 
 def cpu_model() -> str:
-    text = _read_text("/proc/cpuinfo") or ""
+    text = read_text_quietly("/proc/cpuinfo") or ""
     for key in ("model name", "Hardware", "Model", "cpu model"):
         match = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
         if match:
@@ -67,7 +67,7 @@ def gpu_info() -> dict | None:
         return None
     fields = ("name", "driver_version", "memory.total", "clocks.sm", "clocks.mem", "clocks.max.sm", "clocks.max.mem",
               "power.limit", "persistence_mode")
-    output = _run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"])
+    output = run_quietly(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"])
     if not output:
         return None
     values = [value.strip() for value in output.splitlines()[0].split(",")]
@@ -77,11 +77,11 @@ def gpu_info() -> dict | None:
 
 def jetson_info() -> dict | None:
     """A Jetson's board model, L4T release and power mode (nvpmodel -q); None elsewhere."""
-    release = _read_text("/etc/nv_tegra_release")
-    model = _read_text("/proc/device-tree/model")
+    release = read_text_quietly("/etc/nv_tegra_release")
+    model = read_text_quietly("/proc/device-tree/model")
     if release is None and (model is None or "jetson" not in model.lower()):
         return None
-    power_mode = _run(["nvpmodel", "-q"]) if shutil.which("nvpmodel") else None
+    power_mode = run_quietly(["nvpmodel", "-q"]) if shutil.which("nvpmodel") else None
     return {"model": model.strip("\x00 \n") if model else None,
             "l4t": release.splitlines()[0] if release else None,
             "power_mode": " ".join(power_mode.split()) if power_mode else None,
@@ -108,16 +108,17 @@ def read_jetson_clocks(root: str | Path = "/") -> dict:
     clocks: dict = {"gpu": None, "cpu": {}, "emc_mhz": None}
     for device in sorted((root / "sys/class/devfreq").glob("*")):
         if _GPU_DEVFREQ.search(device.name):
-            clocks["gpu"] = {"device": device.name, "governor": _read_text(str(device / "governor")),
-                             **{f"{key}_mhz": _hz_to_mhz(_read_text(str(device / f"{key}_freq")), 1e6)
+            clocks["gpu"] = {"device": device.name, "governor": read_text_quietly(str(device / "governor")),
+                             **{f"{key}_mhz": _hz_to_mhz(read_text_quietly(str(device / f"{key}_freq")), 1e6)
                                 for key in ("cur", "min", "max")}}
             break
     for policy in sorted((root / "sys/devices/system/cpu/cpufreq").glob("policy*")):
         clocks["cpu"][policy.name] = {
-            "cpus": _read_text(str(policy / "related_cpus")), "governor": _read_text(str(policy / "scaling_governor")),
-            **{f"{key}_mhz": _hz_to_mhz(_read_text(str(policy / f"scaling_{key}_freq")), 1e3)
+            "cpus": read_text_quietly(str(policy / "related_cpus")),
+            "governor": read_text_quietly(str(policy / "scaling_governor")),
+            **{f"{key}_mhz": _hz_to_mhz(read_text_quietly(str(policy / f"scaling_{key}_freq")), 1e3)
                for key in ("cur", "min", "max")}}
-    emc = _read_text(str(root / "sys/kernel/debug/bpmp/debug/clk/emc/rate"))  # root only; None otherwise
+    emc = read_text_quietly(str(root / "sys/kernel/debug/bpmp/debug/clk/emc/rate"))  # root only; None otherwise
     clocks["emc_mhz"] = _hz_to_mhz(emc, 1e6)
     return clocks
 
@@ -169,7 +170,7 @@ def _ort_providers() -> list[str] | None:
 
 
 def _memory_gb() -> float | None:
-    match = re.search(r"^MemTotal:\s+(\d+) kB", _read_text("/proc/meminfo") or "", re.MULTILINE)
+    match = re.search(r"^MemTotal:\s+(\d+) kB", read_text_quietly("/proc/meminfo") or "", re.MULTILINE)
     return round(int(match.group(1)) / 2**20, 1) if match else None
 
 
@@ -177,21 +178,23 @@ def _git_commit() -> str | None:
     checkout = Path(__file__).resolve().parents[2]
     if not (checkout / ".git").exists():
         return None
-    commit = _run(["git", "-C", str(checkout), "rev-parse", "--short=12", "HEAD"])
+    commit = run_quietly(["git", "-C", str(checkout), "rev-parse", "--short=12", "HEAD"])
     if not commit:
         return None
-    dirty = _run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"])
+    dirty = run_quietly(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"])
     return commit.strip() + ("-dirty" if dirty else "")
 
 
-def _read_text(path: str) -> str | None:
+def read_text_quietly(path: str) -> str | None:
+    """A small system file's text, stripped; None when it cannot be read (probes never raise)."""
     try:
         return Path(path).read_text(errors="replace").strip()
     except OSError:
         return None
 
 
-def _run(command: list[str]) -> str | None:
+def run_quietly(command: list[str]) -> str | None:
+    """A probe command's stdout, stripped; None when it is missing, fails, times out or prints nothing."""
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.SubprocessError):
