@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeseg.errors import UsageError
-from edgeseg.zoo.contract import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from edgeseg.zoo.contract import FITS, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
-FITS = ("resize", "letterbox", "crop")
 OUTPUTS = ("logits", "labels")
 CHANNEL_ORDERS = ("RGB", "BGR")
 METADATA_CARD = "edgeseg.card"

@@ -529,7 +529,9 @@ def demo(
     if json_out:
         check_output_file(json_out, force=force, option="--json")
     if fit is not None:
-        domain.one_of("--fit", fit, ("letterbox", "crop", "resize"))
+        from edgeseg.zoo.contract import FITS
+
+        domain.one_of("--fit", fit, FITS)
     if print_pipeline:
         from edgeseg.demo.sources import print_pipeline as show_pipeline
 

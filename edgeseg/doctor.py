@@ -19,6 +19,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edgeseg.errors import first_line
 from edgeseg.bench.env import read_text_quietly, run_quietly  # the same quiet probes the bench env block uses
 from edgeseg.demo.gst import GSTREAMER_ELEMENTS
 from edgeseg.lazy import EXTRAS
@@ -69,9 +70,9 @@ def import_probe(module: str) -> tuple[object | None, str | None]:
         name = getattr(exc, "name", None)  # the module that was not found; a dependency's name means broken
         if name and (module == name or module.startswith(name + ".")):
             return None, "not installed"
-        return None, f"cannot be imported ({type(exc).__name__}: {_first_line(exc)})"
+        return None, f"cannot be imported ({type(exc).__name__}: {first_line(exc)})"
     except Exception as exc:  # a broken install can raise anything at import: OSError, RuntimeError, ...
-        return None, f"cannot be imported ({type(exc).__name__}: {_first_line(exc)})"
+        return None, f"cannot be imported ({type(exc).__name__}: {first_line(exc)})"
 
 
 def module_version(module) -> str:
@@ -109,7 +110,7 @@ def check_onnxruntime() -> Check:
     try:
         providers = list(ort.get_available_providers())
     except Exception as exc:  # noqa: BLE001 - an onnxruntime that cannot list providers is broken
-        return Check("onnxruntime", BROKEN, f"{check.detail}; providers: {_first_line(exc)}", check.needed_for,
+        return Check("onnxruntime", BROKEN, f"{check.detail}; providers: {first_line(exc)}", check.needed_for,
                      "reinstall onnxruntime")
     short = [name.replace("ExecutionProvider", "") for name in providers]
     detail = f"{check.detail}; providers: {', '.join(short) or 'none'}"
@@ -367,7 +368,3 @@ def doctor_report(checks: list[Check] | None = None) -> dict:
 
 
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

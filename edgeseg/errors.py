@@ -26,3 +26,9 @@ class MissingDependency(EdgesegError):
     """An optional package is needed for this command; the message names the extra."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): what a one-line error quotes."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

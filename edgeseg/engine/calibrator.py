@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from edgeseg.errors import DataError, EdgesegError
+from edgeseg.errors import DataError, EdgesegError, first_line
 from edgeseg.lazy import lazy_import
 from edgeseg.manifest import atomic_path
 
@@ -132,7 +132,7 @@ class CalibrationFeed:
             if isinstance(self.error, EdgesegError) or not isinstance(self.error, Exception):
                 raise self.error  # a clear edgeseg error as it was; Ctrl-C stays an interrupt
             raise CalibrationError(f"INT8 calibration failed in {self.error_callback}: "
-                                   f"{type(self.error).__name__}: {_first_line(self.error)}") from self.error
+                                   f"{type(self.error).__name__}: {first_line(self.error)}") from self.error
         if self.batches_served == 0 and not self.cache_read:
             raise CalibrationError(f"INT8 calibration consumed no batches (each needs {self.batch_size} images at "
                                    f"{'x'.join(map(str, self.shape[1:]))}); check the calibration set lists images "
@@ -205,7 +205,3 @@ def make_trt_calibrator(feed: CalibrationFeed):
 
     return EntropyCalibrator2()
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

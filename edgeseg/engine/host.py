@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Iterator
 
-from edgeseg.errors import EdgesegError, MissingDependency, UsageError
+from edgeseg.errors import EdgesegError, MissingDependency, UsageError, first_line
 from edgeseg.lazy import lazy_import
 from edgeseg.target.schema import CudaDevice, Target
 
@@ -41,7 +41,7 @@ def probe_host() -> HostFacts:
     except MissingDependency:
         problem = "tensorrt is not installed here"
     except Exception as exc:  # a broken install: OSError for a missing libnvinfer, version conflicts, ...
-        problem = f"tensorrt cannot be imported here ({type(exc).__name__}: {_first_line(exc)})"
+        problem = f"tensorrt cannot be imported here ({type(exc).__name__}: {first_line(exc)})"
     try:
         device = probe_cuda_device()
     except UsageError:
@@ -91,17 +91,13 @@ def primary_context(device_index: int = 0) -> Iterator[object]:
         cuda.init()
         context = cuda.Device(device_index).retain_primary_context()
     except cuda.Error as exc:
-        raise EdgesegError(f"cannot open CUDA device {device_index}: {_first_line(exc)}") from exc
+        raise EdgesegError(f"cannot open CUDA device {device_index}: {first_line(exc)}") from exc
     context.push()
     try:
         yield context
     finally:
         cuda.Context.pop()
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeseg.arch_spec import architecture_spec
-from edgeseg.errors import EdgesegError, UsageError
+from edgeseg.errors import EdgesegError, UsageError, first_line
 from edgeseg.lazy import lazy_import
 from edgeseg.pruning.config import PruneConfig
 from edgeseg.pruning.rules import (PruneError, attention_projections, classifier_layers, fixed_width_layers,
@@ -156,10 +156,6 @@ def _count(model, size) -> tuple[int, float]:
 
     return count_params_and_gflops(model, size)
 
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _importance(tp, name: str):

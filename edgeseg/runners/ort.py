@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.errors import UsageError
+from edgeseg.errors import UsageError, first_line
 from edgeseg.lazy import lazy_import
 from edgeseg.runners.base import TensorSpec
 from edgeseg.zoo.contract import Preprocessing
@@ -34,8 +34,7 @@ def ort_session(path: Path, device: str = "auto", threads: int | None = None):
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # ORT raises its own exception types (InvalidProtobuf, Fail, ...)
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"{path} cannot be loaded by ONNX Runtime: {first_line}") from exc
+        raise UsageError(f"{path} cannot be loaded by ONNX Runtime: {first_line(exc)}") from exc
     return session, ("ort-cuda" if use_cuda else "ort-cpu")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.errors import UsageError
+from edgeseg.errors import UsageError, first_line
 from edgeseg.lazy import lazy_import
 from edgeseg.runners.base import TensorSpec
 from edgeseg.runners.ort import METADATA_OUTPUT, METADATA_PREPROCESSING
@@ -64,8 +64,7 @@ class OvRunner:
         try:
             model = core.read_model(str(self.path))
         except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line C++ message
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UsageError(f"{self.path} cannot be loaded by OpenVINO: {first_line}") from exc
+            raise UsageError(f"{self.path} cannot be loaded by OpenVINO: {first_line(exc)}") from exc
         metadata = _metadata(model)
         if METADATA_PREPROCESSING not in metadata:
             raise UsageError(f"{self.path} carries no edgeseg preprocessing metadata; export it with 'edgeseg export'")
