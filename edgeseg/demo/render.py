@@ -88,7 +88,7 @@ def make_style(classes: Sequence[str], palette: Sequence[Sequence[int]], *, show
     return RenderStyle(classes, colours, visible, sharp, mode, alpha, effect)
 
 
-def labels_to_frame(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Labels at another resolution -> the frame's (height, width); nearest, so no invented classes. (The demo's
     pipeline already maps the mask back with its fit, edgeseg.fit; this is for squeezed label maps.)"""
     if labels.shape[:2] == tuple(size):
@@ -124,7 +124,7 @@ def blur_background(frame: np.ndarray, labels: np.ndarray, style: RenderStyle) -
 
 def compose(frame: np.ndarray, labels: np.ndarray, style: RenderStyle) -> np.ndarray:
     """The demo image for one frame (without legend and HUD). `labels` may be at model resolution."""
-    labels = labels_to_frame(labels, frame.shape[:2])
+    labels = resize_labels(labels, frame.shape[:2])
     base = blur_background(frame, labels, style) if style.effect == "blur-background" else frame
     if style.mode == "mask":
         return colourise(labels, style)
