@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from edgeseg.data.palettes import CAMVID, CITYSCAPES, LabelSet
 from edgeseg.errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    from edgeseg.zoo.contract import Preprocessing
 
 IGNORE = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -44,7 +49,7 @@ class SegmentationDataset:
 
     def __init__(self, name: str, samples: list[Sample], label_set: LabelSet, void_value: int | None = None,
                  lut: np.ndarray | None = None, colour_masks: bool = False,
-                 void_colour: tuple[int, int, int] | None = None):
+                 void_colour: tuple[int, int, int] | None = None) -> None:
         if not samples:
             raise DataError(f"dataset {name} has no samples")
         self.name = name
@@ -70,7 +75,7 @@ class SegmentationDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def subset(self, indices, name: str | None = None) -> "SegmentationDataset":
+    def subset(self, indices: Iterable[int], name: str | None = None) -> "SegmentationDataset":
         """The same dataset restricted to `indices` (e.g. one drive of CamVid), with the same label mapping."""
         part = copy.copy(self)
         part.samples = [self.samples[i] for i in indices]
@@ -116,7 +121,8 @@ class SegmentationDataset:
         return mapped.astype(np.uint8)
 
 
-    def _map_colours(self, mask: np.ndarray, path: Path, expected_shape, image_path) -> np.ndarray:
+    def _map_colours(self, mask: np.ndarray, path: Path, expected_shape: tuple[int, int] | None,
+                     image_path: Path | None) -> np.ndarray:
         if mask.ndim != 3 or mask.shape[2] < 3 or mask.dtype != np.uint8:
             raise DataError(f"mask {path} is not an 8-bit colour image; masks=colour needs RGB masks")
         rgb = cv2.cvtColor(mask[..., :3], cv2.COLOR_BGR2RGB)
@@ -133,7 +139,7 @@ class SegmentationDataset:
         return mapped[inverse].reshape(codes.shape).astype(np.uint8)
 
 
-def _colour_code(colour) -> int:
+def _colour_code(colour: Sequence[int]) -> int:
     red, green, blue = (int(v) for v in colour)
     return (red << 16) | (green << 8) | blue
 
@@ -310,7 +316,7 @@ def read_classes_file(path: Path) -> LabelSet:
     return LabelSet(path.stem, tuple(names), tuple(colours) or generic_palette(len(names)), 255)
 
 
-def open_folder(spec: str, model_labels=None) -> SegmentationDataset:
+def open_folder(spec: str, model_labels: LabelSet | Preprocessing | None = None) -> SegmentationDataset:
     """folder:IMAGES:MASKS[:key=value...] with keys classes=FILE, image_suffix=, mask_suffix=, masks=ids|colour,
     void=N, void_colour=R,G,B. Classes: the file, else the model's (card or contract), else CamVid's."""
     parts = spec.split(":")
@@ -343,7 +349,7 @@ def open_folder(spec: str, model_labels=None) -> SegmentationDataset:
                   colour_masks=options.get("masks", "ids") != "ids", void_colour=void_colour)
 
 
-def _as_label_set(labels) -> LabelSet:
+def _as_label_set(labels: LabelSet | Preprocessing) -> LabelSet:
     """A LabelSet from a LabelSet or a model contract (Preprocessing: classes, palette, ignore_index)."""
     if isinstance(labels, LabelSet):
         return labels
@@ -355,7 +361,8 @@ def _check_split(split: str) -> None:
         raise UsageError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
 
 
-def open_dataset(name: str, split: str, data: str | os.PathLike | None = None, label_set=None,
+def open_dataset(name: str, split: str, data: str | os.PathLike | None = None,
+                 label_set: LabelSet | Preprocessing | None = None,
                  check_classes: bool = True) -> SegmentationDataset:
     """`camvid`, `cityscapes` (under the data root), `cityscapes:PATH` (Cityscapes as downloaded, any folder
     name) or `folder:IMAGES:MASKS[:options]` (see open_folder). `label_set`, when given, is what the model predicts

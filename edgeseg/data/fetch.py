@@ -158,7 +158,7 @@ def _download_once(url: str, part: Path, size: int) -> None:
         raise _Retryable(str(exc) or type(exc).__name__) from exc
 
 
-def _resume_offset(response, have: int, part: Path) -> int:
+def _resume_offset(response: http.client.HTTPResponse, have: int, part: Path) -> int:
     """Where the body starts in the file: `have` for a 206 continuing the .part, 0 when the server sent it all."""
     if not have or response.status != 206:
         return 0  # a 200 answer to a Range request is the whole file: start that file over
@@ -168,7 +168,7 @@ def _resume_offset(response, have: int, part: Path) -> int:
     return have
 
 
-def _write_body(response, part: Path, offset: int, size: int) -> None:
+def _write_body(response: http.client.HTTPResponse, part: Path, offset: int, size: int) -> None:
     received = 0
     with open(part, "ab" if offset else "wb") as out:
         while chunk := response.read(CHUNK):

@@ -22,7 +22,8 @@ class AugmentConfig:
     colour_jitter: float = 0.3  # max relative change of brightness, contrast and saturation
 
 
-def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int]):
+def resize_pair(image: np.ndarray, mask: np.ndarray | None,
+                size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
     height, width = size
     if image.shape[:2] != (height, width):
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
@@ -69,7 +70,8 @@ def _scaled_size(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
     return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
 
 
-def apply_augment(image: np.ndarray, mask: np.ndarray, draw: AugmentDraw, cfg: AugmentConfig):
+def apply_augment(image: np.ndarray, mask: np.ndarray, draw: AugmentDraw,
+                  cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
     image, mask = resize_pair(image, mask, _scaled_size(image.shape, draw.scale))
     crop_h, crop_w = cfg.crop_size
     pad_h, pad_w = max(0, crop_h - image.shape[0]), max(0, crop_w - image.shape[1])
@@ -85,6 +87,7 @@ def apply_augment(image: np.ndarray, mask: np.ndarray, draw: AugmentDraw, cfg: A
     return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
 
-def augment(image: np.ndarray, mask: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator):
+def augment(image: np.ndarray, mask: np.ndarray, cfg: AugmentConfig,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Random scale, crop (padding with ignore where the scaled image is smaller), flip and colour jitter."""
     return apply_augment(image, mask, draw_augment(image.shape, cfg, rng), cfg)
