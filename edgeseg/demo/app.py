@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -21,6 +21,12 @@ from edgeseg.demo.stats import DemoStats
 from edgeseg.errors import UsageError
 from edgeseg.zoo.contract import FITS
 from edgeseg.runners import open_runner
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from edgeseg.demo.render import RenderStyle
+    from edgeseg.demo.serve import DemoServer
 
 @dataclass(frozen=True)
 class DemoConfig:
@@ -45,7 +51,7 @@ class DemoConfig:
     fit: str | None = None  # letterbox, crop or resize; None: the model contract's choice (letterbox by default)
     serve: str | None = None  # HOST:PORT to serve the live view on (edgeseg.demo.serve)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.fit is not None and self.fit not in FITS:
             raise UsageError(f"unknown --fit {self.fit!r}; choose one of {', '.join(FITS)}")
         if self.serve is not None:
@@ -70,13 +76,13 @@ class DemoConfig:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
+def _sigterm_as_interrupt() -> Iterator[None]:
     """`docker stop` and systemd send SIGTERM: treat it like Ctrl-C so the video is still finalised."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def interrupt(signum, frame):
+    def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
@@ -112,7 +118,7 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = log_to_stderr,
         preprocessing = runner.preprocessing
         fit = cfg.fit or preprocessing.fit
 
-        def style_for(mode: str, alpha: float):
+        def style_for(mode: str, alpha: float) -> RenderStyle:
             return make_style(preprocessing.classes, preprocessing.palette, shown=cfg.classes, mode=mode,
                               alpha=alpha, effect=cfg.effect)
 
@@ -210,7 +216,9 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = log_to_stderr,
     return summary
 
 
-def _start_server(cfg: DemoConfig, style_for, style, stats: DemoStats, pipeline_now, backend: str, fit: str):
+def _start_server(cfg: DemoConfig, style_for: Callable[[str, float], RenderStyle], style: RenderStyle,
+                  stats: DemoStats, pipeline_now: Callable[[], Pipeline | None], backend: str,
+                  fit: str) -> DemoServer:
     """Start the --serve web page; its /stats reads the same recorder as the HUD and the summary."""
     from edgeseg.demo.serve import DemoServer, FrameBroadcaster, LiveControls, parse_address
 
@@ -232,7 +240,7 @@ def _start_server(cfg: DemoConfig, style_for, style, stats: DemoStats, pipeline_
 
 def format_summary(summary: dict) -> str:
     """The summary as two lines for the terminal."""
-    def figure(value) -> str:
+    def figure(value: float | None) -> str:
         return "--" if value is None else f"{value:.1f}"
 
     latency, recent = summary["latency_ms"], summary["window"]

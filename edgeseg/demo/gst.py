@@ -17,6 +17,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import ModuleType
 
 from edgeseg.errors import UsageError
 
@@ -225,7 +226,7 @@ def element_exists(name: str) -> bool:
 
 
 @functools.cache
-def _gi_gst():
+def _gi_gst() -> ModuleType | None:
     try:
         import gi
 

@@ -20,7 +20,7 @@ class AtomicVideoWriter:
     stopped with Ctrl-C still ends with a finalised, playable video. The writer opens on the first frame, whose
     size (side-by-side doubles the width) is only known then."""
 
-    def __init__(self, path: str | Path, fps: float, fourcc: str = "mp4v"):
+    def __init__(self, path: str | Path, fps: float, fourcc: str = "mp4v") -> None:
         self.path = Path(path)
         if self.path.suffix.lower() not in (".mp4", ".m4v", ".mov", ".avi", ".mkv"):
             raise UsageError(f"--save {self.path}: give a video file name ending in .mp4")
@@ -72,7 +72,7 @@ class AtomicVideoWriter:
 class Window:
     """An OpenCV window; q, Esc or closing the window asks the demo to stop."""
 
-    def __init__(self, title: str = "edgeseg demo"):
+    def __init__(self, title: str = "edgeseg demo") -> None:
         if os.name == "posix" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             raise UsageError("no display to show the demo on (DISPLAY is not set); use --no-show, with --save "
                              "out.mp4 to keep the result")

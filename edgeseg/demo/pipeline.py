@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Generic, Iterator, TypeVar
 
 import numpy as np
 
@@ -28,7 +28,12 @@ from edgeseg.demo.stats import STAGES, DemoStats  # noqa: F401 (DemoStats: re-ex
 from edgeseg.runners.labels import labels_from_logits
 from edgeseg.zoo.contract import Preprocessing
 
+if TYPE_CHECKING:
+    from edgeseg.demo.sources import FrameSource
+    from edgeseg.runners.base import Runner
+
 _POLL_S = 0.1  # how often blocked threads look at the stop flag
+Item = TypeVar("Item")
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,17 +68,17 @@ class ChannelClosed(Exception):
     """The producer has finished and nothing is left to take."""
 
 
-class LatestSlot:
+class LatestSlot(Generic[Item]):
     """A 1-slot buffer for live sources: put() replaces an item not yet taken and counts it in `dropped`."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._ready = threading.Condition()
-        self._item = None
+        self._item: Item | None = None
         self._full = False
         self._closed = False
         self.dropped = 0
 
-    def put(self, item) -> bool:
+    def put(self, item: Item) -> bool:
         """Store item (never blocks); False once the slot is closed."""
         with self._ready:
             if self._closed:
@@ -84,7 +89,7 @@ class LatestSlot:
             self._ready.notify()
             return True
 
-    def get(self, timeout: float | None = None):
+    def get(self, timeout: float | None = None) -> Item:
         """The newest item; queue.Empty after `timeout`, ChannelClosed once closed and empty."""
         with self._ready:
             if not self._ready.wait_for(lambda: self._full or self._closed, timeout):
@@ -100,18 +105,18 @@ class LatestSlot:
             self._ready.notify_all()
 
 
-class BoundedChannel:
+class BoundedChannel(Generic[Item]):
     """A FIFO of at most `capacity` items for files: put() waits for room, so nothing is dropped."""
 
     dropped = 0
 
-    def __init__(self, capacity: int):
-        self._items: collections.deque = collections.deque()
+    def __init__(self, capacity: int) -> None:
+        self._items: collections.deque[Item] = collections.deque()
         self._capacity = capacity
         self._changed = threading.Condition()
         self._closed = False
 
-    def put(self, item) -> bool:
+    def put(self, item: Item) -> bool:
         """Append item, waiting while full; False once closed (the consumer has gone)."""
         with self._changed:
             self._changed.wait_for(lambda: len(self._items) < self._capacity or self._closed)
@@ -121,7 +126,7 @@ class BoundedChannel:
             self._changed.notify_all()
             return True
 
-    def get(self, timeout: float | None = None):
+    def get(self, timeout: float | None = None) -> Item:
         with self._changed:
             if not self._changed.wait_for(lambda: self._items or self._closed, timeout):
                 raise queue.Empty
@@ -158,16 +163,17 @@ class Pipeline:
     The capture thread owns the source and closes it: releasing an OpenCV capture while another thread is inside
     read() can crash FFmpeg."""
 
-    def __init__(self, source, runner, *, stop_event: threading.Event, keep_latest_only: bool,
-                 pace_fps: float | None = None, queue_size: int = 2, fit: str | None = None):
+    def __init__(self, source: FrameSource, runner: Runner, *, stop_event: threading.Event, keep_latest_only: bool,
+                 pace_fps: float | None = None, queue_size: int = 2, fit: str | None = None) -> None:
         self.source = source
         self.runner = runner
         self.fit = fit  # None: the model contract's choice
         self.stop_event = stop_event
         self.pace_fps = pace_fps  # --realtime for files: read at the file's own rate
-        self.frames_in = LatestSlot() if keep_latest_only else BoundedChannel(queue_size)
+        self.frames_in: LatestSlot[Frame] | BoundedChannel[Frame] = (LatestSlot() if keep_latest_only
+                                                                     else BoundedChannel(queue_size))
         # With live sources a slow renderer must not let predictions pile up: one in hand is enough.
-        self.predictions_out = BoundedChannel(1 if keep_latest_only else queue_size)
+        self.predictions_out: BoundedChannel[Inference] = BoundedChannel(1 if keep_latest_only else queue_size)
         self.captured = 0
         self.error: BaseException | None = None
         self._threads = [
@@ -218,7 +224,7 @@ class Pipeline:
         return not any(thread.is_alive() for thread in self._threads)
 
     def _guarded(self, loop: Callable[[], None]) -> Callable[[], None]:
-        def run():
+        def run() -> None:
             try:
                 loop()
             except BaseException as exc:  # noqa: BLE001 (handed to the main thread, which re-raises it)

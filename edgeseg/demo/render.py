@@ -7,13 +7,16 @@ once, in `make_style`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
 
 from edgeseg.data.palettes import generic_palette
 from edgeseg.errors import UsageError
+
+if TYPE_CHECKING:
+    from edgeseg.demo.stats import Rates
 
 MODES = ("overlay", "mask", "side-by-side")
 EFFECTS = ("none", "blur-background")
@@ -184,7 +187,7 @@ def draw_hud(image: np.ndarray, lines: Sequence[str]) -> np.ndarray:
 HUD_STAGE_NAMES = {"capture": "cap", "preprocess": "pre", "infer": "infer", "postprocess": "post", "render": "draw"}
 
 
-def hud_lines(rates, backend: str, dropped: int) -> list[str]:
+def hud_lines(rates: Rates, backend: str, dropped: int) -> list[str]:
     """The HUD text for a `Rates` (edgeseg.demo.stats): "--" until something was measured, never a made-up 0.0."""
     fps = "--" if rates.fps is None else f"{rates.fps:5.1f}"
     if rates.stage_ms is None:

@@ -19,13 +19,16 @@ import html
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import parse_qs
 
 import cv2
 import numpy as np
 
 from edgeseg.errors import UsageError
+
+if TYPE_CHECKING:
+    from edgeseg.demo.render import RenderStyle
 
 DEFAULT_HOST = "127.0.0.1"
 BOUNDARY = "edgesegframe"
@@ -45,7 +48,7 @@ def parse_address(text: str) -> tuple[str, int]:
 class FrameBroadcaster:
     """The newest rendered frame, JPEG-encoded once for all viewers by its own thread."""
 
-    def __init__(self, quality: int = 80):
+    def __init__(self, quality: int = 80) -> None:
         self.quality = quality
         self._changed = threading.Condition()
         self._pending: np.ndarray | None = None  # newest image not yet encoded
@@ -112,7 +115,7 @@ class FrameBroadcaster:
 class LiveControls:
     """Mode and alpha as switched from the page; the output thread reads `style` for each frame."""
 
-    def __init__(self, make_style: Callable[[str, float], object], mode: str, alpha: float):
+    def __init__(self, make_style: Callable[[str, float], RenderStyle], mode: str, alpha: float) -> None:
         self._make_style = make_style  # (mode, alpha) -> RenderStyle; raises UsageError for bad values
         self._lock = threading.Lock()
         self.mode, self.alpha = mode, alpha
@@ -135,7 +138,7 @@ class DemoServer:
 
     def __init__(self, address: tuple[str, int], *, broadcaster: FrameBroadcaster, controls: LiveControls,
                  stats: Callable[[], dict], legend: list[tuple[str, tuple[int, int, int]]], modes: tuple[str, ...],
-                 title: str = "edgeseg demo"):
+                 title: str = "edgeseg demo") -> None:
         self.broadcaster, self.controls, self.stats = broadcaster, controls, stats
         self.page = render_page(title, legend, modes, controls.state()).encode()
         handler = type("DemoHandler", (_Handler,), {"demo": self})
@@ -167,10 +170,10 @@ class _Handler(BaseHTTPRequestHandler):
     demo: DemoServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format, *args):  # noqa: A002 (the base class's name); quiet: the demo has its own log
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name); quiet: the demo has its own log
         pass
 
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
             self._send(200, "text/html; charset=utf-8", self.demo.page)
@@ -184,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, "text/plain", b"not found\n")
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self) -> None:  # noqa: N802
         if self.path.split("?", 1)[0] != "/control":
             self._send(404, "text/plain", b"not found\n")
             return

@@ -19,7 +19,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import cv2
 import numpy as np
@@ -123,7 +123,7 @@ class Backoff:
     first_delay_s: float = 0.5
     max_delay_s: float = 8.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.attempts < 0 or self.first_delay_s < 0 or self.max_delay_s < self.first_delay_s:
             raise UsageError("reconnect settings need attempts >= 0 and 0 <= first delay <= max delay")
 
@@ -147,7 +147,7 @@ CaptureFactory = Callable[[int | str], Capture]
 
 
 @contextlib.contextmanager
-def _quiet_opencv():
+def _quiet_opencv() -> Iterator[None]:
     """OpenCV prints several WARN lines when a camera cannot be opened; our one-line error says it better."""
     try:
         from cv2.utils import logging as cv_logging
@@ -185,7 +185,7 @@ class VideoSource:
     """A camera, stream or video file read through OpenCV (or an injected capture factory)."""
 
     def __init__(self, spec: SourceSpec, backoff: Backoff = Backoff(), capture_factory: CaptureFactory | None = None,
-                 log: Callable[[str], None] = log_to_stderr, stop_event: threading.Event | None = None):
+                 log: Callable[[str], None] = log_to_stderr, stop_event: threading.Event | None = None) -> None:
         self.spec = spec
         self.backoff = backoff
         self._factory = capture_factory or opencv_capture
@@ -258,7 +258,7 @@ class ImageFolderSource:
     reconnects = 0
     lost = False
 
-    def __init__(self, spec: SourceSpec, log: Callable[[str], None] = log_to_stderr):
+    def __init__(self, spec: SourceSpec, log: Callable[[str], None] = log_to_stderr) -> None:
         self.spec = spec
         self._log = log
         self.paths = sorted(path for path in Path(spec.target).iterdir()

@@ -45,7 +45,7 @@ def frame_rate(frames: int, first_at: float | None, last_at: float | None) -> fl
 class DemoStats:
     """Per-frame timings: a rolling window for the HUD and the web page, running totals for the summary."""
 
-    def __init__(self, window: int = WINDOW_FRAMES):
+    def __init__(self, window: int = WINDOW_FRAMES) -> None:
         self.window_frames = window
         self.latencies_ms: list[float] = []
         self.stage_totals_ms = dict.fromkeys(STAGES, 0.0)
