@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -42,7 +43,7 @@ class Preprocessing:
     stride: int = 32  # the model's output stride: dynamic-size inputs are rounded to a multiple of it
     pad: str = "reflect"  # one of PADS: what fills the letterbox
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.fit not in FITS:
             raise UsageError(f"unknown fit {self.fit!r}; choose one of {', '.join(FITS)}")
         if self.pad not in PADS:
@@ -93,7 +94,7 @@ class Preprocessing:
 _BLOB_WITH_PARAMS = getattr(getattr(cv2, "dnn", None), "blobFromImageWithParams", None)
 
 
-def _to_blob(image: np.ndarray, mean, std, *, swap_channels: bool) -> np.ndarray:
+def _to_blob(image: np.ndarray, mean: Sequence[float], std: Sequence[float], *, swap_channels: bool) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3:
         raise UsageError(f"expected an HxWx3 image, got shape {tuple(image.shape)}")
     if _BLOB_WITH_PARAMS is not None and image.dtype == np.uint8:

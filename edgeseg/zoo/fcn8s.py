@@ -13,7 +13,7 @@ from torch import nn
 
 
 class FCN8s(nn.Module):
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int) -> None:
         super().__init__()
         from torchvision.models import resnet18
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 import difflib
 import importlib
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Callable
 
 from edgeseg.data.palettes import CAMVID, LabelSet
 from edgeseg.errors import UsageError
 from edgeseg.zoo.contract import Preprocessing
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # Modules that register families; imported on first registry use.
 _FAMILY_MODULES = ("edgeseg.zoo.segformer", "edgeseg.zoo.torchvision_seg", "edgeseg.zoo.smp")
@@ -24,7 +28,7 @@ class ModelEntry:
     name: str
     family: str  # architecture family as users know it: SegFormer, FCN, U-Net, DeepLabV3, ...
     library: str  # the library its users train with
-    builder: Callable[[int], object]  # num_classes -> torch.nn.Module returning NxCxHxW logits at input size
+    builder: Callable[[int], nn.Module]  # num_classes -> a model returning NxCxHxW logits at input size
     # The layer(s) whose outputs are the num_classes logits, named as in the built model: the one place that says
     # what a new label set replaces (zoo.weights), what keeps its outputs when pruning, what 2:4 sparsity skips.
     classifier: tuple[str, ...]
@@ -74,13 +78,13 @@ def get_entry(name: str) -> ModelEntry:
         raise UsageError(f"unknown model {name!r}{hint} (see 'edgeseg models')") from None
 
 
-def closest_names(word: str, candidates, count: int = 3) -> list[str]:
+def closest_names(word: str, candidates: Iterable[str], count: int = 3) -> list[str]:
     """Best fuzzy matches, ties broken alphabetically (difflib alone prefers the last of equals: b5 over b0)."""
     scored = [(difflib.SequenceMatcher(None, word, c).ratio(), c) for c in candidates]
     return [c for score, c in sorted(scored, key=lambda item: (-item[0], item[1])) if score >= 0.6][:count]
 
 
-def create_model(name: str, num_classes: int | None = None):
+def create_model(name: str, num_classes: int | None = None) -> nn.Module:
     """Build an untrained model (random init, no download) with `num_classes` outputs."""
     entry = get_entry(name)
     model = entry.builder(num_classes or entry.label_set.num_classes)

@@ -6,8 +6,14 @@ weights stay reachable by name through the hub.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 from edgeseg.data.palettes import CITYSCAPES
 from edgeseg.zoo.registry import ModelEntry, register_model
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import SegformerConfig
 
 # variant -> (hidden_sizes, depths, decoder_hidden_size), from the SegFormer paper / official configs.
 _VARIANTS = {
@@ -20,7 +26,7 @@ _VARIANTS = {
 }
 
 
-def segformer_config(variant: str, num_classes: int):
+def segformer_config(variant: str, num_classes: int) -> SegformerConfig:
     from transformers import SegformerConfig
 
     hidden_sizes, depths, decoder_hidden = _VARIANTS[variant]
@@ -35,7 +41,7 @@ def segformer_config(variant: str, num_classes: int):
     )
 
 
-def variant_of(config) -> str:
+def variant_of(config: SegformerConfig) -> str:
     """Which of b0-b5 a SegformerConfig describes ('custom' if none)."""
     for variant, (hidden_sizes, depths, decoder_hidden) in _VARIANTS.items():
         if (tuple(config.hidden_sizes), tuple(config.depths), config.decoder_hidden_size) == (
@@ -44,8 +50,8 @@ def variant_of(config) -> str:
     return "custom"
 
 
-def _builder(variant: str):
-    def build(num_classes: int):
+def _builder(variant: str) -> Callable[[int], nn.Module]:
+    def build(num_classes: int) -> nn.Module:
         from transformers import SegformerForSemanticSegmentation
 
         from edgeseg.zoo.wrappers import UpsampleLogits

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 from edgeseg.zoo.registry import ModelEntry, register_model
 
+if TYPE_CHECKING:
+    from torch import nn
 
-def _smp_builder(architecture: str, encoder: str):
-    def build(num_classes: int):
+
+def _smp_builder(architecture: str, encoder: str) -> Callable[[int], nn.Module]:
+    def build(num_classes: int) -> nn.Module:
         import segmentation_models_pytorch as smp
 
         from edgeseg.zoo.wrappers import PadToMultiple

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from edgeseg.zoo.registry import ModelEntry, list_models
 from edgeseg.zoo.weights import default_weights_label
 
+if TYPE_CHECKING:
+    from torch import nn
 
-def count_params_and_gflops(model, input_size: tuple[int, int]) -> tuple[int, float]:
+
+def count_params_and_gflops(model: nn.Module, input_size: tuple[int, int]) -> tuple[int, float]:
     """(parameters, GMACs for one image) of a torch model; GMACs are what papers call GFLOPs."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode

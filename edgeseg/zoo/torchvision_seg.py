@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 from edgeseg.zoo.registry import ModelEntry, register_model
 
+if TYPE_CHECKING:
+    from torch import nn
 
-def _torchvision_builder(function_name: str):
-    def build(num_classes: int):
+
+def _torchvision_builder(function_name: str) -> Callable[[int], nn.Module]:
+    def build(num_classes: int) -> nn.Module:
         from torchvision.models import segmentation
 
         from edgeseg.zoo.wrappers import UpsampleLogits
@@ -19,7 +24,7 @@ def _torchvision_builder(function_name: str):
     return build
 
 
-def _fcn8s_resnet18(num_classes: int):
+def _fcn8s_resnet18(num_classes: int) -> nn.Module:
     from edgeseg.zoo.fcn8s import FCN8s
 
     return FCN8s(num_classes)

@@ -16,6 +16,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeseg.checkpoint import read_checkpoint_sidecar
 from edgeseg.data.palettes import LABEL_SETS, LabelSet, generic_palette
@@ -24,13 +25,16 @@ from edgeseg.manifest import input_record
 from edgeseg.zoo.contract import Preprocessing
 from edgeseg.zoo.registry import ModelEntry, get_entry
 
+if TYPE_CHECKING:
+    from torch import nn
+
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
 class LoadedModel:
-    model: object  # torch.nn.Module, eval mode
+    model: nn.Module  # eval mode
     preprocessing: Preprocessing
     source: str  # what the weights were, for manifests
     spec: dict | None = None  # architecture spec of a pruned model
@@ -137,7 +141,7 @@ def _load_weights(entry: ModelEntry, weights: str | None, label_set: LabelSet | 
                        f"{name} (known: {known})")
 
 
-def _build(entry: ModelEntry, num_classes: int):
+def _build(entry: ModelEntry, num_classes: int) -> nn.Module:
     return entry.builder(num_classes)
 
 
@@ -205,7 +209,7 @@ def _align_keys(state: dict, model_keys: set[str]) -> dict:
     return prefixed if len(model_keys & prefixed.keys()) > direct else state
 
 
-def _load_state(model, state: dict, source: str, model_name: str) -> None:
+def _load_state(model: nn.Module, state: dict, source: str, model_name: str) -> None:
     model_state = model.state_dict()
     state = _align_keys(state, set(model_state))
     for key, tensor in state.items():
@@ -292,7 +296,7 @@ def _load_hf_dir(entry: ModelEntry, directory: Path, source: str | None = None) 
                        untrained=untrained)
 
 
-def _from_pretrained_segformer(entry: ModelEntry, directory: Path):
+def _from_pretrained_segformer(entry: ModelEntry, directory: Path) -> tuple[nn.Module, tuple[str, ...]]:
     """(model, names of the layers the directory had no weights for). Let transformers read its own directory:
     it renames legacy checkpoint keys (the official nvidia/* checkpoints predate its current module names), which a
     plain state_dict load would miss."""

@@ -10,7 +10,7 @@ from torch import nn
 class UpsampleLogits(nn.Module):
     """Wrap a model whose logits come out at a lower resolution (SegFormer: 1/4) or in a dict/ModelOutput."""
 
-    def __init__(self, model: nn.Module, output_key: str | None = None):
+    def __init__(self, model: nn.Module, output_key: str | None = None) -> None:
         super().__init__()
         self.model = model
         self.output_key = output_key
@@ -33,7 +33,7 @@ class PadToMultiple(nn.Module):
     colour) and crop the logits back, so the output matches the input pixel for pixel.
     """
 
-    def __init__(self, model: nn.Module, multiple: int = 32):
+    def __init__(self, model: nn.Module, multiple: int = 32) -> None:
         super().__init__()
         self.model = model
         self.multiple = multiple
