@@ -22,9 +22,12 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeseg.errors import UsageError
+
+if TYPE_CHECKING:
+    from edgeseg.target.schema import Target
 
 FAMILY_KIND = "family"
 MODULE_ENV = "EDGESEG_MODULE"  # set to a rule id to skip detection (a carrier board with its own model string)
@@ -149,7 +152,7 @@ def builtin_families() -> dict[str, TargetFamily]:
 # ---------------------------------------------------------------------------------------------------------------
 # The host's stand-in, and the module on the device
 
-def family_target(family: TargetFamily, members: dict[str, Any]) -> Any:
+def family_target(family: TargetFamily, members: dict[str, Target]) -> Target:
     """A Target for planning on the host: what every member shares, no DLA (decided per module on the device)."""
     targets = [members[name] for name in family.members]
     capabilities = {target.compute_capability for target in targets}
@@ -185,7 +188,7 @@ def resolve_module(family: TargetFamily, facts: DeviceFacts, forced: str | None 
                      f"with its own model string, set {MODULE_ENV}=<module>")
 
 
-def module_target(rule: ModuleRule, base: Any, family: TargetFamily, facts: DeviceFacts | None) -> Any:
+def module_target(rule: ModuleRule, base: Target, family: TargetFamily, facts: DeviceFacts | None) -> Target:
     """The member target with the rule's overrides, saying how it was resolved."""
     how = facts.describe() if facts else f"{MODULE_ENV}={rule.id}"
     overrides = dict(rule.overrides)
@@ -254,7 +257,7 @@ def _sh(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-def resolve_family_here(name: str):
+def resolve_family_here(name: str) -> Target:
     """The module target of family `name` for this device (edgeseg build run on the Jetson itself)."""
     from edgeseg.target.loading import load_family, load_target
 

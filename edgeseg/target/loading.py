@@ -12,11 +12,15 @@ import os
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tomllib
 
 from edgeseg.errors import UsageError
 from edgeseg.target.schema import Target, parse_target, target_file_error, target_from_device
+
+if TYPE_CHECKING:
+    from edgeseg.target_family import TargetFamily
 
 
 def read_target_toml(path: Path, missing: str, where: str | None = None) -> Target:
@@ -103,13 +107,13 @@ def load_target(name_or_path: str | os.PathLike) -> Target:
     return target
 
 
-def _families() -> dict:
+def _families() -> dict[str, TargetFamily]:
     from edgeseg.target_family import builtin_families
 
     return builtin_families()
 
 
-def load_family(name: str):
+def load_family(name: str) -> TargetFamily | None:
     """The TargetFamily named `name` (or an alias), None when it is not a family."""
     return _families().get(name.strip().lower())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, replace
+from collections.abc import Collection
 from typing import Any, Callable
 
 from edgeseg.errors import UsageError
@@ -96,51 +97,52 @@ def _type_name(value: Any) -> str:
             dict: "a table"}.get(type(value), type(value).__name__)
 
 
-def _string(value, where, key):
+def _string(value: object, where: str, key: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _fail(where, f"'{key}' must be a non-empty string, got {_type_name(value)}")
     return value
 
 
-def _boolean(value, where, key):
+def _boolean(value: object, where: str, key: str) -> bool:
     if not isinstance(value, bool):
         raise _fail(where, f"'{key}' must be true or false, got {_type_name(value)}")
     return value
 
 
-def _count(value, where, key):  # bool is an int subclass in Python; TOML true is not a count
+def _count(value: object, where: str, key: str) -> int:  # bool is an int subclass in Python; TOML true is not a count
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise _fail(where, f"'{key}' must be a whole number >= 0, got {value!r}")
     return value
 
 
-def _positive_int(value, where, key):
-    if _count(value, where, key) == 0:
+def _positive_int(value: object, where: str, key: str) -> int:
+    count = _count(value, where, key)
+    if count == 0:
         raise _fail(where, f"'{key}' must be greater than 0")
-    return value
+    return count
 
 
-def _positive_number(value, where, key):
+def _positive_number(value: object, where: str, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise _fail(where, f"'{key}' must be a number greater than 0, got {value!r}")
     return float(value)
 
 
-def _string_list(value, where, key):
+def _string_list(value: object, where: str, key: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
         raise _fail(where, f"'{key}' must be a list of strings, got {value!r}")
     return tuple(value)
 
 
-def _kind(value, where, key):
+def _kind(value: object, where: str, key: str) -> str:
     if value not in KINDS:
         raise _fail(where, f"'{key}' must be one of {', '.join(KINDS)}, got {value!r}")
     return value
 
 
-def _matching(pattern, description):
+def _matching(pattern: re.Pattern[str], description: str) -> Callable[[object, str, str], str]:
     """A validator for strings of one pattern; `description` completes "'key' must be ..."."""
-    def check(value, where, key):
+    def check(value: object, where: str, key: str) -> str:
         if not isinstance(value, str) or not pattern.match(value):
             raise _fail(where, f"'{key}' must be {description}, got {value!r}")
         return value
@@ -152,11 +154,11 @@ _version = _matching(_VERSION, 'a version string like "10.3"')
 _size = _matching(_SIZE, '"HEIGHTxWIDTH", e.g. "360x480"')
 
 
-def _versions(value, where, key):
+def _versions(value: object, where: str, key: str) -> tuple[str, ...]:
     return tuple(_version(item, where, key) for item in _string_list(value, where, key))
 
 
-def _precisions(value, where, key):
+def _precisions(value: object, where: str, key: str) -> tuple[str, ...]:
     found = _string_list(value, where, key)
     unknown = [item for item in found if item not in PRECISIONS]
     if unknown:
@@ -164,7 +166,7 @@ def _precisions(value, where, key):
     return found
 
 
-def _jetpack(value, where, key):
+def _jetpack(value: object, where: str, key: str) -> tuple[JetPackRelease, ...]:
     if not isinstance(value, dict):
         raise _fail(where, f"'{key}' must be a table of JetPack version = TensorRT version, got {_type_name(value)}")
     return tuple(JetPackRelease(_version(jetpack, where, key), _version(trt, where, f"{key}.{jetpack}"))
@@ -174,7 +176,7 @@ def _jetpack(value, where, key):
 _POWER_MODE_KEYS = {"name": _string, "watts": _positive_number, "note": _string}
 
 
-def _power_modes(value, where, key):
+def _power_modes(value: object, where: str, key: str) -> tuple[PowerMode, ...]:
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise _fail(where, f"'{key}' must be an array of tables ([[{key}]]), got {_type_name(value)}")
     modes = []
@@ -225,7 +227,7 @@ _FORBIDDEN = {
 _FROM_DEVICE_FORBIDDEN = (*_DEVICE_KEYS, "dla_cores", "sparsity")
 
 
-def _reject_unknown(table: dict, known, where: str, prefix: str = "") -> None:
+def _reject_unknown(table: dict, known: Collection[str], where: str, prefix: str = "") -> None:
     for key in table:
         if key not in known:
             close = difflib.get_close_matches(key, list(known), n=1)
