@@ -17,7 +17,12 @@ patches attention attributes; a strict state_dict load then fills the weights.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from edgeseg.errors import WeightsError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 SPEC_FORMAT = "edgeseg-arch-spec"
 SPEC_VERSION = 1
@@ -27,12 +32,12 @@ SPEC_VERSION = 1
 ATTENTION_ATTRIBUTES = ("num_attention_heads", "head_dim", "attention_head_size", "all_head_size")
 
 
-def is_attention(module) -> bool:
+def is_attention(module: nn.Module) -> bool:
     return isinstance(getattr(module, "num_attention_heads", None), int) and any(
         isinstance(getattr(module, name, None), int) for name in ATTENTION_ATTRIBUTES[1:])
 
 
-def describe(module) -> dict | None:
+def describe(module: nn.Module) -> dict | None:
     """The shape-defining sizes of one layer, or None for layers that hold no resizable parameters."""
     from torch import nn
 
@@ -55,12 +60,12 @@ def describe(module) -> dict | None:
     return None
 
 
-def _own_shapes(module) -> dict[str, tuple]:
+def _own_shapes(module: nn.Module) -> dict[str, tuple]:
     tensors = {**dict(module.named_parameters(recurse=False)), **dict(module.named_buffers(recurse=False))}
     return {name: tuple(tensor.shape) for name, tensor in tensors.items() if tensor is not None}
 
 
-def reference_model(model_name: str, num_classes: int):
+def reference_model(model_name: str, num_classes: int) -> nn.Module:
     """The unpruned zoo model on the meta device: every shape, no memory, no initialisation cost."""
     import torch
 
@@ -70,7 +75,7 @@ def reference_model(model_name: str, num_classes: int):
         return create_model(model_name, num_classes)
 
 
-def architecture_spec(model_name: str, model, num_classes: int) -> dict:
+def architecture_spec(model_name: str, model: nn.Module, num_classes: int) -> dict:
     """The spec of `model` relative to the zoo model `model_name`; refuses layers it could not rebuild."""
     reference = dict(reference_model(model_name, num_classes).named_modules())
     changed = {}
@@ -88,7 +93,7 @@ def architecture_spec(model_name: str, model, num_classes: int) -> dict:
     return {"format": SPEC_FORMAT, "version": SPEC_VERSION, "num_classes": num_classes, "modules": changed}
 
 
-def build_from_spec(model_name: str, spec: dict):
+def build_from_spec(model_name: str, spec: dict) -> nn.Module:
     """Build zoo model `model_name` with the layer sizes in `spec` (random weights; load a state_dict next)."""
     from edgeseg.zoo.registry import create_model
 
@@ -105,7 +110,7 @@ def build_from_spec(model_name: str, spec: dict):
     return model
 
 
-def resize(module, sizes: dict, name: str = "") -> None:
+def resize(module: nn.Module, sizes: dict, name: str = "") -> None:
     """Give `module` the sizes in `sizes` (a `describe` dict): new, freshly initialised parameters of those shapes."""
     import torch
     from torch import nn

@@ -16,6 +16,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -45,7 +46,7 @@ class CalibConfig:
     strategy: str = "class-balanced"
     seed: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise UsageError(f"unknown calibration strategy {self.strategy!r}; choose {', '.join(STRATEGIES)}")
         if self.count < 1:
@@ -197,7 +198,7 @@ def load_calibration_set(path: str | os.PathLike, data_root: str | os.PathLike |
     return manifest, paths
 
 
-def calibration_batches(paths: list[Path], preprocessing: Preprocessing):
+def calibration_batches(paths: list[Path], preprocessing: Preprocessing) -> Iterator[np.ndarray]:
     """Yield 1x3xHxW float32 batches at the deployed resolution."""
     fit = getattr(preprocessing, "fit", "resize")
     for path in paths:

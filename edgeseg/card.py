@@ -25,9 +25,15 @@ import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeseg.errors import UsageError
 from edgeseg.zoo.contract import FITS, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+if TYPE_CHECKING:
+    import onnx
+
+    from edgeseg.data.palettes import LabelSet
 
 OUTPUTS = ("logits", "labels")
 CHANNEL_ORDERS = ("RGB", "BGR")
@@ -51,7 +57,7 @@ class ModelCard:
     output_name: str | None = None
     origin: str = dataclasses.field(default="the model card", compare=False)  # where it was read, for messages
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
@@ -107,7 +113,7 @@ class ModelCard:
         values = dataclasses.asdict(self)
         return {k: values[k] for k in order if values[k] is not None}
 
-    def label_set(self):
+    def label_set(self) -> LabelSet:
         from edgeseg.data.palettes import LabelSet
 
         pre = self.preprocessing()
@@ -183,7 +189,7 @@ def graph_io(path: str | Path) -> GraphIO:
         raise UsageError(f"{path} has {len(inputs)} inputs ({', '.join(v.name for v in inputs)}); edgeseg runs "
                          f"models with one image input")
 
-    def describe(value):
+    def describe(value: onnx.ValueInfoProto) -> tuple[str, tuple, str]:
         tensor = value.type.tensor_type
         shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
         return value.name, shape, onnx.TensorProto.DataType.Name(tensor.elem_type).lower()
@@ -192,7 +198,7 @@ def graph_io(path: str | Path) -> GraphIO:
     return GraphIO(name, shape, dtype, tuple(describe(v) for v in model.graph.output))
 
 
-def check_input(io: GraphIO, path) -> None:
+def check_input(io: GraphIO, path: str | Path) -> None:
     """One line when the input is not an NCHW float image."""
     shape_text = "x".join("?" if d is None else str(d) for d in io.input_shape)
     if io.input_type not in ("float", "float16"):
@@ -205,7 +211,7 @@ def check_input(io: GraphIO, path) -> None:
                          f"image (1x3xHxW){hint}")
 
 
-def pick_output(io: GraphIO, output_name: str | None, path) -> tuple[str, tuple, str]:
+def pick_output(io: GraphIO, output_name: str | None, path: str | Path) -> tuple[str, tuple, str]:
     if output_name:
         for output in io.outputs:
             if output[0] == output_name:

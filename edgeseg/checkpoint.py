@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeseg.errors import WeightsError
 from edgeseg.manifest import atomic_path, manifest_path_for, now_utc, read_json, sha256_file, write_json
 from edgeseg.zoo.contract import Preprocessing
 
+if TYPE_CHECKING:
+    from torch import nn
+
 CHECKPOINT_FORMAT = "edgeseg-checkpoint"
 CHECKPOINT_SCHEMA = 1
 
 
-def save_checkpoint(model, path: str | os.PathLike, *, model_name: str, preprocessing: Preprocessing,
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: str, preprocessing: Preprocessing,
                     label_set: str, recipe: dict | None = None, metrics: dict | None = None,
                     half: bool = False, extra: dict | None = None) -> Path:
     """Write `path` (.safetensors) and `path`.json atomically; `half` stores floats as fp16 (bundled weights)."""

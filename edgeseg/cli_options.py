@@ -146,7 +146,7 @@ def _readable(param: Any) -> None:
 class _ReadableParams:
     """Gives every parameter, --help included, a readable usage name when the help is rendered."""
 
-    def get_params(self, ctx):  # noqa: ANN001, ANN201 (click's signature)
+    def get_params(self, ctx):  # noqa: ANN001, ANN202 (click's signature; edgeseg does not import click)
         params = super().get_params(ctx)
         for param in params:
             _readable(param)

@@ -14,11 +14,16 @@ import re
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, TypeVar
 
 import numpy as np
 
 from edgeseg.errors import EdgesegError, UsageError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+T = TypeVar("T")
 
 BACKENDS = ("auto", "gloo", "nccl")
 DEFAULT_TIMEOUT_S = 600.0  # a collective waiting longer than this means a peer died or hung
@@ -236,7 +241,7 @@ def mean_across_ranks(value: float, what: str = "averaging the loss") -> float:
     return float(sum_across_ranks(np.array([value], np.float64), what)[0]) / ctx.world_size
 
 
-def from_main(value, what: str = "sharing a decision"):
+def from_main(value: T, what: str = "sharing a decision") -> T:
     """Rank 0's `value` on every rank (any picklable object): decisions that must agree, e.g. to stop now."""
     ctx = current()
     if not ctx.distributed:
@@ -249,7 +254,7 @@ def from_main(value, what: str = "sharing a decision"):
     return box[0]
 
 
-def gather(value, what: str = "gathering results") -> list:
+def gather(value: T, what: str = "gathering results") -> list[T]:
     """Every rank's `value`, in rank order, on every rank."""
     ctx = current()
     if not ctx.distributed:
@@ -262,7 +267,7 @@ def gather(value, what: str = "gathering results") -> list:
     return values
 
 
-def sync_buffers_from_main(module) -> None:
+def sync_buffers_from_main(module: nn.Module) -> None:
     """Copy rank 0's buffers (BatchNorm running statistics) to every rank before evaluating or saving: with
     per-process BatchNorm each rank updated them from its own batch since DDP last broadcast them."""
     ctx = current()

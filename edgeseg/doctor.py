@@ -18,6 +18,8 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from edgeseg.errors import first_line
 from edgeseg.bench.env import read_text_quietly, run_quietly  # the same quiet probes the bench env block uses
@@ -75,7 +77,7 @@ def import_probe(module: str) -> tuple[object | None, str | None]:
         return None, f"cannot be imported ({type(exc).__name__}: {first_line(exc)})"
 
 
-def module_version(module) -> str:
+def module_version(module: ModuleType) -> str:
     version = getattr(module, "__version__", None) or getattr(module, "VERSION_TEXT", None)
     if version:
         return str(version)
@@ -340,7 +342,7 @@ def capabilities(checks: list[Check]) -> list[dict]:
     def have(name: str) -> tuple[str, bool]:
         return name, name in by_name and by_name[name].ok
 
-    def fact(name: str, key: str):
+    def fact(name: str, key: str) -> Any:
         return by_name[name].facts.get(key) if name in by_name else None
 
     ort_cuda = ("onnxruntime CUDA provider", "CUDAExecutionProvider" in (fact("onnxruntime", "providers") or ()))

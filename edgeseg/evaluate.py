@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import cv2
 import numpy as np
@@ -22,6 +22,12 @@ from edgeseg.metrics import ConfusionMatrix, SegmentationScores
 from edgeseg.progress import track
 from edgeseg.runners.labels import labels_from_logits
 from edgeseg.zoo.contract import Preprocessing
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from edgeseg.card import ModelCard
+    from edgeseg.model_source import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +94,7 @@ def confusion_on(predict: Predictor, dataset: SegmentationDataset, preprocessing
 
 
 
-def torch_predictor(model, device: str = "cpu") -> Predictor:
+def torch_predictor(model: nn.Module, device: str = "cpu") -> Predictor:
     import torch
 
     model.eval().to(device)
@@ -158,7 +164,7 @@ def evaluate_model(cfg: EvalConfig) -> dict:
     }
 
 
-def _evaluate_runnable(cfg: EvalConfig, source, card) -> dict:
+def _evaluate_runnable(cfg: EvalConfig, source: ModelSource, card: ModelCard | None) -> dict:
     """An .onnx (with metadata or a card), a bundle or an engine, run by its runner at its own input size."""
     from edgeseg.data.datasets import open_dataset
     from edgeseg.distributed import process_group

@@ -12,6 +12,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,11 @@ from edgeseg.manifest import Artifact, atomic_path, portable_path, sha256_file, 
 from edgeseg.runners.ort import METADATA_OUTPUT, METADATA_PREPROCESSING
 from edgeseg.zoo.contract import Preprocessing
 from edgeseg.zoo.weights import LoadedModel
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+    from torch import nn
 
 DYNAMIC_AXES = ("batch", "height", "width")
 INPUT_NAME = "pixel_values"
@@ -44,7 +50,7 @@ class ExportConfig:
     parity_split: str = "val"
     threads: int | None = None  # CPU threads for torch and ONNX Runtime (default: theirs)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         unknown = set(self.dynamic) - set(DYNAMIC_AXES)
         if unknown:
             raise UsageError(f"unknown dynamic axes {sorted(unknown)}; choose from {', '.join(DYNAMIC_AXES)}")
@@ -58,15 +64,15 @@ class _ArgmaxHead:
     """Built lazily (needs torch): logits at input size -> uint8 labels, so the device skips post-processing."""
 
     @staticmethod
-    def wrap(model):
+    def wrap(model: nn.Module) -> nn.Module:
         import torch
 
         class ArgmaxLabels(torch.nn.Module):
-            def __init__(self, inner):
+            def __init__(self, inner: nn.Module) -> None:
                 super().__init__()
                 self.inner = inner
 
-            def forward(self, pixel_values):
+            def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
                 return self.inner(pixel_values).argmax(dim=1).to(torch.uint8)
 
         return ArgmaxLabels(model).eval()
@@ -95,7 +101,8 @@ def parity_batches(preprocessing: Preprocessing, cfg: ExportConfig) -> tuple[lis
     return batches, f"{dataset.name} images {indices}"
 
 
-def check_parity(model, onnx_path: Path, batches: list[np.ndarray], fused: bool, threads: int | None = None) -> dict:
+def check_parity(model: nn.Module, onnx_path: Path, batches: list[np.ndarray], fused: bool,
+                 threads: int | None = None) -> dict:
     import torch
 
     from edgeseg.runners.ort import ort_session
@@ -192,7 +199,7 @@ def export_model(loaded: LoadedModel, model_name: str, cfg: ExportConfig, out_pa
     return Artifact(out_path, manifest)
 
 
-def _simplify(graph):
+def _simplify(graph: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """onnxslim folds constants and removes shape plumbing; a failure keeps the raw graph and says so."""
     try:
         import onnxslim
@@ -203,7 +210,7 @@ def _simplify(graph):
         return graph, f"failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
 
 
-def _set_metadata(graph, values: dict[str, str]) -> None:
+def _set_metadata(graph: onnx.ModelProto, values: dict[str, str]) -> None:
     existing = {prop.key: prop for prop in graph.metadata_props}
     for key, value in values.items():
         if key in existing:

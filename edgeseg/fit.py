@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import cv2
 import numpy as np
@@ -66,7 +66,7 @@ class Placement:
         return (self.region.height, self.region.width) != self.frame_size
 
 
-def is_dynamic(input_shape) -> bool:
+def is_dynamic(input_shape: Sequence[object]) -> bool:
     """True when the model's NCHW input has symbolic (or unknown) height and width."""
     return len(input_shape) == 4 and not all(isinstance(side, int) and side > 0 for side in input_shape[2:])
 

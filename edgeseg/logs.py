@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 ROOT = "edgeseg"
 QUIET, NORMAL, VERBOSE = -1, 0, 1
@@ -19,11 +20,11 @@ class _StderrHandler(logging.StreamHandler):
         super().__init__(sys.stderr)
 
     @property
-    def stream(self):
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, _value) -> None:  # logging.StreamHandler.__init__ assigns it; the property always wins
+    def stream(self, _value: object) -> None:  # logging.StreamHandler.__init__ assigns it; the property always wins
         pass
 
 

@@ -30,7 +30,7 @@ class OhemCrossEntropy(nn.Module):
     """Online hard example mining: average the loss over pixels that are still hard (p_true < threshold),
     keeping at least `min_kept` pixels so easy batches still give a gradient."""
 
-    def __init__(self, threshold: float = 0.7, min_kept: int = 100_000, weight: torch.Tensor | None = None):
+    def __init__(self, threshold: float = 0.7, min_kept: int = 100_000, weight: torch.Tensor | None = None) -> None:
         super().__init__()
         self.threshold = threshold
         self.min_kept = min_kept
@@ -53,7 +53,7 @@ class OhemCrossEntropy(nn.Module):
 class DiceCrossEntropy(nn.Module):
     """Soft dice over present classes plus cross-entropy (dice alone trains slowly from scratch)."""
 
-    def __init__(self, num_classes: int, weight: torch.Tensor | None = None):
+    def __init__(self, num_classes: int, weight: torch.Tensor | None = None) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.register_buffer("weight", weight if weight is not None else None, persistent=False)

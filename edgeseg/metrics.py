@@ -13,7 +13,7 @@ import numpy as np
 
 
 class ConfusionMatrix:
-    def __init__(self, num_classes: int, ignore_index: int = 255):
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -60,7 +60,7 @@ class SegmentationScores:
         }
 
 
-def _none_if_nan(value: float):
+def _none_if_nan(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 

@@ -8,6 +8,7 @@ what the CLI guarantees before it loads a model or reads a dataset.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from edgeseg.errors import UsageError
@@ -35,7 +36,7 @@ def one_of(option: str, value: Any, allowed: tuple) -> None:
         raise UsageError(f"{option} {value!r} is not accepted; choose one of: {', '.join(map(str, allowed))}")
 
 
-def each_one_of(option: str, values, allowed: tuple) -> None:
+def each_one_of(option: str, values: Iterable[Any], allowed: tuple) -> None:
     for value in values:
         one_of(option, value, allowed)
 

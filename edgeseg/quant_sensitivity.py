@@ -8,8 +8,13 @@ raw error, blames the layer that creates the error, not every layer downstream t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edgeseg.quantize import QuantizeConfig
+    from edgeseg.zoo.contract import Preprocessing
 
 QUANTIZABLE = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Concat", "Resize")
 
@@ -32,8 +37,8 @@ def _nmse(reference: np.ndarray, actual: np.ndarray) -> float:
     return float(((reference - actual.astype(np.float64)) ** 2).mean() / max((reference ** 2).mean(), 1e-12))
 
 
-def rank_sensitivity(fp32_path: Path, int8_path: Path, images: list[Path], preprocessing, input_name: str
-                     ) -> list[tuple[str, float]]:
+def rank_sensitivity(fp32_path: Path, int8_path: Path, images: list[Path], preprocessing: Preprocessing,
+                     input_name: str) -> list[tuple[str, float]]:
     """[(node name, error increase)] for the quantized nodes, most sensitive first."""
     import tempfile
 
@@ -72,7 +77,7 @@ def rank_sensitivity(fp32_path: Path, int8_path: Path, images: list[Path], prepr
     return sorted(ranking, key=lambda item: -item[1])
 
 
-def evaluate_onnx(path: Path, cfg) -> float:
+def evaluate_onnx(path: Path, cfg: QuantizeConfig) -> float:
     """mIoU of an ONNX model on cfg's eval split, run on ONNX Runtime CPU."""
     from edgeseg.data.datasets import open_dataset
     from edgeseg.evaluate import evaluate

@@ -8,16 +8,21 @@ add `rows` (every backend x precision, edgeseg.cpu_variants) and the `default` v
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from edgeseg.manifest import write_json
+
+if TYPE_CHECKING:
+    from edgeseg.runners.ort import OrtRunner
 
 log = logging.getLogger(__name__)
 
 
-def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, data_root, limit, threads,
-                       latency_rounds: int, log: Callable[[str], None] | None = None, accuracy: bool = True) -> dict:
+def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, data_root: str | os.PathLike | None,
+                       limit: int | None, threads: int | None, latency_rounds: int,
+                       log: Callable[[str], None] | None = None, accuracy: bool = True) -> dict:
     """accuracy=False (no labelled data, e.g. a foreign model calibrated on a plain image folder): latency and
     size only, mIoU recorded as None. Result lines go to `log` when given, else to this module's logger."""
     import numpy as np
@@ -60,7 +65,8 @@ def log_info(line: str) -> None:
     log.info(line)
 
 
-def _latency_only(paths, runners, latency_rounds, threads, say) -> dict:
+def _latency_only(paths: dict[str, Path], runners: dict[str, OrtRunner], latency_rounds: int, threads: int | None,
+                  say: Callable[[str], None]) -> dict:
     import numpy as np
 
     from edgeseg.bench.latency import measure_interleaved

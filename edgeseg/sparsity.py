@@ -13,20 +13,24 @@ automatically when the weights it starts from carry a 2:4 spec.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 SPARSITY_PATTERNS = ("2:4",)
 GROUP = 4  # weights per group
 KEEP = 2  # non-zeros allowed per group
 
 
-def _grouped_view(weight):
+def _grouped_view(weight: torch.Tensor) -> torch.Tensor:
     """(out, in, *k) -> (..., 4): groups of 4 consecutive input channels at each kernel position."""
     moved = weight.movedim(1, -1) if weight.ndim > 2 else weight
     return moved.reshape(-1, GROUP)
 
 
-def eligible_layers(model, skip: Iterable[str] = ()) -> dict[str, object]:
+def eligible_layers(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, nn.Module]:
     """Conv/Linear layers whose input channels per group split into groups of 4 (depthwise convs never do)."""
     from torch import nn
 
@@ -42,7 +46,7 @@ def eligible_layers(model, skip: Iterable[str] = ()) -> dict[str, object]:
     return layers
 
 
-def mask_2to4(weight):
+def mask_2to4(weight: torch.Tensor) -> torch.Tensor:
     """Boolean mask (weight's shape) keeping the 2 largest magnitudes of every group of 4 input channels."""
     import torch
 
@@ -55,7 +59,7 @@ def mask_2to4(weight):
     return keep.reshape(weight.shape)
 
 
-def apply_2to4(model, skip: Iterable[str] = ()) -> dict[str, object]:
+def apply_2to4(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, torch.Tensor]:
     """Zero all but the 2 largest of every 4 weights in eligible layers; returns {layer name: mask}."""
     import torch
 
@@ -68,7 +72,7 @@ def apply_2to4(model, skip: Iterable[str] = ()) -> dict[str, object]:
     return masks
 
 
-def reapply_2to4(model, masks: dict[str, object]) -> None:
+def reapply_2to4(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """Zero the masked weights again (call after each optimizer step: the update makes them non-zero)."""
     import torch
 
@@ -79,7 +83,7 @@ def reapply_2to4(model, masks: dict[str, object]) -> None:
             weight.mul_(mask.to(weight.device))
 
 
-def current_2to4_masks(model) -> dict[str, object]:
+def current_2to4_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """Masks for the layers that already follow 2:4 (a sparse checkpoint's): re-derived, so nothing but the
     weights needs storing; layers left dense on purpose (the classifier) stay dense."""
     masks = {}
@@ -90,7 +94,7 @@ def current_2to4_masks(model) -> dict[str, object]:
     return masks
 
 
-def check_2to4(model, skip: Iterable[str] = ()) -> float:
+def check_2to4(model: nn.Module, skip: Iterable[str] = ()) -> float:
     """Fraction of eligible weight groups with at most 2 non-zeros of 4 (1.0: the whole model is 2:4)."""
     satisfied = total = 0
     for module in eligible_layers(model, skip).values():
