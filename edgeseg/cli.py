@@ -145,11 +145,15 @@ def eval_command(
 
 @app.command()
 def train(
-    model: str = opts.model(help="zoo model name"),
+    model: str = opts.model(help="zoo name, Hugging Face directory or hub id, or package.module:factory (with "
+                                 "--weights); its classes must be the dataset's"),
     out: Path = typer.Option(..., "--out", "-o", metavar="DIR",
                              help="run directory (checkpoints, log); reused by --resume"),
-    weights: str = opts.weights("random", help="initial weights: checkpoint path, hub id, named weights or random"),
-    data: str = opts.data(help="dataset: camvid, cityscapes or folder:IMAGES:MASKS"),
+    weights: Optional[str] = opts.weights(help="initial weights: zoo: checkpoint path, hub id, named weights or "
+                                               "random (default); module:factory: its weights file"),
+    data: str = opts.data(help="dataset: camvid, cityscapes, cityscapes:PATH or folder:IMAGES:MASKS"),
+    card: Optional[Path] = opts.card(help="model card of a module:factory model (or to override a Hugging Face "
+                                          "model's contract)"),
     data_root: Optional[str] = opts.data_root(),
     epochs: int = typer.Option(100, help="training epochs"),
     batch_size: int = typer.Option(8, help="images per step (per process under torchrun)"),
@@ -205,7 +209,7 @@ def train(
                       eval_every=eval_every, seed=seed, threads=threads, device=device, amp=not no_amp,
                       max_minutes=max_minutes, resume=resume, distill_from=distill_from,
                       new_head=new_head, sync_bn=sync_bn, freeze_bn=freeze_bn, dist_backend=dist_backend,
-                      dist_timeout_s=dist_timeout)
+                      dist_timeout_s=dist_timeout, card=str(card) if card else None)
     best = run_training(cfg)
     from edgeseg.distributed import is_main_process
 

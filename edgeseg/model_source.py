@@ -22,11 +22,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeseg.errors import UsageError, WeightsError
+from edgeseg.errors import UsageError, WeightsError, first_line
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 TORCH_KINDS = ("zoo", "hf", "factory")
+KIND_WORDS = {"zoo": "a zoo model", "onnx": "an ONNX graph", "bundle": "a build bundle", "engine": "a TensorRT engine",
+              "hf": "a Hugging Face model", "factory": "a module:factory model"}
 
 
 @dataclass(frozen=True)
@@ -184,8 +186,12 @@ def hf_preprocessing(directory: Path, card):
     from edgeseg.data.palettes import LABEL_SETS, generic_palette
     from edgeseg.zoo.contract import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
+    from edgeseg.foreign_checkpoint import PREPROCESSING_FILE
+
     if card is not None:
         return card.preprocessing()
+    if (directory / PREPROCESSING_FILE).is_file():  # written by edgeseg train/prune: the contract it trained with
+        return Preprocessing.from_dict(json.loads((directory / PREPROCESSING_FILE).read_text()))
     config = json.loads((directory / "config.json").read_text())
     id2label = config.get("id2label") or {}
     classes = tuple(id2label[k] for k in sorted(id2label, key=int))
@@ -208,23 +214,29 @@ def hf_preprocessing(directory: Path, card):
     return Preprocessing(input_size=size, mean=mean, std=std, classes=classes, palette=palette)
 
 
-def load_hf(spec: str, card=None):
-    """Any AutoModelForSemanticSegmentation checkpoint, wrapped to give logits at the input size."""
+def load_hf(source_spec: str, card=None):
+    """Any AutoModelForSemanticSegmentation checkpoint, wrapped to give logits at the input size; a directory
+    edgeseg pruned is rebuilt from its config and architecture spec (edgeseg.foreign_checkpoint)."""
     from edgeseg.lazy import lazy_import
     from edgeseg.zoo.weights import LoadedModel
 
-    directory = _hf_directory(spec)
+    directory = _hf_directory(source_spec)
     transformers = lazy_import("transformers")
     config = json.loads((directory / "config.json").read_text())
     hf_logging = transformers.utils.logging
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # a local directory loads in well under a second
+    spec = _hf_spec(directory)
     try:
-        model = transformers.AutoModelForSemanticSegmentation.from_pretrained(str(directory))
+        if spec is None:
+            model = transformers.AutoModelForSemanticSegmentation.from_pretrained(str(directory))
+        else:
+            model = transformers.AutoModelForSemanticSegmentation.from_config(
+                transformers.AutoConfig.from_pretrained(str(directory)))
     except (ValueError, OSError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{spec} ({config.get('model_type', 'unknown type')}) is not loadable as "
+        raise WeightsError(f"{source_spec} ({config.get('model_type', 'unknown type')}) is not loadable as "
                            f"AutoModelForSemanticSegmentation: {first}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -232,12 +244,35 @@ def load_hf(spec: str, card=None):
             hf_logging.enable_progress_bar()
     preprocessing = hf_preprocessing(directory, card)  # after loading: a model of the wrong kind says so first
     if model.config.num_labels != preprocessing.num_classes:
-        raise WeightsError(f"{spec} predicts {model.config.num_labels} classes but its contract lists "
+        raise WeightsError(f"{source_spec} predicts {model.config.num_labels} classes but its contract lists "
                            f"{preprocessing.num_classes}")
     weight_file = next((p for p in (directory / "model.safetensors", directory / "pytorch_model.bin") if p.is_file()),
                        None)
-    return LoadedModel(_SegmentationOutput.wrap(model.eval(), hf=True), preprocessing, str(spec),
-                       checkpoint=weight_file)
+    wrapped = _SegmentationOutput.wrap(model.eval(), hf=True)
+    if spec is not None:  # a pruned directory (edgeseg prune): resize, then load its weights strictly
+        _load_pruned(wrapped, spec, directory / "model.safetensors", str(directory))
+    return LoadedModel(wrapped, preprocessing, str(source_spec), checkpoint=weight_file, spec=spec)
+
+
+def _hf_spec(directory: Path) -> dict | None:
+    from edgeseg.foreign_checkpoint import SPEC_FILE
+
+    path = directory / SPEC_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _load_pruned(wrapped, spec: dict, weights: Path, name: str) -> None:
+    """Resize edgeseg's wrapper of a freshly built model as the pruning spec says, then load the pruned weights
+    into the user's module (strictly: every tensor must fit)."""
+    from edgeseg.arch_spec import apply_spec
+    from edgeseg.zoo.weights import _read_state_dict
+
+    apply_spec(wrapped, spec, name)
+    state = _read_state_dict(weights)
+    try:
+        wrapped.model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{weights} does not fit the pruned {name}: {first_line(exc)}") from None
 
 
 class _SegmentationOutput:
@@ -270,13 +305,46 @@ class _SegmentationOutput:
 
 
 def load_factory(spec: str, weights: str | None, card):
-    """`package.module:factory` -> the user's nn.Module with --weights loaded safely (no pickled code)."""
+    """`package.module:factory` -> the user's nn.Module with --weights loaded safely (no pickled code). Weights
+    written by edgeseg train/prune carry the contract in their sidecar (then --card may be left out) and, when
+    pruned, the architecture spec that resizes the factory's model first."""
+    from edgeseg.checkpoint import read_checkpoint_sidecar
+    from edgeseg.zoo.contract import Preprocessing
     from edgeseg.zoo.weights import LoadedModel, _read_state_dict
 
-    if card is None:
-        raise UsageError(f"{spec} is a PyTorch model without a contract; give its model card with --card CARD.toml")
     if weights in (None, "", "default"):
         raise UsageError(f"{spec} needs --weights FILE (.safetensors, or a .pt/.pth state_dict)")
+    path = Path(weights).expanduser()
+    sidecar = read_checkpoint_sidecar(path) if path.suffix == ".safetensors" and path.is_file() else None
+    if sidecar is not None and sidecar.get("model") != spec:
+        raise WeightsError(f"{path} is a checkpoint of {sidecar.get('model')}, not of {spec}")
+    if card is None and sidecar is None:
+        raise UsageError(f"{spec} is a PyTorch model without a contract; give its model card with --card CARD.toml")
+    model = build_factory(spec)
+    if not path.is_file():
+        raise WeightsError(f"weights {weights} do not exist")
+    wrapped = _SegmentationOutput.wrap(model)
+    preprocessing = card.preprocessing() if card is not None else Preprocessing.from_dict(sidecar["preprocessing"])
+    pruned = (sidecar or {}).get("spec")
+    if pruned:
+        _load_pruned(wrapped, pruned, path, spec)
+        return LoadedModel(wrapped.eval(), preprocessing, str(path), checkpoint=path, spec=pruned)
+    state = _read_state_dict(path)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape: another variant or class count
+        raise WeightsError(f"{path} does not fit {spec}(): {str(exc).strip().splitlines()[-1].strip()}") from None
+    if result.missing_keys or result.unexpected_keys:
+        missing, unexpected = result.missing_keys, result.unexpected_keys
+        first = (f"missing {len(missing)} (first: {missing[0]})" if missing else "") + \
+                ("; " if missing and unexpected else "") + \
+                (f"unexpected {len(unexpected)} (first: {unexpected[0]})" if unexpected else "")
+        raise WeightsError(f"{path} does not fit {spec}(): {first}")
+    return LoadedModel(wrapped.eval(), preprocessing, str(path), checkpoint=path)
+
+
+def build_factory(spec: str):
+    """The user's freshly built nn.Module from `package.module:factory` (its own initialisation)."""
     module_name, factory_name = spec.split(":")
     if str(Path.cwd()) not in sys.path:  # a user's module beside where they run edgeseg, as `python -m` would
         sys.path.insert(0, str(Path.cwd()))
@@ -292,18 +360,36 @@ def load_factory(spec: str, weights: str | None, card):
 
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module")
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"weights {weights} do not exist")
-    state = _read_state_dict(path)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # a tensor of another shape: another variant or class count
-        raise WeightsError(f"{path} does not fit {spec}(): {str(exc).strip().splitlines()[-1].strip()}") from None
-    if result.missing_keys or result.unexpected_keys:
-        missing, unexpected = result.missing_keys, result.unexpected_keys
-        first = (f"missing {len(missing)} (first: {missing[0]})" if missing else "") + \
-                ("; " if missing and unexpected else "") + \
-                (f"unexpected {len(unexpected)} (first: {unexpected[0]})" if unexpected else "")
-        raise WeightsError(f"{path} does not fit {spec}(): {first}")
-    return LoadedModel(_SegmentationOutput.wrap(model.eval()), card.preprocessing(), str(path), checkpoint=path)
+    return model
+
+
+def unpruned_model(source: ModelSource):
+    """A fresh, unpruned model of a Hugging Face or module:factory source, wrapped as the loaders wrap it: what
+    a pruning spec is taken against (and what the loaders resize when they reload it)."""
+    if source.kind == "factory":
+        return _SegmentationOutput.wrap(build_factory(source.spec))
+    from edgeseg.lazy import lazy_import
+
+    transformers = lazy_import("transformers")
+    config = transformers.AutoConfig.from_pretrained(str(_hf_directory(source.spec)))
+    return _SegmentationOutput.wrap(transformers.AutoModelForSemanticSegmentation.from_config(config), hf=True)
+
+
+# ---------------------------------------------------------------------------------------------- export first
+
+
+def export_for_running(source: ModelSource, weights: str | None, card, work_dir: Path, *, dataset: str = "camvid",
+                       data_root: str | None = None, log=None) -> Path:
+    """A Hugging Face or module:factory model as an ONNX file (with its contract in the metadata) in `work_dir`,
+    for the commands that run ONNX models (bench, demo): the export stage, with a short parity check."""
+    from edgeseg.export import ExportConfig, export_model
+
+    if source.kind not in ("hf", "factory"):
+        raise UsageError(f"{source.spec} is a {source.kind}; only Hugging Face and module:factory models are "
+                         f"exported first")
+    loaded = load_torch(source, weights, card)
+    out = Path(work_dir) / f"{source.name}.onnx"
+    export_model(loaded, source.name, ExportConfig(dataset=dataset, data_root=data_root, parity_images=2), out)
+    if log is not None:
+        log(f"exported {source.spec} ({source.kind}) to ONNX first: {out}")
+    return out
