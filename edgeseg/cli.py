@@ -666,11 +666,17 @@ def _bench(suite, models, weights, precisions, backends, size, with_optional, da
 
 @app.command("prune")
 def prune_command(
-    model: str = opts.model(help="zoo model name"),
+    model: str = opts.model(help="zoo name, Hugging Face directory or hub id, or package.module:factory (with "
+                                 "--weights)"),
     weights: Optional[str] = opts.weights(),
     ratio: float = typer.Option(..., help="fraction of channels to remove, between 0 and 1, e.g. 0.3"),
     out: Path = typer.Option(..., "--out", "-o", metavar="FILE",
-                             help="pruned checkpoint to write (.safetensors + .json sidecar)"),
+                             help="pruned checkpoint to write (.safetensors + .json sidecar; a Hugging Face model: "
+                                  "a directory)"),
+    card: Optional[Path] = opts.card(help="model card of a module:factory model"),
+    classifier: list[str] = typer.Option([], "--classifier", metavar="LAYER",
+                                         help="layer producing the class logits, kept whole (default: the zoo "
+                                              "entry's, else the last layer with one output per class)"),
     importance: str = typer.Option("l1", metavar="IMPORTANCE",
                                    help="channel ranking: l1, l2, bn-scale or taylor (gradients on images)"),
     global_pruning: bool = opts.flag("--global", "rank all layers together instead of the same ratio in every layer"),
@@ -712,7 +718,10 @@ def prune_command(
     domain.positive("--finetune-lr", finetune_lr)
     domain.count("--batch-size", batch_size)
     domain.one_of("--device", device, domain.TORCH_DEVICES)
-    check_output_file(out, force=force)
+    if out.suffix or not out.is_dir():  # a pruned Hugging Face model is a directory (the stage checks which)
+        check_output_file(out, force=force)
+    elif not force:
+        raise UsageError(f"--out {out} already exists; add --force to replace it")
     check_output_file(Path(f"{out}.json"), force=force)
     from edgeseg.prune import PruneConfig
     from edgeseg.prune import prune as run_prune
@@ -721,7 +730,8 @@ def prune_command(
                       iterative_steps=iterative_steps, round_to=round_to, ignore=tuple(ignore), sparsity=sparsity,
                       size=parse_size(size), dataset=data, data_root=data_root, eval_split=split,
                       eval_limit=limit, measure_latency=latency, threads=threads, finetune_epochs=finetune_epochs,
-                      finetune_lr=finetune_lr, finetune_batch_size=batch_size, distill=distill, device=device)
+                      finetune_lr=finetune_lr, finetune_batch_size=batch_size, distill=distill, device=device,
+                      card=str(card) if card else None, classifier=tuple(classifier))
     artifact = run_prune(cfg, out, log=lambda message: console.print(message, markup=False, highlight=False))
     metrics = artifact.manifest["metrics"]
     summary = f"wrote {artifact.path}: GFLOPs -{metrics['gflops_reduction']:.0%}"

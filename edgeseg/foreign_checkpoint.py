@@ -81,6 +81,13 @@ def _save_hf_directory(hf_model, path: Path, preprocessing: Preprocessing, spec:
         (scratch / PREPROCESSING_FILE).write_text(json.dumps(preprocessing.to_dict(), indent=2) + "\n")
         if spec:
             (scratch / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+            # save_pretrained may store tensors under the checkpoint names transformers converts from when it
+            # loads; a pruned directory is loaded by edgeseg (fresh model, resized, strict load), so it holds the
+            # module's own state_dict names.
+            from safetensors.torch import save_file
+
+            state = {key: tensor.detach().cpu().contiguous() for key, tensor in hf_model.state_dict().items()}
+            save_file(state, str(scratch / "model.safetensors"), metadata={"format": "pt"})
         replace_directory(scratch, path)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)

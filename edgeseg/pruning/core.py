@@ -83,10 +83,11 @@ class PruneReport:
 
 
 def prune_model(loaded, model_name: str, cfg: PruneConfig, example_size: tuple[int, int],
-                gradient_batches: Sequence[GradientBatch] | None = None, classifier: Sequence[str] | None = None):
+                gradient_batches: Sequence[GradientBatch] | None = None, classifier: Sequence[str] | None = None,
+                reference=None):
     """Prune a copy of `loaded.model`; returns (pruned model, architecture spec, PruneReport). `loaded` is
-    unchanged. `classifier`: the layers producing the logits, for a model outside the zoo (a zoo model's entry
-    names them)."""
+    unchanged. For a model outside the zoo: `classifier`, the layers producing the logits (a zoo model's entry
+    names them), and `reference`, the unpruned model the spec is taken against (a zoo model's is built by name)."""
     import torch
 
     tp = lazy_import("torch_pruning")
@@ -135,7 +136,7 @@ def prune_model(loaded, model_name: str, cfg: PruneConfig, example_size: tuple[i
     if params_after == params_before:
         raise UsageError(f"nothing was pruned at --ratio {cfg.ratio} with --round-to {cfg.round_to}: every layer "
                          f"would keep all its channels; raise --ratio or lower --round-to")
-    spec = architecture_spec(model_name, model, num_classes)
+    spec = architecture_spec(model_name, model, num_classes, reference)
     report = PruneReport(
         input_size=list(example_size),
         params_before=params_before, params_after=params_after,
