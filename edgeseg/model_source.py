@@ -74,6 +74,21 @@ def resolve_source(spec: str) -> ModelSource:
     raise AssertionError("unreachable")
 
 
+def torch_source(spec: str) -> ModelSource | None:
+    """The ModelSource of a --model value that names a PyTorch model (zoo, Hugging Face, module:factory); None for
+    what a runner opens itself (.onnx, OpenVINO .xml, engine, bundle) or refuses in its own words. For the commands
+    that run graphs (demo, bench), which export a PyTorch model first."""
+    if _FACTORY.match(spec):
+        return ModelSource("factory", spec, spec.split(":")[1])
+    path = Path(spec).expanduser()
+    if path.exists():
+        return ModelSource("hf", spec, path.resolve().name, path) if (path / "config.json").is_file() else None
+    if spec.startswith((".", "/", "~")) or path.suffix.lower() in (".onnx", ".xml", ".engine", ".plan", ".trt"):
+        return None
+    source = resolve_source(spec)
+    return source if source.is_torch else None
+
+
 def load_card_option(card: str | Path | None, source: ModelSource | None = None):
     """The --card file, read and validated; refused for kinds that carry their own contract."""
     from edgeseg.card import load_card
@@ -379,17 +394,18 @@ def unpruned_model(source: ModelSource):
 
 
 def export_for_running(source: ModelSource, weights: str | None, card, work_dir: Path, *, dataset: str = "camvid",
-                       data_root: str | None = None, log=None) -> Path:
-    """A Hugging Face or module:factory model as an ONNX file (with its contract in the metadata) in `work_dir`,
-    for the commands that run ONNX models (bench, demo): the export stage, with a short parity check."""
+                       data_root: str | None = None, size: tuple[int, int] | None = None, log=None) -> Path:
+    """A PyTorch model (zoo, Hugging Face, module:factory) as an ONNX file with its contract in the metadata, in
+    `work_dir`, for the commands that run ONNX models (demo, bench): the export stage, with a short parity check
+    (on `dataset` images when found). Torch is needed here only because the user gave a torch model."""
     from edgeseg.export import ExportConfig, export_model
 
-    if source.kind not in ("hf", "factory"):
-        raise UsageError(f"{source.spec} is a {source.kind}; only Hugging Face and module:factory models are "
-                         f"exported first")
+    if not source.is_torch:
+        raise UsageError(f"{source.spec} is {KIND_WORDS[source.kind]}, not a PyTorch model to export")
     loaded = load_torch(source, weights, card)
     out = Path(work_dir) / f"{source.name}.onnx"
-    export_model(loaded, source.name, ExportConfig(dataset=dataset, data_root=data_root, parity_images=2), out)
+    export_model(loaded, source.name, ExportConfig(size=size, dataset=dataset, data_root=data_root,
+                                                   parity_images=2), out)
     if log is not None:
         log(f"exported {source.spec} ({source.kind}) to ONNX first: {out}")
     return out
