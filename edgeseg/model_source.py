@@ -147,10 +147,9 @@ def contract_of(source: ModelSource, card=None, weights: str | None = None):
         return get_entry(source.spec).preprocessing(), "logits", "the zoo entry"
     if source.kind in ("onnx", "bundle"):
         from edgeseg.export import read_onnx_metadata
-        from edgeseg.runners.base import _bundle_artifact
         from edgeseg.runners.ort import METADATA_OUTPUT, METADATA_PREPROCESSING
 
-        path = source.path if source.kind == "onnx" else _bundle_artifact(source.path, "cpu")
+        path = source.path if source.kind == "onnx" else _bundle_onnx(source.path)
         require_contract(path)
         metadata = read_onnx_metadata(path)
         return (Preprocessing.from_dict(json.loads(metadata[METADATA_PREPROCESSING])),
@@ -166,6 +165,15 @@ def contract_of(source: ModelSource, card=None, weights: str | None = None):
     if source.kind == "hf":
         return hf_preprocessing(_hf_directory(source.spec), None), "logits", f"{source.spec}"
     raise UsageError(f"{source.spec}: a module:factory model has no contract of its own; give --card CARD.toml")
+
+
+def _bundle_onnx(bundle: Path) -> Path:
+    """An ONNX model of a bundle, whose metadata holds the contract (every precision carries the same one)."""
+    found = next((bundle / name for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx")
+                  if (bundle / name).is_file()), None)
+    if found is None:
+        raise UsageError(f"{bundle} holds no model.onnx; is it an edgeseg build bundle?")
+    return found
 
 
 # ---------------------------------------------------------------------------------------------- torch kinds
