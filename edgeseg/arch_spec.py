@@ -17,6 +17,8 @@ patches attention attributes; a strict state_dict load then fills the weights.
 
 from __future__ import annotations
 
+from typing import Any
+
 from edgeseg.errors import WeightsError
 
 SPEC_FORMAT = "edgeseg-arch-spec"
@@ -70,7 +72,7 @@ def reference_model(model_name: str, num_classes: int):
         return create_model(model_name, num_classes)
 
 
-def architecture_spec(model_name: str, model, num_classes: int, reference=None) -> dict:
+def architecture_spec(model_name: str, model: Any, num_classes: int, reference: Any = None) -> dict:
     """The spec of `model` relative to the zoo model `model_name`, or to `reference` (the unpruned model a
     Hugging Face or module:factory model rebuilds from); refuses layers it could not rebuild."""
     reference = dict((reference if reference is not None else reference_model(model_name, num_classes))
@@ -104,7 +106,7 @@ def check_spec(spec: dict) -> None:
                            f"{spec.get('version')}); it was written by another edgeseg, upgrade")
 
 
-def apply_spec(model, spec: dict, model_name: str):
+def apply_spec(model: Any, spec: dict, model_name: str) -> Any:
     """Resize the layers of the freshly built, unpruned `model` as `spec` lists (in place); returns `model`."""
     check_spec(spec)
     modules = dict(model.named_modules())

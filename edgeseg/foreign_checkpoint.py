@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from edgeseg.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_SCHEMA, save_checkpoint
 from edgeseg.manifest import manifest_path_for, now_utc, sha256_file, write_json
@@ -44,7 +45,7 @@ def label_set_name(preprocessing: Preprocessing) -> str:
     return "custom"
 
 
-def save_foreign(model, kind: str, path: str | os.PathLike, *, model_name: str, preprocessing: Preprocessing,
+def save_foreign(model: Any, kind: str, path: str | os.PathLike, *, model_name: str, preprocessing: Preprocessing,
                  recipe: dict | None = None, metrics: dict | None = None, spec: dict | None = None,
                  extra: dict | None = None) -> Path:
     """Write `model` (edgeseg's logits wrapper around the user's module, as model_source loads it) to `path`."""
@@ -66,7 +67,7 @@ def save_foreign(model, kind: str, path: str | os.PathLike, *, model_name: str, 
     return path
 
 
-def _save_hf_directory(hf_model, path: Path, preprocessing: Preprocessing, spec: dict | None) -> None:
+def _save_hf_directory(hf_model: Any, path: Path, preprocessing: Preprocessing, spec: dict | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
@@ -94,7 +95,7 @@ def _save_hf_directory(hf_model, path: Path, preprocessing: Preprocessing, spec:
         raise
 
 
-def _quiet_save_pretrained(hf_model, folder: Path) -> None:
+def _quiet_save_pretrained(hf_model: Any, folder: Path) -> None:
     """save_pretrained without transformers' progress bar (one small local file: it says nothing useful)."""
     from transformers.utils import logging as hf_logging
 

@@ -21,8 +21,15 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from edgeseg.errors import UsageError, WeightsError, first_line
+
+if TYPE_CHECKING:  # annotations only: the device side imports this module without torch
+    from edgeseg.card import ModelCard
+    from edgeseg.data.palettes import LabelSet
+    from edgeseg.zoo.contract import Preprocessing
+    from edgeseg.zoo.weights import LoadedModel
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -89,7 +96,7 @@ def torch_source(spec: str) -> ModelSource | None:
     return source if source.is_torch else None
 
 
-def load_card_option(card: str | Path | None, source: ModelSource | None = None):
+def load_card_option(card: str | Path | None, source: ModelSource | None = None) -> ModelCard | None:
     """The --card file, read and validated; refused for kinds that carry their own contract."""
     from edgeseg.card import load_card
 
@@ -102,7 +109,7 @@ def load_card_option(card: str | Path | None, source: ModelSource | None = None)
 
 
 @contextlib.contextmanager
-def runnable_path(source: ModelSource, card=None):
+def runnable_path(source: ModelSource, card: ModelCard | None = None) -> Iterator[Path]:
     """A path `open_runner` takes for an onnx/bundle/engine source; a foreign ONNX with a card runs from a carded
     copy in a temporary folder (the user's file is never modified)."""
     if source.kind not in ("onnx", "bundle", "engine"):
@@ -131,7 +138,8 @@ def require_contract(path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- contracts
 
 
-def contract_of(source: ModelSource, card=None, weights: str | None = None):
+def contract_of(source: ModelSource, card: ModelCard | None = None,
+                weights: str | None = None) -> tuple[Preprocessing, str, str]:
     """(Preprocessing, output kind, where it came from) for any model edgeseg can load."""
     from edgeseg.zoo.contract import Preprocessing
 
@@ -179,7 +187,8 @@ def _bundle_onnx(bundle: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- torch kinds
 
 
-def load_torch(source: ModelSource, weights: str | None = None, card=None, label_set=None):
+def load_torch(source: ModelSource, weights: str | None = None, card: ModelCard | None = None,
+               label_set: LabelSet | None = None) -> LoadedModel:
     """A LoadedModel (edgeseg.zoo.weights) for a zoo, Hugging Face or module:factory source."""
     if source.kind == "zoo":
         from edgeseg.zoo.weights import load_model
@@ -203,7 +212,7 @@ def _hf_directory(spec: str) -> Path:
     return _download_from_hub(spec)
 
 
-def hf_preprocessing(directory: Path, card):
+def hf_preprocessing(directory: Path, card: ModelCard | None) -> Preprocessing:
     """The contract of a Hugging Face segmentation directory: classes from id2label, mean/std and size from its
     preprocessor_config.json; a card, when given, wins."""
     from edgeseg.data.palettes import LABEL_SETS, generic_palette
@@ -237,7 +246,7 @@ def hf_preprocessing(directory: Path, card):
     return Preprocessing(input_size=size, mean=mean, std=std, classes=classes, palette=palette)
 
 
-def load_hf(source_spec: str, card=None):
+def load_hf(source_spec: str, card: ModelCard | None = None) -> LoadedModel:
     """Any AutoModelForSemanticSegmentation checkpoint, wrapped to give logits at the input size; a directory
     edgeseg pruned is rebuilt from its config and architecture spec (edgeseg.foreign_checkpoint)."""
     from edgeseg.lazy import lazy_import
@@ -284,7 +293,7 @@ def _hf_spec(directory: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _load_pruned(wrapped, spec: dict, weights: Path, name: str) -> None:
+def _load_pruned(wrapped: Any, spec: dict, weights: Path, name: str) -> None:
     """Resize edgeseg's wrapper of a freshly built model as the pruning spec says, then load the pruned weights
     into the user's module (strictly: every tensor must fit)."""
     from edgeseg.arch_spec import apply_spec
@@ -303,16 +312,16 @@ class _SegmentationOutput:
     NxKxHxW logits at the input size."""
 
     @staticmethod
-    def wrap(model, hf: bool = False):
+    def wrap(model: Any, hf: bool = False):
         import torch
         import torch.nn.functional as F
 
         class SegmentationLogits(torch.nn.Module):
-            def __init__(self, inner):
+            def __init__(self, inner: Any):
                 super().__init__()
                 self.model = inner
 
-            def forward(self, pixel_values):
+            def forward(self, pixel_values: Any):
                 out = self.model(pixel_values=pixel_values) if hf else self.model(pixel_values)
                 if isinstance(out, dict) and not hasattr(out, "logits"):
                     out = out["out"] if "out" in out else out["logits"]
@@ -327,7 +336,7 @@ class _SegmentationOutput:
         return SegmentationLogits(model).eval()
 
 
-def load_factory(spec: str, weights: str | None, card):
+def load_factory(spec: str, weights: str | None, card: ModelCard | None) -> LoadedModel:
     """`package.module:factory` -> the user's nn.Module with --weights loaded safely (no pickled code). Weights
     written by edgeseg train/prune carry the contract in their sidecar (then --card may be left out) and, when
     pruned, the architecture spec that resizes the factory's model first."""
@@ -366,7 +375,7 @@ def load_factory(spec: str, weights: str | None, card):
     return LoadedModel(wrapped.eval(), preprocessing, str(path), checkpoint=path)
 
 
-def build_factory(spec: str):
+def build_factory(spec: str) -> Any:
     """The user's freshly built nn.Module from `package.module:factory` (its own initialisation)."""
     module_name, factory_name = spec.split(":")
     if str(Path.cwd()) not in sys.path:  # a user's module beside where they run edgeseg, as `python -m` would
@@ -386,7 +395,7 @@ def build_factory(spec: str):
     return model
 
 
-def unpruned_model(source: ModelSource):
+def unpruned_model(source: ModelSource) -> Any:
     """A fresh, unpruned model of a Hugging Face or module:factory source, wrapped as the loaders wrap it: what
     a pruning spec is taken against (and what the loaders resize when they reload it)."""
     if source.kind == "factory":
@@ -401,8 +410,9 @@ def unpruned_model(source: ModelSource):
 # ---------------------------------------------------------------------------------------------- export first
 
 
-def export_for_running(source: ModelSource, weights: str | None, card, work_dir: Path, *, dataset: str = "camvid",
-                       data_root: str | None = None, size: tuple[int, int] | None = None, log=None) -> Path:
+def export_for_running(source: ModelSource, weights: str | None, card: ModelCard | None, work_dir: Path, *,
+                       dataset: str = "camvid", data_root: str | None = None, size: tuple[int, int] | None = None,
+                       log: Callable[[str], None] | None = None) -> Path:
     """A PyTorch model (zoo, Hugging Face, module:factory) as an ONNX file with its contract in the metadata, in
     `work_dir`, for the commands that run ONNX models (demo, bench): the export stage, with a short parity check
     (on `dataset` images when found). Torch is needed here only because the user gave a torch model."""

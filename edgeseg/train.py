@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -138,7 +139,7 @@ def rank_batches(shapes: list[tuple], cfg: TrainConfig, epoch: int, rank: int = 
 class _BatchPrefetcher:
     """Augment the next batches in a background thread (OpenCV releases the GIL) while the model trains."""
 
-    def __init__(self, images, masks, batches: list[list[tuple[int, AugmentDraw]]], cfg: TrainConfig):
+    def __init__(self, images: Any, masks: Any, batches: list[list[tuple[int, AugmentDraw]]], cfg: TrainConfig):
         self._queue: queue.Queue = queue.Queue(maxsize=3)
         augment_cfg = AugmentConfig(cfg.crop_size, cfg.scale_range, True, cfg.colour_jitter)
         self.num_batches = len(batches)
@@ -387,7 +388,7 @@ def _trainable_source(cfg: TrainConfig):
     return source, card
 
 
-def _load_foreign(source, card, weights: str | None = None, checkpoint: str | Path | None = None):
+def _load_foreign(source: Any, card: Any, weights: str | None = None, checkpoint: str | Path | None = None):
     """A Hugging Face or module:factory model to train: `checkpoint` when given (the run's last checkpoint when
     resuming, or the --distill-from teacher: a Hugging Face directory / hub id, or the factory's weights file),
     else the model as given with --weights."""
@@ -410,7 +411,7 @@ def _remove_hf_checkpoints(out_dir: Path) -> None:
         (out_dir / f"{name}.json").unlink(missing_ok=True)
 
 
-def _train_mode(model, freeze_bn: bool) -> None:
+def _train_mode(model: Any, freeze_bn: bool) -> None:
     """model.train(), with BatchNorm layers left in eval mode (running statistics used, not updated) for
     --freeze-bn: then a sample's gradient does not depend on the rest of its batch, so any split of the global
     batch across processes trains the same weights."""
@@ -455,7 +456,7 @@ def _check_same_teacher(saved: dict | None, teacher_record: dict | None, out_dir
                          f"--distill-from or start a new --out")
 
 
-def _distillation_loss(student_logits, teacher, pixels, target, cfg: TrainConfig):
+def _distillation_loss(student_logits: Any, teacher: Any, pixels: Any, target: Any, cfg: TrainConfig):
     """KL divergence to the teacher's softened predictions, over labelled pixels only."""
     import torch
     import torch.nn.functional as F

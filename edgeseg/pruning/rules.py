@@ -27,7 +27,7 @@ rules written by hand where the trace is not enough:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from edgeseg.arch_spec import is_attention
 from edgeseg.errors import EdgesegError, UsageError
@@ -40,7 +40,7 @@ class PruneError(EdgesegError):
     """The model could not be traced or pruned."""
 
 
-def classifier_layers(model, model_name: str, num_classes: int, names: Sequence[str] | None = None) -> list[str]:
+def classifier_layers(model: Any, model_name: str, num_classes: int, names: Sequence[str] | None = None) -> list[str]:
     """The classifier layers: `names`, or the zoo entry's (ModelEntry.classifier), checked: each is in `model`
     and has `num_classes` outputs."""
     from edgeseg.zoo.registry import get_entry
@@ -60,7 +60,7 @@ def classifier_layers(model, model_name: str, num_classes: int, names: Sequence[
     return sorted(names)
 
 
-def find_classifier(model, example, num_classes: int, model_name: str) -> list[str]:
+def find_classifier(model: Any, example: Any, num_classes: int, model_name: str) -> list[str]:
     """The classifier of a model outside the zoo, from its graph: the conv or linear layer that runs last among
     those with `num_classes` outputs (the one producing the logits). A forward pass with hooks gives the order in
     which layers run, which registration order need not be."""
@@ -86,7 +86,7 @@ def find_classifier(model, example, num_classes: int, model_name: str) -> list[s
     return [ran[-1]]
 
 
-def resolve_layer_names(model, names: Sequence[str], option: str = "--ignore") -> list[str]:
+def resolve_layer_names(model: Any, names: Sequence[str], option: str = "--ignore") -> list[str]:
     """Check --ignore (or --classifier) names against the model; the wrapper's `model.` prefix may be left out."""
     from edgeseg.zoo.registry import closest_names
 
@@ -106,7 +106,7 @@ def resolve_layer_names(model, names: Sequence[str], option: str = "--ignore") -
     return resolved
 
 
-def attention_projections(model) -> dict:
+def attention_projections(model: Any) -> dict:
     """{attention module: (q, k, v) linears} for HF-style attention; None where the projections are not found."""
     from torch import nn
 
@@ -123,7 +123,7 @@ def attention_projections(model) -> dict:
     return found
 
 
-def fixed_width_layers(graph, model) -> list[str]:
+def fixed_width_layers(graph: Any, model: Any) -> list[str]:
     """Hand-written rule for efficient attention (SegFormer/PVT): a conv inside an attention module (the sequence
     reduction) has its output reshaped with its *input's* channel count, which the trace cannot see. Keep its output
     width, and keep every layer whose outputs are coupled to its input (the stage's residual stream)."""

@@ -14,7 +14,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -22,6 +22,11 @@ from edgeseg.errors import DataError, UsageError
 from edgeseg.manifest import Artifact, library_versions, manifest_path_for, read_json
 from edgeseg.pruning.config import PruneConfig
 from edgeseg.pruning.core import GradientBatch, PruneReport, prune_model
+
+if TYPE_CHECKING:
+    from edgeseg.model_source import ModelSource
+    from edgeseg.zoo.contract import Preprocessing
+    from edgeseg.zoo.weights import LoadedModel
 
 
 def prune(cfg: PruneConfig, out_path: str | Path, log: Callable[[str], None] | None = None) -> Artifact:
@@ -56,8 +61,9 @@ def prune(cfg: PruneConfig, out_path: str | Path, log: Callable[[str], None] | N
     else:  # the zoo entry names it; anything else: the last layer with num_classes outputs
         classifier = None if zoo else find_classifier(original.model, torch.zeros(1, 3, *size), num_classes,
                                                       cfg.model)
-    gradient_batches = taylor_batches(cfg, original.preprocessing.with_size(size), None if zoo else original.preprocessing) \
-        if cfg.importance == "taylor" else None
+    gradient_batches = (taylor_batches(cfg, original.preprocessing.with_size(size),
+                                       None if zoo else original.preprocessing)
+                        if cfg.importance == "taylor" else None)
 
     started = time.monotonic()
     model, spec, report = prune_model(original, cfg.model, cfg, size, gradient_batches, classifier=classifier,
@@ -86,7 +92,7 @@ def prune(cfg: PruneConfig, out_path: str | Path, log: Callable[[str], None] | N
     else:
         report = dataclasses.replace(report, miou_skipped=skip_reason)
 
-    def write(final_model, final_report: PruneReport) -> None:
+    def write(final_model: Any, final_report: PruneReport) -> None:
         extra = {"sparsity": cfg.sparsity, "pruned_from": original.source,
                  "versions": library_versions("torch", "torch-pruning", "transformers", "torchvision",
                                               "segmentation-models-pytorch", "onnxruntime")}
@@ -109,7 +115,7 @@ def prune(cfg: PruneConfig, out_path: str | Path, log: Callable[[str], None] | N
     return Artifact(out_path, read_json(manifest_path_for(out_path)))
 
 
-def prunable_source(model: str, out_path: Path):
+def prunable_source(model: str, out_path: Path) -> ModelSource:
     """The ModelSource of --model, refused with one line when it cannot be pruned or --out does not fit its kind."""
     from edgeseg.foreign_checkpoint import PREPROCESSING_FILE
     from edgeseg.model_source import KIND_WORDS, resolve_source
@@ -130,7 +136,8 @@ def prunable_source(model: str, out_path: Path):
     return source
 
 
-def taylor_batches(cfg: PruneConfig, preprocessing, label_set=None) -> list[GradientBatch]:
+def taylor_batches(cfg: PruneConfig, preprocessing: Preprocessing,
+                   label_set: Preprocessing | None = None) -> list[GradientBatch]:
     """The first images of the training split (with masks) at the traced size, spread over the split."""
     from edgeseg.data.datasets import open_dataset
     from edgeseg.data.transforms import resize_pair
@@ -149,7 +156,8 @@ def taylor_batches(cfg: PruneConfig, preprocessing, label_set=None) -> list[Grad
     return batches
 
 
-def measure_latency_side_by_side(original, pruned, cfg: PruneConfig, size) -> dict:
+def measure_latency_side_by_side(original: LoadedModel, pruned: LoadedModel, cfg: PruneConfig,
+                                 size: tuple[int, int]) -> dict:
     """Export both models to ONNX and time them in ONNX Runtime on the CPU, interleaved (A B A B ...)."""
     from edgeseg.bench.latency import measure_interleaved
     from edgeseg.export import ExportConfig, export_model
@@ -171,7 +179,7 @@ def measure_latency_side_by_side(original, pruned, cfg: PruneConfig, size) -> di
             "latency_before": stats["before"].to_dict(), "latency_after": stats["after"].to_dict()}
 
 
-def _evaluation_set(cfg: PruneConfig, num_classes: int, label_set=None):
+def _evaluation_set(cfg: PruneConfig, num_classes: int, label_set: Any=None):
     """(dataset, None) to measure mIoU on, or (None, why not). `label_set`: a foreign model's contract, whose
     classes a folder dataset without its own takes."""
     from edgeseg.data.datasets import open_dataset
@@ -185,7 +193,7 @@ def _evaluation_set(cfg: PruneConfig, num_classes: int, label_set=None):
     return dataset, None
 
 
-def _miou(model, dataset, preprocessing, size, cfg: PruneConfig) -> float:
+def _miou(model: Any, dataset: Any, preprocessing: Any, size: Any, cfg: PruneConfig) -> float:
     from edgeseg.evaluate import evaluate, torch_predictor
 
     scores = evaluate(torch_predictor(model, "cpu"), dataset, preprocessing.with_size(size), limit=cfg.eval_limit,
@@ -193,7 +201,7 @@ def _miou(model, dataset, preprocessing, size, cfg: PruneConfig) -> float:
     return scores.miou
 
 
-def _label_set_name(preprocessing) -> str:
+def _label_set_name(preprocessing: Any) -> str:
     from edgeseg.data.palettes import LABEL_SETS
 
     for name, label_set in LABEL_SETS.items():
@@ -202,7 +210,8 @@ def _label_set_name(preprocessing) -> str:
     return "custom"
 
 
-def _finetune(cfg: PruneConfig, pruned_path: Path, evaluation, original, size, log, source, card):
+def _finetune(cfg: PruneConfig, pruned_path: Path, evaluation: Any, original: LoadedModel, size: tuple[int, int],
+              log: Callable[[str], None], source: ModelSource, card: Any) -> tuple[Any, dict]:
     """Recovery fine-tune of the pruned checkpoint through edgeseg.train (optionally distilled from the
     unpruned model); returns the best fine-tuned model and the report's fine-tune fields. A pruned Hugging Face
     directory is trained as the model itself; a zoo or factory checkpoint as its --weights."""
