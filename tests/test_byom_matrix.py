@@ -369,3 +369,18 @@ def test_prune_classifier_not_found_or_wrong_is_one_line(world, tmp_path, capsys
                             str(tmp_path / "p.safetensors")], capsys)
     assert_one_line_error(code, err, "a pruned Hugging Face model is a directory")
     assert not (tmp_path / "p.safetensors").exists()
+
+
+def test_an_engine_cannot_be_trained_pruned_or_exported(tmp_path, capsys):
+    """An engine needs TensorRT to run, not to be refused: the refusals are checked here on any machine."""
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not really an engine")
+    for args, message in (
+            (["train", "--model", str(engine), "--out", str(tmp_path / "run")], "is a TensorRT engine, which has no "
+                                                                                 "trainable weights"),
+            (["prune", "--model", str(engine), "--ratio", "0.3", "--out", str(tmp_path / "p.safetensors")],
+             "is a TensorRT engine: prune takes a PyTorch model"),
+            (["export", "--model", str(engine), "--out", str(tmp_path / "m.onnx")], "is already an engine")):
+        code, _, err = run_cli(args, capsys)
+        assert_one_line_error(code, err, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.engine"]  # nothing half-written

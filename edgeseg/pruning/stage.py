@@ -46,14 +46,14 @@ def prune(cfg: PruneConfig, out_path: str | Path, log: Callable[[str], None] | N
     source = prunable_source(cfg.model, out_path)
     zoo = source.kind == "zoo"
     card = load_card_option(cfg.card, source)
-    if cfg.finetune_epochs and zoo:  # fail before the work, not after it (a foreign model's classes come later)
-        from edgeseg.data.datasets import open_dataset
-
-        open_dataset(cfg.dataset, "train", cfg.data_root)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     original = load_model(cfg.model, cfg.weights) if zoo else load_torch(source, cfg.weights, card)
+    if cfg.finetune_epochs:  # fail before the work, not after it (a foreign model's classes are the data's)
+        from edgeseg.data.datasets import open_dataset
+
+        open_dataset(cfg.dataset, "train", cfg.data_root, label_set=None if zoo else original.preprocessing)
     size = tuple(cfg.size or original.preprocessing.input_size)
     num_classes = original.preprocessing.num_classes
     if cfg.classifier:
