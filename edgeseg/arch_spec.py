@@ -75,9 +75,12 @@ def reference_model(model_name: str, num_classes: int) -> nn.Module:
         return create_model(model_name, num_classes)
 
 
-def architecture_spec(model_name: str, model: nn.Module, num_classes: int) -> dict:
-    """The spec of `model` relative to the zoo model `model_name`; refuses layers it could not rebuild."""
-    reference = dict(reference_model(model_name, num_classes).named_modules())
+def architecture_spec(model_name: str, model: nn.Module, num_classes: int,
+                      reference: nn.Module | None = None) -> dict:
+    """The spec of `model` relative to the zoo model `model_name`, or to `reference` (the unpruned model a
+    Hugging Face or module:factory model rebuilds from); refuses layers it could not rebuild."""
+    reference = dict((reference if reference is not None else reference_model(model_name, num_classes))
+                     .named_modules())
     changed = {}
     for name, module in model.named_modules():
         original = reference.get(name)
@@ -97,10 +100,19 @@ def build_from_spec(model_name: str, spec: dict) -> nn.Module:
     """Build zoo model `model_name` with the layer sizes in `spec` (random weights; load a state_dict next)."""
     from edgeseg.zoo.registry import create_model
 
+    check_spec(spec)
+    return apply_spec(create_model(model_name, int(spec["num_classes"])), spec, model_name)
+
+
+def check_spec(spec: dict) -> None:
     if spec.get("format") != SPEC_FORMAT or spec.get("version", 0) > SPEC_VERSION:
         raise WeightsError(f"unsupported architecture spec (format {spec.get('format')!r}, version "
                            f"{spec.get('version')}); it was written by another edgeseg, upgrade")
-    model = create_model(model_name, int(spec["num_classes"]))
+
+
+def apply_spec(model: nn.Module, spec: dict, model_name: str) -> nn.Module:
+    """Resize the layers of the freshly built, unpruned `model` as `spec` lists (in place); returns `model`."""
+    check_spec(spec)
     modules = dict(model.named_modules())
     for name, sizes in spec["modules"].items():
         if name not in modules:

@@ -145,11 +145,15 @@ def eval_command(
 
 @app.command()
 def train(
-    model: str = opts.model(help="zoo model name"),
+    model: str = opts.model(help="zoo name, Hugging Face directory or hub id, or package.module:factory (with "
+                                 "--weights); its classes must be the dataset's"),
     out: Path = typer.Option(..., "--out", "-o", metavar="DIR",
                              help="run directory (checkpoints, log); reused by --resume"),
-    weights: str = opts.weights("random", help="initial weights: checkpoint path, hub id, named weights or random"),
-    data: str = opts.data(help="dataset: camvid, cityscapes or folder:IMAGES:MASKS"),
+    weights: Optional[str] = opts.weights(help="initial weights: zoo: checkpoint path, hub id, named weights or "
+                                               "random (default); module:factory: its weights file"),
+    data: str = opts.data(help="dataset: camvid, cityscapes, cityscapes:PATH or folder:IMAGES:MASKS"),
+    card: Optional[Path] = opts.card(help="model card of a module:factory model (or to override a Hugging Face "
+                                          "model's contract)"),
     data_root: Optional[str] = opts.data_root(),
     epochs: int = typer.Option(100, help="training epochs"),
     batch_size: int = typer.Option(8, help="images per step (per process under torchrun)"),
@@ -205,7 +209,7 @@ def train(
                       eval_every=eval_every, seed=seed, threads=threads, device=device, amp=not no_amp,
                       max_minutes=max_minutes, resume=resume, distill_from=distill_from,
                       new_head=new_head, sync_bn=sync_bn, freeze_bn=freeze_bn, dist_backend=dist_backend,
-                      dist_timeout_s=dist_timeout)
+                      dist_timeout_s=dist_timeout, card=str(card) if card else None)
     best = run_training(cfg)
     from edgeseg.distributed import is_main_process
 
@@ -475,8 +479,11 @@ def build(
 @app.command()
 def demo(
     model: Optional[str] = typer.Option(None, "--model", "-m", metavar="MODEL",
-                                        help=".onnx model (with --card if foreign), OpenVINO .xml, TensorRT .engine or "
-                                             "build bundle folder (required unless --print-pipeline)"),
+                                        help=".onnx model (with --card if foreign), OpenVINO .xml, TensorRT .engine, "
+                                             "build bundle folder, or a PyTorch model (zoo name, Hugging Face "
+                                             "directory, module:factory), exported to ONNX first (required unless "
+                                             "--print-pipeline)"),
+    weights: Optional[str] = opts.weights(help="weights of a zoo or module:factory --model (exported first)"),
     source: str = typer.Option("0", "--source", "-s", metavar="SOURCE",
                                help="camera index (0), /dev/videoN, v4l2:///dev/videoN, "
                                     "csi://N?width=1920&height=1080&fps=30&sensor-mode=M&flip=F, "
@@ -540,14 +547,21 @@ def demo(
     if model is None:
         raise UsageError("demo needs --model (an .onnx, .engine or build bundle folder)")
     import contextlib
+    import tempfile
 
     from edgeseg.demo.app import DemoConfig, format_summary, run_demo
     from edgeseg.manifest import write_json
-    from edgeseg.model_source import load_card_option, resolve_source, runnable_path
+    from edgeseg.model_source import export_for_running, load_card_option, resolve_source, runnable_path, torch_source
 
     loaded_card = load_card_option(card)
     with contextlib.ExitStack() as stack:
-        if loaded_card is not None:  # the foreign graph runs from a copy carrying its card
+        torch_model = torch_source(model)
+        if torch_model is not None:  # a PyTorch model runs as its ONNX export (torch only because one was given)
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeseg-demo-")))
+            model = str(export_for_running(torch_model, weights, loaded_card, scratch, log=_plain_log))
+        elif weights is not None:
+            raise UsageError("--weights is for a PyTorch --model (zoo, module:factory); this model carries its own")
+        elif loaded_card is not None:  # the foreign graph runs from a copy carrying its card
             model = str(stack.enter_context(runnable_path(resolve_source(model), loaded_card)))
         cfg = DemoConfig(model=model, source=source, show=show, save=str(save) if save else None, mode=mode,
                          alpha=alpha,
@@ -569,9 +583,11 @@ def bench_command(
     suite: Optional[str] = typer.Option(None, "--suite", metavar="SUITE",
                                         help="suite TOML file, or a name under benchmarks/suites (e.g. cpu)"),
     models: list[str] = typer.Option([], "--models", "-m", metavar="MODELS",
-                                     help="zoo model, bundle folder or .onnx; comma-separated or repeated (replaces "
-                                          "the suite's models)"),
-    weights: Optional[str] = opts.weights(help="weights spec for the zoo models (e.g. random, a checkpoint)"),
+                                     help="zoo model, bundle folder, .onnx, Hugging Face directory or module:factory "
+                                          "(these two exported to ONNX first); comma-separated or repeated "
+                                          "(replaces the suite's models)"),
+    weights: Optional[str] = opts.weights(help="weights spec for the zoo models (e.g. random, a checkpoint) and the "
+                                               "module:factory ones"),
     precisions: list[str] = typer.Option([], help="fp32, fp16, bf16 (ov-cpu), int8; comma-separated or repeated"),
     backends: list[str] = typer.Option([], help="torch, torch-cuda, ort-cpu, ov-cpu, ort-cuda, trt; comma-separated"),
     size: list[str] = typer.Option([], metavar="HxW",
@@ -596,7 +612,8 @@ def bench_command(
     fail_under_miou: Optional[float] = typer.Option(None, help="fail (after writing results) when a row's mIoU is "
                                                                "under this fraction, e.g. 0.6"),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="write latency-vs-mIoU and per-class charts"),
-    card: Optional[Path] = opts.card(help="model card for the foreign .onnx models given with --models"),
+    card: Optional[Path] = opts.card(help="model card for the foreign .onnx and module:factory models given with "
+                                          "--models"),
     force: bool = opts.force("replace earlier results in the results folder"),
 ):
     """Benchmark models x precisions x backends x sizes: latency, throughput, memory, accuracy; JSON/CSV/MD/PNG."""
@@ -611,18 +628,46 @@ def bench_command(
     import contextlib
 
     with contextlib.ExitStack() as stack:
+        models, exported_size = _exported_models(models, weights, card, size, data, data_root, stack)
         if card is not None:
-            models = _carded_models(models, card, stack)
+            models = _carded_models(models, card, stack, used=exported_size is not None)
             if not size:  # a foreign graph is usually static: measure it at the card's size
                 from edgeseg.card import load_card
 
                 size = ["x".join(map(str, load_card(card).input_size))]
+        if not size and exported_size:  # the export is static: measure it at the size it was exported at
+            size = [exported_size]
         _bench(suite, models, weights, precisions, backends, size, with_optional, data, split, data_root, limit,
                threads, batch, min_seconds, calib_count, out, machine, cache_dir, max_miou_drop, fail_under_miou,
                plots, force)
 
 
-def _carded_models(models: list[str], card: Path, stack) -> list[str]:
+def _exported_models(models: list[str], weights, card, size: list[str], data, data_root, stack):
+    """Hugging Face and module:factory items of --models run as their ONNX export (in a temporary folder, with the
+    contract in the metadata); returns (items, "HxW" they were exported at, or None when none was)."""
+    import tempfile
+
+    from edgeseg.model_source import export_for_running, load_card_option, torch_source
+
+    items = [item.strip() for text in models for item in text.split(",") if item.strip()]
+    exported, at = [], None
+    for item in items:
+        source = torch_source(item) if not item.endswith(".onnx") else None
+        if source is None or source.kind == "zoo":  # bench exports (and caches) zoo models itself
+            exported.append(item)
+            continue
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeseg-bench-")))
+        path = export_for_running(source, None if source.kind == "hf" else weights, load_card_option(card, source),
+                                  scratch, dataset=data or "camvid",
+                                  data_root=data_root, size=parse_size(size[0]) if size else None, log=_plain_log)
+        from edgeseg.export import onnx_preprocessing
+
+        exported.append(str(path))
+        at = at or "x".join(map(str, onnx_preprocessing(path).input_size))
+    return exported, at
+
+
+def _carded_models(models: list[str], card: Path, stack, used: bool = False) -> list[str]:
     """Foreign .onnx items of --models run from copies carrying the card (the user's files stay untouched)."""
     from edgeseg.card import has_contract
     from edgeseg.model_source import load_card_option, resolve_source, runnable_path
@@ -634,8 +679,9 @@ def _carded_models(models: list[str], card: Path, stack) -> list[str]:
         if item.endswith(".onnx") and Path(item).is_file() and not has_contract(item):
             item = str(stack.enter_context(runnable_path(resolve_source(item), loaded)))
         carded.append(item)
-    if carded == items:
-        raise UsageError("--card applies to foreign .onnx models given with --models; none was given")
+    if carded == items and not used:
+        raise UsageError("--card applies to foreign .onnx and module:factory models given with --models; none was "
+                         "given")
     return carded
 
 
@@ -662,11 +708,17 @@ def _bench(suite, models, weights, precisions, backends, size, with_optional, da
 
 @app.command("prune")
 def prune_command(
-    model: str = opts.model(help="zoo model name"),
+    model: str = opts.model(help="zoo name, Hugging Face directory or hub id, or package.module:factory (with "
+                                 "--weights)"),
     weights: Optional[str] = opts.weights(),
     ratio: float = typer.Option(..., help="fraction of channels to remove, between 0 and 1, e.g. 0.3"),
     out: Path = typer.Option(..., "--out", "-o", metavar="FILE",
-                             help="pruned checkpoint to write (.safetensors + .json sidecar)"),
+                             help="pruned checkpoint to write (.safetensors + .json sidecar; a Hugging Face model: "
+                                  "a directory)"),
+    card: Optional[Path] = opts.card(help="model card of a module:factory model"),
+    classifier: list[str] = typer.Option([], "--classifier", metavar="LAYER",
+                                         help="layer producing the class logits, kept whole (default: the zoo "
+                                              "entry's, else the last layer with one output per class)"),
     importance: str = typer.Option("l1", metavar="IMPORTANCE",
                                    help="channel ranking: l1, l2, bn-scale or taylor (gradients on images)"),
     global_pruning: bool = opts.flag("--global", "rank all layers together instead of the same ratio in every layer"),
@@ -708,7 +760,10 @@ def prune_command(
     domain.positive("--finetune-lr", finetune_lr)
     domain.count("--batch-size", batch_size)
     domain.one_of("--device", device, domain.TORCH_DEVICES)
-    check_output_file(out, force=force)
+    if out.suffix or not out.is_dir():  # a pruned Hugging Face model is a directory (the stage checks which)
+        check_output_file(out, force=force)
+    elif not force:
+        raise UsageError(f"--out {out} already exists; add --force to replace it")
     check_output_file(Path(f"{out}.json"), force=force)
     from edgeseg.prune import PruneConfig
     from edgeseg.prune import prune as run_prune
@@ -717,7 +772,8 @@ def prune_command(
                       iterative_steps=iterative_steps, round_to=round_to, ignore=tuple(ignore), sparsity=sparsity,
                       size=parse_size(size), dataset=data, data_root=data_root, eval_split=split,
                       eval_limit=limit, measure_latency=latency, threads=threads, finetune_epochs=finetune_epochs,
-                      finetune_lr=finetune_lr, finetune_batch_size=batch_size, distill=distill, device=device)
+                      finetune_lr=finetune_lr, finetune_batch_size=batch_size, distill=distill, device=device,
+                      card=str(card) if card else None, classifier=tuple(classifier))
     artifact = run_prune(cfg, out, log=lambda message: console.print(message, markup=False, highlight=False))
     metrics = artifact.manifest["metrics"]
     summary = f"wrote {artifact.path}: GFLOPs -{metrics['gflops_reduction']:.0%}"

@@ -21,12 +21,21 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from edgeseg.errors import UsageError, WeightsError
+from edgeseg.errors import UsageError, WeightsError, first_line
+
+if TYPE_CHECKING:  # annotations only: the device side imports this module without torch
+    from edgeseg.card import ModelCard
+    from edgeseg.data.palettes import LabelSet
+    from edgeseg.zoo.contract import Preprocessing
+    from edgeseg.zoo.weights import LoadedModel
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 TORCH_KINDS = ("zoo", "hf", "factory")
+KIND_WORDS = {"zoo": "a zoo model", "onnx": "an ONNX graph", "bundle": "a build bundle", "engine": "a TensorRT engine",
+              "hf": "a Hugging Face model", "factory": "a module:factory model"}
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,22 @@ def resolve_source(spec: str) -> ModelSource:
     raise AssertionError("unreachable")
 
 
-def load_card_option(card: str | Path | None, source: ModelSource | None = None):
+def torch_source(spec: str) -> ModelSource | None:
+    """The ModelSource of a --model value that names a PyTorch model (zoo, Hugging Face, module:factory); None for
+    what a runner opens itself (.onnx, OpenVINO .xml, engine, bundle) or refuses in its own words. For the commands
+    that run graphs (demo, bench), which export a PyTorch model first."""
+    if _FACTORY.match(spec):
+        return ModelSource("factory", spec, spec.split(":")[1])
+    path = Path(spec).expanduser()
+    if path.exists():
+        return ModelSource("hf", spec, path.resolve().name, path) if (path / "config.json").is_file() else None
+    if spec.startswith((".", "/", "~")) or path.suffix.lower() in (".onnx", ".xml", ".engine", ".plan", ".trt"):
+        return None
+    source = resolve_source(spec)
+    return source if source.is_torch else None
+
+
+def load_card_option(card: str | Path | None, source: ModelSource | None = None) -> ModelCard | None:
     """The --card file, read and validated; refused for kinds that carry their own contract."""
     from edgeseg.card import load_card
 
@@ -85,7 +109,7 @@ def load_card_option(card: str | Path | None, source: ModelSource | None = None)
 
 
 @contextlib.contextmanager
-def runnable_path(source: ModelSource, card=None):
+def runnable_path(source: ModelSource, card: ModelCard | None = None) -> Iterator[Path]:
     """A path `open_runner` takes for an onnx/bundle/engine source; a foreign ONNX with a card runs from a carded
     copy in a temporary folder (the user's file is never modified)."""
     if source.kind not in ("onnx", "bundle", "engine"):
@@ -114,7 +138,8 @@ def require_contract(path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- contracts
 
 
-def contract_of(source: ModelSource, card=None, weights: str | None = None):
+def contract_of(source: ModelSource, card: ModelCard | None = None,
+                weights: str | None = None) -> tuple[Preprocessing, str, str]:
     """(Preprocessing, output kind, where it came from) for any model edgeseg can load."""
     from edgeseg.zoo.contract import Preprocessing
 
@@ -130,10 +155,9 @@ def contract_of(source: ModelSource, card=None, weights: str | None = None):
         return get_entry(source.spec).preprocessing(), "logits", "the zoo entry"
     if source.kind in ("onnx", "bundle"):
         from edgeseg.export import read_onnx_metadata
-        from edgeseg.runners.base import _bundle_artifact
         from edgeseg.runners.ort import METADATA_OUTPUT, METADATA_PREPROCESSING
 
-        path = source.path if source.kind == "onnx" else _bundle_artifact(source.path, "cpu")
+        path = source.path if source.kind == "onnx" else _bundle_onnx(source.path)
         require_contract(path)
         metadata = read_onnx_metadata(path)
         return (Preprocessing.from_dict(json.loads(metadata[METADATA_PREPROCESSING])),
@@ -151,10 +175,20 @@ def contract_of(source: ModelSource, card=None, weights: str | None = None):
     raise UsageError(f"{source.spec}: a module:factory model has no contract of its own; give --card CARD.toml")
 
 
+def _bundle_onnx(bundle: Path) -> Path:
+    """An ONNX model of a bundle, whose metadata holds the contract (every precision carries the same one)."""
+    found = next((bundle / name for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx")
+                  if (bundle / name).is_file()), None)
+    if found is None:
+        raise UsageError(f"{bundle} holds no model.onnx; is it an edgeseg build bundle?")
+    return found
+
+
 # ---------------------------------------------------------------------------------------------- torch kinds
 
 
-def load_torch(source: ModelSource, weights: str | None = None, card=None, label_set=None):
+def load_torch(source: ModelSource, weights: str | None = None, card: ModelCard | None = None,
+               label_set: LabelSet | None = None) -> LoadedModel:
     """A LoadedModel (edgeseg.zoo.weights) for a zoo, Hugging Face or module:factory source."""
     if source.kind == "zoo":
         from edgeseg.zoo.weights import load_model
@@ -178,14 +212,18 @@ def _hf_directory(spec: str) -> Path:
     return _download_from_hub(spec)
 
 
-def hf_preprocessing(directory: Path, card):
+def hf_preprocessing(directory: Path, card: ModelCard | None) -> Preprocessing:
     """The contract of a Hugging Face segmentation directory: classes from id2label, mean/std and size from its
     preprocessor_config.json; a card, when given, wins."""
     from edgeseg.data.palettes import LABEL_SETS, generic_palette
     from edgeseg.zoo.contract import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
+    from edgeseg.foreign_checkpoint import PREPROCESSING_FILE
+
     if card is not None:
         return card.preprocessing()
+    if (directory / PREPROCESSING_FILE).is_file():  # written by edgeseg train/prune: the contract it trained with
+        return Preprocessing.from_dict(json.loads((directory / PREPROCESSING_FILE).read_text()))
     config = json.loads((directory / "config.json").read_text())
     id2label = config.get("id2label") or {}
     classes = tuple(id2label[k] for k in sorted(id2label, key=int))
@@ -208,23 +246,29 @@ def hf_preprocessing(directory: Path, card):
     return Preprocessing(input_size=size, mean=mean, std=std, classes=classes, palette=palette)
 
 
-def load_hf(spec: str, card=None):
-    """Any AutoModelForSemanticSegmentation checkpoint, wrapped to give logits at the input size."""
+def load_hf(source_spec: str, card: ModelCard | None = None) -> LoadedModel:
+    """Any AutoModelForSemanticSegmentation checkpoint, wrapped to give logits at the input size; a directory
+    edgeseg pruned is rebuilt from its config and architecture spec (edgeseg.foreign_checkpoint)."""
     from edgeseg.lazy import lazy_import
     from edgeseg.zoo.weights import LoadedModel
 
-    directory = _hf_directory(spec)
+    directory = _hf_directory(source_spec)
     transformers = lazy_import("transformers")
     config = json.loads((directory / "config.json").read_text())
     hf_logging = transformers.utils.logging
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # a local directory loads in well under a second
+    spec = _hf_spec(directory)
     try:
-        model = transformers.AutoModelForSemanticSegmentation.from_pretrained(str(directory))
+        if spec is None:
+            model = transformers.AutoModelForSemanticSegmentation.from_pretrained(str(directory))
+        else:
+            model = transformers.AutoModelForSemanticSegmentation.from_config(
+                transformers.AutoConfig.from_pretrained(str(directory)))
     except (ValueError, OSError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{spec} ({config.get('model_type', 'unknown type')}) is not loadable as "
+        raise WeightsError(f"{source_spec} ({config.get('model_type', 'unknown type')}) is not loadable as "
                            f"AutoModelForSemanticSegmentation: {first}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -232,12 +276,35 @@ def load_hf(spec: str, card=None):
             hf_logging.enable_progress_bar()
     preprocessing = hf_preprocessing(directory, card)  # after loading: a model of the wrong kind says so first
     if model.config.num_labels != preprocessing.num_classes:
-        raise WeightsError(f"{spec} predicts {model.config.num_labels} classes but its contract lists "
+        raise WeightsError(f"{source_spec} predicts {model.config.num_labels} classes but its contract lists "
                            f"{preprocessing.num_classes}")
     weight_file = next((p for p in (directory / "model.safetensors", directory / "pytorch_model.bin") if p.is_file()),
                        None)
-    return LoadedModel(_SegmentationOutput.wrap(model.eval(), hf=True), preprocessing, str(spec),
-                       checkpoint=weight_file)
+    wrapped = _SegmentationOutput.wrap(model.eval(), hf=True)
+    if spec is not None:  # a pruned directory (edgeseg prune): resize, then load its weights strictly
+        _load_pruned(wrapped, spec, directory / "model.safetensors", str(directory))
+    return LoadedModel(wrapped, preprocessing, str(source_spec), checkpoint=weight_file, spec=spec)
+
+
+def _hf_spec(directory: Path) -> dict | None:
+    from edgeseg.foreign_checkpoint import SPEC_FILE
+
+    path = directory / SPEC_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _load_pruned(wrapped: Any, spec: dict, weights: Path, name: str) -> None:
+    """Resize edgeseg's wrapper of a freshly built model as the pruning spec says, then load the pruned weights
+    into the user's module (strictly: every tensor must fit)."""
+    from edgeseg.arch_spec import apply_spec
+    from edgeseg.zoo.weights import _read_state_dict
+
+    apply_spec(wrapped, spec, name)
+    state = _read_state_dict(weights)
+    try:
+        wrapped.model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{weights} does not fit the pruned {name}: {first_line(exc)}") from None
 
 
 class _SegmentationOutput:
@@ -245,16 +312,16 @@ class _SegmentationOutput:
     NxKxHxW logits at the input size."""
 
     @staticmethod
-    def wrap(model, hf: bool = False):
+    def wrap(model: Any, hf: bool = False):
         import torch
         import torch.nn.functional as F
 
         class SegmentationLogits(torch.nn.Module):
-            def __init__(self, inner):
+            def __init__(self, inner: Any):
                 super().__init__()
                 self.model = inner
 
-            def forward(self, pixel_values):
+            def forward(self, pixel_values: Any):
                 out = self.model(pixel_values=pixel_values) if hf else self.model(pixel_values)
                 if isinstance(out, dict) and not hasattr(out, "logits"):
                     out = out["out"] if "out" in out else out["logits"]
@@ -269,14 +336,47 @@ class _SegmentationOutput:
         return SegmentationLogits(model).eval()
 
 
-def load_factory(spec: str, weights: str | None, card):
-    """`package.module:factory` -> the user's nn.Module with --weights loaded safely (no pickled code)."""
+def load_factory(spec: str, weights: str | None, card: ModelCard | None) -> LoadedModel:
+    """`package.module:factory` -> the user's nn.Module with --weights loaded safely (no pickled code). Weights
+    written by edgeseg train/prune carry the contract in their sidecar (then --card may be left out) and, when
+    pruned, the architecture spec that resizes the factory's model first."""
+    from edgeseg.checkpoint import read_checkpoint_sidecar
+    from edgeseg.zoo.contract import Preprocessing
     from edgeseg.zoo.weights import LoadedModel, _read_state_dict
 
-    if card is None:
-        raise UsageError(f"{spec} is a PyTorch model without a contract; give its model card with --card CARD.toml")
     if weights in (None, "", "default"):
         raise UsageError(f"{spec} needs --weights FILE (.safetensors, or a .pt/.pth state_dict)")
+    path = Path(weights).expanduser()
+    sidecar = read_checkpoint_sidecar(path) if path.suffix == ".safetensors" and path.is_file() else None
+    if sidecar is not None and sidecar.get("model") != spec:
+        raise WeightsError(f"{path} is a checkpoint of {sidecar.get('model')}, not of {spec}")
+    if card is None and sidecar is None:
+        raise UsageError(f"{spec} is a PyTorch model without a contract; give its model card with --card CARD.toml")
+    model = build_factory(spec)
+    if not path.is_file():
+        raise WeightsError(f"weights {weights} do not exist")
+    wrapped = _SegmentationOutput.wrap(model)
+    preprocessing = card.preprocessing() if card is not None else Preprocessing.from_dict(sidecar["preprocessing"])
+    pruned = (sidecar or {}).get("spec")
+    if pruned:
+        _load_pruned(wrapped, pruned, path, spec)
+        return LoadedModel(wrapped.eval(), preprocessing, str(path), checkpoint=path, spec=pruned)
+    state = _read_state_dict(path)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape: another variant or class count
+        raise WeightsError(f"{path} does not fit {spec}(): {str(exc).strip().splitlines()[-1].strip()}") from None
+    if result.missing_keys or result.unexpected_keys:
+        missing, unexpected = result.missing_keys, result.unexpected_keys
+        first = (f"missing {len(missing)} (first: {missing[0]})" if missing else "") + \
+                ("; " if missing and unexpected else "") + \
+                (f"unexpected {len(unexpected)} (first: {unexpected[0]})" if unexpected else "")
+        raise WeightsError(f"{path} does not fit {spec}(): {first}")
+    return LoadedModel(wrapped.eval(), preprocessing, str(path), checkpoint=path)
+
+
+def build_factory(spec: str) -> Any:
+    """The user's freshly built nn.Module from `package.module:factory` (its own initialisation)."""
     module_name, factory_name = spec.split(":")
     if str(Path.cwd()) not in sys.path:  # a user's module beside where they run edgeseg, as `python -m` would
         sys.path.insert(0, str(Path.cwd()))
@@ -292,18 +392,38 @@ def load_factory(spec: str, weights: str | None, card):
 
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module")
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"weights {weights} do not exist")
-    state = _read_state_dict(path)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # a tensor of another shape: another variant or class count
-        raise WeightsError(f"{path} does not fit {spec}(): {str(exc).strip().splitlines()[-1].strip()}") from None
-    if result.missing_keys or result.unexpected_keys:
-        missing, unexpected = result.missing_keys, result.unexpected_keys
-        first = (f"missing {len(missing)} (first: {missing[0]})" if missing else "") + \
-                ("; " if missing and unexpected else "") + \
-                (f"unexpected {len(unexpected)} (first: {unexpected[0]})" if unexpected else "")
-        raise WeightsError(f"{path} does not fit {spec}(): {first}")
-    return LoadedModel(_SegmentationOutput.wrap(model.eval()), card.preprocessing(), str(path), checkpoint=path)
+    return model
+
+
+def unpruned_model(source: ModelSource) -> Any:
+    """A fresh, unpruned model of a Hugging Face or module:factory source, wrapped as the loaders wrap it: what
+    a pruning spec is taken against (and what the loaders resize when they reload it)."""
+    if source.kind == "factory":
+        return _SegmentationOutput.wrap(build_factory(source.spec))
+    from edgeseg.lazy import lazy_import
+
+    transformers = lazy_import("transformers")
+    config = transformers.AutoConfig.from_pretrained(str(_hf_directory(source.spec)))
+    return _SegmentationOutput.wrap(transformers.AutoModelForSemanticSegmentation.from_config(config), hf=True)
+
+
+# ---------------------------------------------------------------------------------------------- export first
+
+
+def export_for_running(source: ModelSource, weights: str | None, card: ModelCard | None, work_dir: Path, *,
+                       dataset: str = "camvid", data_root: str | None = None, size: tuple[int, int] | None = None,
+                       log: Callable[[str], None] | None = None) -> Path:
+    """A PyTorch model (zoo, Hugging Face, module:factory) as an ONNX file with its contract in the metadata, in
+    `work_dir`, for the commands that run ONNX models (demo, bench): the export stage, with a short parity check
+    (on `dataset` images when found). Torch is needed here only because the user gave a torch model."""
+    from edgeseg.export import ExportConfig, export_model
+
+    if not source.is_torch:
+        raise UsageError(f"{source.spec} is {KIND_WORDS[source.kind]}, not a PyTorch model to export")
+    loaded = load_torch(source, weights, card)
+    out = Path(work_dir) / f"{source.name}.onnx"
+    export_model(loaded, source.name, ExportConfig(size=size, dataset=dataset, data_root=data_root,
+                                                   parity_images=2), out)
+    if log is not None:
+        log(f"exported {source.spec} ({source.kind}) to ONNX first: {out}")
+    return out

@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,8 @@ class TrainConfig:
     out_dir: str
     dataset: str = "camvid"
     data_root: str | None = None
-    weights: str = "random"  # initial weights (any --weights spec); ignored when resuming
+    weights: str | None = None  # initial weights (any --weights spec; zoo default: random); ignored when resuming
+    card: str | None = None  # model card of a module:factory (or Hugging Face) model
     epochs: int = 100
     batch_size: int = 8
     lr: float = 1e-3
@@ -137,7 +139,7 @@ def rank_batches(shapes: list[tuple], cfg: TrainConfig, epoch: int, rank: int = 
 class _BatchPrefetcher:
     """Augment the next batches in a background thread (OpenCV releases the GIL) while the model trains."""
 
-    def __init__(self, images, masks, batches: list[list[tuple[int, AugmentDraw]]], cfg: TrainConfig):
+    def __init__(self, images: Any, masks: Any, batches: list[list[tuple[int, AugmentDraw]]], cfg: TrainConfig):
         self._queue: queue.Queue = queue.Queue(maxsize=3)
         augment_cfg = AugmentConfig(cfg.crop_size, cfg.scale_range, True, cfg.colour_jitter)
         self.num_batches = len(batches)
@@ -180,29 +182,38 @@ def train(cfg: TrainConfig) -> Path:
 def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
     import torch
 
+    from edgeseg.foreign_checkpoint import checkpoint_path, save_foreign
     from edgeseg.losses import enet_class_weights, make_loss, uses_class_weights
     from edgeseg.zoo.weights import load_model
 
+    source, card = _trainable_source(cfg)
+    zoo = source.kind == "zoo"
+    initial = cfg.weights if cfg.weights is not None else ("random" if zoo else None)
     device = ctx.device
     if cfg.sync_bn and ctx.distributed and not device.startswith("cuda"):
         raise UsageError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only; on CPU use "
                          "--freeze-bn or per-process BatchNorm (neither option)")
     say = print if ctx.is_main else (lambda *args, **kwargs: None)  # one voice per run, not one per rank
     out_dir = Path(cfg.out_dir)
-    last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
+    # Zoo and module:factory models: last/best.safetensors; Hugging Face models: last/ and best/ directories.
+    last_path, best_path = checkpoint_path(source.kind, out_dir, "last"), checkpoint_path(source.kind, out_dir, "best")
     state_path = out_dir / "last.state.pt"
-    resuming = cfg.resume and last_path.is_file() and state_path.is_file()
+    resuming = cfg.resume and last_path.exists() and state_path.is_file()
     _check_ranks_agree(distributed.gather(resuming, "checking the run directory"), last_path)
     state = None
     if resuming:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         _check_same_world_size(state, ctx.world_size, cfg.batch_size, out_dir)
     if cfg.resume and not resuming:
-        say(f"no resumable run in {out_dir}; starting from {cfg.weights}")
+        say(f"no resumable run in {out_dir}; starting from {initial or cfg.model}")
 
     torch.manual_seed(cfg.seed)  # model initialisation is part of what --seed reproduces
-    train_set = open_dataset(cfg.dataset, "train", cfg.data_root)
-    val_set = open_dataset(cfg.dataset, "val", cfg.data_root)
+    if zoo:
+        train_set = open_dataset(cfg.dataset, "train", cfg.data_root)
+    else:  # the user's model fixes the classes: the dataset must have as many (one line naming both counts)
+        loaded = _load_foreign(source, card, weights=initial, checkpoint=last_path if resuming else None)
+        train_set = open_dataset(cfg.dataset, "train", cfg.data_root, label_set=loaded.preprocessing)
+    val_set = open_dataset(cfg.dataset, "val", cfg.data_root, label_set=None if zoo else loaded.preprocessing)
     if len(train_set) < cfg.batch_size:  # zero steps would save an untrained checkpoint and call it trained
         raise DataError(f"{train_set.name} has {len(train_set)} images, fewer than one batch of {cfg.batch_size}; "
                         f"lower --batch-size")
@@ -211,8 +222,10 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
         if not resuming:  # a fresh run (the CLI asked for --force): an earlier run's files must not mix with this one's
             for name in RUN_FILES:
                 (out_dir / name).unlink(missing_ok=True)
-    loaded = load_model(cfg.model, str(last_path) if resuming else cfg.weights, label_set=train_set.label_set,
-                        new_head=cfg.new_head and not resuming)
+            _remove_hf_checkpoints(out_dir)
+    if zoo:
+        loaded = load_model(cfg.model, str(last_path) if resuming else initial, label_set=train_set.label_set,
+                            new_head=cfg.new_head and not resuming)
     if loaded.new_head:
         head = loaded.new_head
         fresh = [*head["reinitialised"], *head.get("not_in_weights", [])]
@@ -244,7 +257,8 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
 
     teacher, teacher_record = None, None
     if cfg.distill_from:
-        loaded_teacher = load_model(cfg.model, cfg.distill_from, label_set=train_set.label_set)
+        loaded_teacher = (load_model(cfg.model, cfg.distill_from, label_set=train_set.label_set) if zoo
+                          else _load_foreign(source, card, checkpoint=cfg.distill_from))
         teacher = loaded_teacher.model.to(device).eval()
         teacher_record = {"spec": cfg.distill_from, **loaded_teacher.input_record()}
 
@@ -276,18 +290,23 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
             net = DistributedDataParallel(model, device_ids=[ctx.local_rank] if device.startswith("cuda") else None)
     recipe = {k: v for k, v in dataclasses.asdict(cfg).items()
               if k not in ("out_dir", "data_root", "resume", "dist_backend", "dist_timeout_s")}
+    recipe["weights"] = initial
     recipe["world_size"] = ctx.world_size
     recipe["global_batch_size"] = global_batch
     recipe["class_weights"] = weights.tolist() if weights is not None else None
     # Specs such as "default" move when the bundled weights are replaced: record the files they meant.
     recipe["weights_resolved"] = (_recorded(last_path, "weights_resolved") if resuming
-                                  else {"spec": cfg.weights or "default", **loaded.input_record()})
+                                  else {"spec": initial or cfg.model, **loaded.input_record()})
     recipe["distill_teacher"] = teacher_record
     started = time.monotonic()
     mean = torch.tensor(preprocessing.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(preprocessing.std, device=device).view(1, 3, 1, 1)
 
     def save(path: Path, metrics: dict, epoch: int):
+        if not zoo:  # in the user's model's own format: the next stage takes it with the same kind of --model
+            save_foreign(model, source.kind, path, model_name=cfg.model, preprocessing=preprocessing, recipe=recipe,
+                         metrics=metrics, spec=loaded.spec, extra={"epoch": epoch, "sparsity": sparsity})
+            return
         save_checkpoint(model, path, model_name=cfg.model, preprocessing=preprocessing,
                         label_set=train_set.label_set.name, recipe=recipe, metrics=metrics,
                         extra={"epoch": epoch, "spec": loaded.spec, "sparsity": sparsity} if loaded.spec
@@ -350,10 +369,49 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
             if distributed.from_main(out_of_time and not last_epoch, "agreeing to stop"):  # all ranks stop together
                 say(f"stopping after {cfg.max_minutes} minutes at epoch {epoch + 1}; continue with --resume")
                 break
-    return best_path if best_path.is_file() else last_path
+    return best_path if best_path.exists() else last_path
 
 
-def _train_mode(model, freeze_bn: bool) -> None:
+def _trainable_source(cfg: TrainConfig):
+    """(ModelSource, card) of cfg.model; an ONNX file, bundle or engine cannot be trained (one line)."""
+    from edgeseg.model_source import KIND_WORDS, load_card_option, resolve_source
+
+    source = resolve_source(cfg.model)
+    if not source.is_torch:
+        raise UsageError(f"{cfg.model} is {KIND_WORDS[source.kind]}, which has no trainable weights; train the "
+                         f"PyTorch model it came from (a zoo name, Hugging Face directory or hub id, or "
+                         f"package.module:factory with --weights)")
+    card = load_card_option(cfg.card, source)
+    if source.kind != "zoo" and cfg.new_head:
+        raise UsageError(f"--new-head replaces a zoo model's classifier; {cfg.model} ({source.kind}) must already "
+                         f"predict the dataset's classes")
+    return source, card
+
+
+def _load_foreign(source: Any, card: Any, weights: str | None = None, checkpoint: str | Path | None = None):
+    """A Hugging Face or module:factory model to train: `checkpoint` when given (the run's last checkpoint when
+    resuming, or the --distill-from teacher: a Hugging Face directory / hub id, or the factory's weights file),
+    else the model as given with --weights."""
+    from edgeseg.model_source import load_factory, load_hf
+
+    if source.kind == "hf":
+        if weights is not None:
+            raise UsageError(f"{source.spec} is a Hugging Face model with its own weights; drop --weights")
+        return load_hf(str(checkpoint) if checkpoint is not None else source.spec, card)
+    return load_factory(source.spec, str(checkpoint) if checkpoint is not None else weights, card)
+
+
+def _remove_hf_checkpoints(out_dir: Path) -> None:
+    """A fresh run in a reused folder: an earlier Hugging Face run's last/ and best/ directories go too."""
+    import shutil
+
+    for name in ("best", "last"):
+        if (out_dir / name / "config.json").is_file():
+            shutil.rmtree(out_dir / name)
+        (out_dir / f"{name}.json").unlink(missing_ok=True)
+
+
+def _train_mode(model: Any, freeze_bn: bool) -> None:
     """model.train(), with BatchNorm layers left in eval mode (running statistics used, not updated) for
     --freeze-bn: then a sample's gradient does not depend on the rest of its batch, so any split of the global
     batch across processes trains the same weights."""
@@ -398,7 +456,7 @@ def _check_same_teacher(saved: dict | None, teacher_record: dict | None, out_dir
                          f"--distill-from or start a new --out")
 
 
-def _distillation_loss(student_logits, teacher, pixels, target, cfg: TrainConfig):
+def _distillation_loss(student_logits: Any, teacher: Any, pixels: Any, target: Any, cfg: TrainConfig):
     """KL divergence to the teacher's softened predictions, over labelled pixels only."""
     import torch
     import torch.nn.functional as F

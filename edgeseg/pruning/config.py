@@ -36,6 +36,8 @@ class PruneConfig:
     distill: bool = False  # distil from the unpruned model while fine-tuning
     device: str = "auto"
     seed: int = 0
+    card: str | None = None  # model card of a module:factory (or Hugging Face) model
+    classifier: tuple[str, ...] = ()  # layers producing the logits, for a model outside the zoo (default: found)
 
     def __post_init__(self):
         if not 0 < self.ratio < 1:

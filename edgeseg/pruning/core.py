@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from edgeseg.lazy import lazy_import
 from edgeseg.pruning.config import PruneConfig
 from edgeseg.pruning.rules import (PruneError, attention_projections, classifier_layers, fixed_width_layers,
                                    resolve_layer_names, sync_attention_sizes)
+
+if TYPE_CHECKING:
+    from edgeseg.zoo.weights import LoadedModel
 
 # One (1x3xHxW float32 image, HxW uint8 mask or None) pair per batch, for the taylor criterion's gradients.
 GradientBatch = tuple[np.ndarray, "np.ndarray | None"]
@@ -82,11 +85,12 @@ class PruneReport:
         return out
 
 
-def prune_model(loaded, model_name: str, cfg: PruneConfig, example_size: tuple[int, int],
-                gradient_batches: Sequence[GradientBatch] | None = None, classifier: Sequence[str] | None = None):
+def prune_model(loaded: LoadedModel, model_name: str, cfg: PruneConfig, example_size: tuple[int, int],
+                gradient_batches: Sequence[GradientBatch] | None = None, classifier: Sequence[str] | None = None,
+                reference: Any = None) -> tuple[Any, dict, PruneReport]:
     """Prune a copy of `loaded.model`; returns (pruned model, architecture spec, PruneReport). `loaded` is
-    unchanged. `classifier`: the layers producing the logits, for a model outside the zoo (a zoo model's entry
-    names them)."""
+    unchanged. For a model outside the zoo: `classifier`, the layers producing the logits (a zoo model's entry
+    names them), and `reference`, the unpruned model the spec is taken against (a zoo model's is built by name)."""
     import torch
 
     tp = lazy_import("torch_pruning")
@@ -135,7 +139,7 @@ def prune_model(loaded, model_name: str, cfg: PruneConfig, example_size: tuple[i
     if params_after == params_before:
         raise UsageError(f"nothing was pruned at --ratio {cfg.ratio} with --round-to {cfg.round_to}: every layer "
                          f"would keep all its channels; raise --ratio or lower --round-to")
-    spec = architecture_spec(model_name, model, num_classes)
+    spec = architecture_spec(model_name, model, num_classes, reference)
     report = PruneReport(
         input_size=list(example_size),
         params_before=params_before, params_after=params_after,
@@ -151,14 +155,14 @@ def prune_model(loaded, model_name: str, cfg: PruneConfig, example_size: tuple[i
     return model, spec, report
 
 
-def _count(model, size) -> tuple[int, float]:
+def _count(model: Any, size: Any) -> tuple[int, float]:
     from edgeseg.zoo.stats import count_params_and_gflops
 
     return count_params_and_gflops(model, size)
 
 
 
-def _importance(tp, name: str):
+def _importance(tp: Any, name: str):
     importance = tp.importance
     return {"l1": lambda: importance.GroupMagnitudeImportance(p=1),
             "l2": lambda: importance.GroupMagnitudeImportance(p=2),
@@ -166,7 +170,7 @@ def _importance(tp, name: str):
             "taylor": lambda: importance.GroupTaylorImportance()}[name]()
 
 
-def _trace(tp, model, example, model_name: str):
+def _trace(tp: Any, model: Any, example: Any, model_name: str):
     advice = "its forward pass must be a differentiable torch computation on the input tensor"
     try:
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
@@ -185,11 +189,11 @@ def _prunable_types():
     return (nn.modules.conv._ConvNd, nn.Linear)
 
 
-def _groups(graph, ignored):
+def _groups(graph: Any, ignored: Any):
     return list(graph.get_all_groups(ignored_layers=list(ignored), root_module_types=list(_prunable_types())))
 
 
-def _check_prunable(graph, ignored, cfg: PruneConfig, model_name: str) -> None:
+def _check_prunable(graph: Any, ignored: Any, cfg: PruneConfig, model_name: str) -> None:
     from torch import nn
 
     groups = _groups(graph, ignored)
@@ -205,7 +209,7 @@ def _check_prunable(graph, ignored, cfg: PruneConfig, model_name: str) -> None:
                              f"{len(groups)} prunable groups in {model_name} have a BatchNorm; use --importance l1")
 
 
-def accumulate_gradients(model, batches: Sequence[GradientBatch]) -> None:
+def accumulate_gradients(model: Any, batches: Sequence[GradientBatch]) -> None:
     """Gradients for the taylor criterion: cross-entropy against the masks, or against the model's own
     predictions for images without masks (how much each weight matters to what the model currently says)."""
     import torch
@@ -219,7 +223,7 @@ def accumulate_gradients(model, batches: Sequence[GradientBatch]) -> None:
         F.cross_entropy(logits, target, ignore_index=255).div(len(batches)).backward()
 
 
-def _check_runs(model, example, num_classes: int, model_name: str) -> None:
+def _check_runs(model: Any, example: Any, num_classes: int, model_name: str) -> None:
     import torch
 
     try:

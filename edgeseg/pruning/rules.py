@@ -27,7 +27,7 @@ rules written by hand where the trace is not enough:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from edgeseg.arch_spec import is_attention
 from edgeseg.errors import EdgesegError, UsageError
@@ -40,24 +40,54 @@ class PruneError(EdgesegError):
     """The model could not be traced or pruned."""
 
 
-def classifier_layers(model, model_name: str, num_classes: int, names: Sequence[str] | None = None) -> list[str]:
+def classifier_layers(model: Any, model_name: str, num_classes: int, names: Sequence[str] | None = None) -> list[str]:
     """The classifier layers: `names`, or the zoo entry's (ModelEntry.classifier), checked: each is in `model`
     and has `num_classes` outputs."""
     from edgeseg.zoo.registry import get_entry
 
     modules = dict(model.named_modules())
+    given = names is not None
     names = list(get_entry(model_name).classifier if names is None else names)
     for name in names:
         layer = modules.get(name)
         outputs = getattr(layer, "out_channels", getattr(layer, "out_features", None))
+        if outputs != num_classes and given:
+            raise PruneError(f"--classifier {name} has {outputs} outputs, not one per class ({num_classes}): name "
+                             f"the layer producing the logits")
         if outputs != num_classes:
             raise PruneError(f"found no classifier in {model_name} ({name} with {num_classes} outputs, which feeds "
                              f"the logits); check that the weights predict {num_classes} classes")
     return sorted(names)
 
 
-def resolve_layer_names(model, names: Sequence[str]) -> list[str]:
-    """Check --ignore names against the model; the wrapper's `model.` prefix may be left out."""
+def find_classifier(model: Any, example: Any, num_classes: int, model_name: str) -> list[str]:
+    """The classifier of a model outside the zoo, from its graph: the conv or linear layer that runs last among
+    those with `num_classes` outputs (the one producing the logits). A forward pass with hooks gives the order in
+    which layers run, which registration order need not be."""
+    import torch
+    from torch import nn
+
+    names = {module: name for name, module in model.named_modules()}
+    ran: list[str] = []
+    hooks = [module.register_forward_hook(lambda layer, args, output: ran.append(names[layer]))
+             for module in model.modules()
+             if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
+             and getattr(module, "out_channels", getattr(module, "out_features", None)) == num_classes]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not ran:
+        raise PruneError(f"found no classifier in {model_name}: no conv or linear layer with {num_classes} outputs "
+                         f"(the number of classes) runs in its forward pass; name the layer producing the logits "
+                         f"with --classifier LAYER")
+    return [ran[-1]]
+
+
+def resolve_layer_names(model: Any, names: Sequence[str], option: str = "--ignore") -> list[str]:
+    """Check --ignore (or --classifier) names against the model; the wrapper's `model.` prefix may be left out."""
     from edgeseg.zoo.registry import closest_names
 
     known = dict(model.named_modules())
@@ -72,11 +102,11 @@ def resolve_layer_names(model, names: Sequence[str]) -> list[str]:
                 f"model.{name}", [n for n in known if n])
             shallow = [n for n in known if n and n.count(".") <= 1][:8]  # where the names start, for orientation
             hint = f"did you mean {', '.join(close)}?" if close else f"its layers start {', '.join(shallow)}, ..."
-            raise UsageError(f"--ignore {name!r}: the model has no layer of that name; {hint}")
+            raise UsageError(f"{option} {name!r}: the model has no layer of that name; {hint}")
     return resolved
 
 
-def attention_projections(model) -> dict:
+def attention_projections(model: Any) -> dict:
     """{attention module: (q, k, v) linears} for HF-style attention; None where the projections are not found."""
     from torch import nn
 
@@ -93,7 +123,7 @@ def attention_projections(model) -> dict:
     return found
 
 
-def fixed_width_layers(graph, model) -> list[str]:
+def fixed_width_layers(graph: Any, model: Any) -> list[str]:
     """Hand-written rule for efficient attention (SegFormer/PVT): a conv inside an attention module (the sequence
     reduction) has its output reshaped with its *input's* channel count, which the trace cannot see. Keep its output
     width, and keep every layer whose outputs are coupled to its input (the stage's residual stream)."""
