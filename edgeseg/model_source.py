@@ -312,16 +312,16 @@ class _SegmentationOutput:
     NxKxHxW logits at the input size."""
 
     @staticmethod
-    def wrap(model: Any, hf: bool = False):
+    def wrap(model: Any, hf: bool = False) -> Any:  # a torch.nn.Module
         import torch
         import torch.nn.functional as F
 
         class SegmentationLogits(torch.nn.Module):
-            def __init__(self, inner: Any):
+            def __init__(self, inner: Any) -> None:
                 super().__init__()
                 self.model = inner
 
-            def forward(self, pixel_values: Any):
+            def forward(self, pixel_values: Any) -> Any:
                 out = self.model(pixel_values=pixel_values) if hf else self.model(pixel_values)
                 if isinstance(out, dict) and not hasattr(out, "logits"):
                     out = out["out"] if "out" in out else out["logits"]

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -72,7 +72,7 @@ class TrainConfig:
     dist_backend: str = "auto"  # under torchrun: gloo (CPU) or nccl (CUDA); auto picks by device
     dist_timeout_s: float = 600.0  # a rank waiting longer than this for the others gives up with an error
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.epochs < 1:
             raise UsageError("--epochs must be at least 1")
         if self.batch_size < 1:
@@ -139,12 +139,12 @@ def rank_batches(shapes: list[tuple], cfg: TrainConfig, epoch: int, rank: int = 
 class _BatchPrefetcher:
     """Augment the next batches in a background thread (OpenCV releases the GIL) while the model trains."""
 
-    def __init__(self, images: Any, masks: Any, batches: list[list[tuple[int, AugmentDraw]]], cfg: TrainConfig):
+    def __init__(self, images: Any, masks: Any, batches: list[list[tuple[int, AugmentDraw]]], cfg: TrainConfig) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=3)
         augment_cfg = AugmentConfig(cfg.crop_size, cfg.scale_range, True, cfg.colour_jitter)
         self.num_batches = len(batches)
 
-        def work():
+        def work() -> None:
             try:
                 for batch in batches:
                     pairs = [apply_augment(images[i], masks[i], draw, augment_cfg) for i, draw in batch]
@@ -155,7 +155,7 @@ class _BatchPrefetcher:
         self._thread = threading.Thread(target=work, daemon=True)
         self._thread.start()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for _ in range(self.num_batches):
             item = self._queue.get()
             if isinstance(item, BaseException):
@@ -302,7 +302,7 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
     mean = torch.tensor(preprocessing.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(preprocessing.std, device=device).view(1, 3, 1, 1)
 
-    def save(path: Path, metrics: dict, epoch: int):
+    def save(path: Path, metrics: dict, epoch: int) -> None:
         if not zoo:  # in the user's model's own format: the next stage takes it with the same kind of --model
             save_foreign(model, source.kind, path, model_name=cfg.model, preprocessing=preprocessing, recipe=recipe,
                          metrics=metrics, spec=loaded.spec, extra={"epoch": epoch, "sparsity": sparsity})
@@ -372,7 +372,7 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
     return best_path if best_path.exists() else last_path
 
 
-def _trainable_source(cfg: TrainConfig):
+def _trainable_source(cfg: TrainConfig) -> tuple[Any, Any]:
     """(ModelSource, card) of cfg.model; an ONNX file, bundle or engine cannot be trained (one line)."""
     from edgeseg.model_source import KIND_WORDS, load_card_option, resolve_source
 
@@ -388,7 +388,7 @@ def _trainable_source(cfg: TrainConfig):
     return source, card
 
 
-def _load_foreign(source: Any, card: Any, weights: str | None = None, checkpoint: str | Path | None = None):
+def _load_foreign(source: Any, card: Any, weights: str | None = None, checkpoint: str | Path | None = None) -> Any:
     """A Hugging Face or module:factory model to train: `checkpoint` when given (the run's last checkpoint when
     resuming, or the --distill-from teacher: a Hugging Face directory / hub id, or the factory's weights file),
     else the model as given with --weights."""
@@ -456,7 +456,7 @@ def _check_same_teacher(saved: dict | None, teacher_record: dict | None, out_dir
                          f"--distill-from or start a new --out")
 
 
-def _distillation_loss(student_logits: Any, teacher: Any, pixels: Any, target: Any, cfg: TrainConfig):
+def _distillation_loss(student_logits: Any, teacher: Any, pixels: Any, target: Any, cfg: TrainConfig) -> Any:
     """KL divergence to the teacher's softened predictions, over labelled pixels only."""
     import torch
     import torch.nn.functional as F

@@ -39,7 +39,7 @@ class PruneConfig:
     card: str | None = None  # model card of a module:factory (or Hugging Face) model
     classifier: tuple[str, ...] = ()  # layers producing the logits, for a model outside the zoo (default: found)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not 0 < self.ratio < 1:
             raise UsageError(f"--ratio must be between 0 and 1 (exclusive), e.g. 0.3; got {self.ratio}")
         if self.importance not in IMPORTANCES:

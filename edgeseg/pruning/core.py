@@ -162,7 +162,7 @@ def _count(model: Any, size: Any) -> tuple[int, float]:
 
 
 
-def _importance(tp: Any, name: str):
+def _importance(tp: Any, name: str) -> Any:
     importance = tp.importance
     return {"l1": lambda: importance.GroupMagnitudeImportance(p=1),
             "l2": lambda: importance.GroupMagnitudeImportance(p=2),
@@ -170,7 +170,7 @@ def _importance(tp: Any, name: str):
             "taylor": lambda: importance.GroupTaylorImportance()}[name]()
 
 
-def _trace(tp: Any, model: Any, example: Any, model_name: str):
+def _trace(tp: Any, model: Any, example: Any, model_name: str) -> Any:
     advice = "its forward pass must be a differentiable torch computation on the input tensor"
     try:
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
@@ -183,13 +183,13 @@ def _trace(tp: Any, model: Any, example: Any, model_name: str):
     return graph
 
 
-def _prunable_types():
+def _prunable_types() -> tuple[type, ...]:
     from torch import nn
 
     return (nn.modules.conv._ConvNd, nn.Linear)
 
 
-def _groups(graph: Any, ignored: Any):
+def _groups(graph: Any, ignored: Any) -> list:
     return list(graph.get_all_groups(ignored_layers=list(ignored), root_module_types=list(_prunable_types())))
 
 

@@ -179,7 +179,7 @@ def measure_latency_side_by_side(original: LoadedModel, pruned: LoadedModel, cfg
             "latency_before": stats["before"].to_dict(), "latency_after": stats["after"].to_dict()}
 
 
-def _evaluation_set(cfg: PruneConfig, num_classes: int, label_set: Any=None):
+def _evaluation_set(cfg: PruneConfig, num_classes: int, label_set: Any = None) -> tuple[Any, str | None]:
     """(dataset, None) to measure mIoU on, or (None, why not). `label_set`: a foreign model's contract, whose
     classes a folder dataset without its own takes."""
     from edgeseg.data.datasets import open_dataset
