@@ -18,17 +18,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edgeseg.bundle_layout import (CALIBRATION_MANIFEST, MANIFEST_FILE, ONNX_FILES, OV_INT8_FILE, PARTIAL_MARKER,
+                                   PRUNED_WEIGHTS)
 from edgeseg.calibration import CalibConfig, make_calibration_set
-from edgeseg.cpu_variants import FILES, choose_default, measure_variants, openvino_available, plan_variants
+from edgeseg.cpu_variants import choose_default, measure_variants, openvino_available, plan_variants
 from edgeseg.errors import UsageError
 from edgeseg.export import ExportConfig, export_model, onnx_preprocessing
-from edgeseg.manifest import input_record, stage_manifest, write_json
+from edgeseg.manifest import input_record, manifest_path_for, stage_manifest, write_json
 from edgeseg.output_paths import check_output_folder
 from edgeseg.quantize import QuantizeConfig, convert_fp16, quantize_int8
 from edgeseg.report import measure_precisions, write_reports
 
-PARTIAL_MARKER = ".edgeseg-partial"
-PRECISION_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def build(cfg: BuildConfig, log=print) -> Path:
         if source.kind == "onnx":
             log(f"[{next(step)}/{steps}] model card into {source.path.name}'s metadata (no torch model: ONNX Runtime "
                 f"FP32 is the reference)")
-            export = adopt_onnx(source.path, card, work_dir / PRECISION_FILES["fp32"], source.name)
+            export = adopt_onnx(source.path, card, work_dir / ONNX_FILES["fp32"], source.name)
             weights_record = input_record(source.path, work_dir)
             log(f"      {export.manifest['checks']['card']['output']} is "
                 f"{'x'.join(map(str, export.manifest['checks']['card']['output_shape']))}")
@@ -119,17 +119,17 @@ def build(cfg: BuildConfig, log=print) -> Path:
             loaded = load_torch(source, weights, card)
             export = export_model(loaded, source.name,
                                   ExportConfig(size=cfg.size, dataset=cfg.dataset, data_root=cfg.data_root),
-                                  work_dir / PRECISION_FILES["fp32"])
+                                  work_dir / ONNX_FILES["fp32"])
             weights_record, spec = loaded.input_record(base=work_dir), loaded.spec
             log(f"      parity with torch: argmax agreement "
                 f"{export.manifest['checks']['parity']['argmax_agreement']:.4%}")
         preprocessing = onnx_preprocessing(export.path)
         log(f"[{next(step)}/{steps}] FP16 graph (LayerNorm, Softmax and reductions kept in FP32)")
-        convert_fp16(export.path, work_dir / PRECISION_FILES["fp16"])
+        convert_fp16(export.path, work_dir / ONNX_FILES["fp16"])
         calib = _calibration_config(cfg, log)
         log(f"[{next(step)}/{steps}] calibration set: {cfg.calib_count} {calib.strategy} images from "
             f"{cfg.calib_images or cfg.calib_split}")
-        calibration = make_calibration_set(preprocessing, calib, work_dir / "calibration.json")
+        calibration = make_calibration_set(preprocessing, calib, work_dir / CALIBRATION_MANIFEST)
         budget = cfg.max_miou_drop if labelled else None
         log(f"[{next(step)}/{steps}] INT8 Q/DQ ({profile} profile, {cfg.quant_method})"
             + (f", accuracy budget {budget} points on {cfg.budget_split}" if budget is not None else ""))
@@ -141,7 +141,7 @@ def build(cfg: BuildConfig, log=print) -> Path:
             QuantizeConfig(profile=profile, method=cfg.quant_method, max_miou_drop=budget,
                            eval_dataset=cfg.dataset, eval_split=cfg.budget_split, eval_limit=cfg.budget_limit,
                            data_root=cfg.data_root, threads=cfg.threads),
-            work_dir / PRECISION_FILES["int8"], log=lambda line: log("      " + line))
+            work_dir / ONNX_FILES["int8"], log=lambda line: log("      " + line))
         if target.kind == "cpu" and labelled:
             measured = _cpu_variants_stage(work_dir, cfg, calibration.path, step, steps, log)
         else:
@@ -149,7 +149,7 @@ def build(cfg: BuildConfig, log=print) -> Path:
                 log(f"[{next(step)}/{steps}] INT8 for OpenVINO: skipped, no labelled data to choose a CPU variant on")
             log(f"[{next(step)}/{steps}] evaluate and time fp32 / fp16 / int8 on ONNX Runtime CPU "
                 + (f"({cfg.eval_split} split)" if labelled else "(latency only: no labelled data)"))
-            measured = measure_precisions({p: work_dir / f for p, f in PRECISION_FILES.items()}, cfg.dataset,
+            measured = measure_precisions({p: work_dir / f for p, f in ONNX_FILES.items()}, cfg.dataset,
                                           cfg.eval_split, cfg.data_root, cfg.eval_limit, cfg.threads,
                                           cfg.latency_rounds, log=lambda line: log("      " + line),
                                           accuracy=labelled)
@@ -162,16 +162,16 @@ def build(cfg: BuildConfig, log=print) -> Path:
         manifest = stage_manifest(
             "build",
             inputs={"weights": weights_record,
-                    "calibration": {"path": "calibration.json", "count": calibration.manifest["count"]}},
+                    "calibration": {"path": CALIBRATION_MANIFEST, "count": calibration.manifest["count"]}},
             # out_dir is where this manifest lives: a moved bundle must not name its old place
             settings={**{k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "force")},
                       "quant_profile": profile},
             checks=checks,
             libraries=("torch", "onnx", "onnxruntime", "onnxslim", "transformers", "torchvision",
                        "segmentation-models-pytorch"))
-        artifacts = {p: _relative_record(work_dir / f) for p, f in PRECISION_FILES.items()}
-        if (work_dir / FILES["int8-nncf"]).is_file():
-            artifacts["int8-nncf"] = _relative_record(work_dir / FILES["int8-nncf"])
+        artifacts = {p: _relative_record(work_dir / f) for p, f in ONNX_FILES.items()}
+        if (work_dir / OV_INT8_FILE).is_file():
+            artifacts["int8-nncf"] = _relative_record(work_dir / OV_INT8_FILE)
         manifest.update({"model": source.name, "model_kind": source.kind, "target": target.name,
                          "target_resolved_from": target.resolved_from,
                          "artifacts": artifacts,
@@ -179,7 +179,7 @@ def build(cfg: BuildConfig, log=print) -> Path:
                          "seconds": round(time.monotonic() - started, 1)})
         if card is not None:
             manifest["card"] = card.to_dict()
-        write_json(work_dir / "manifest.json", manifest)
+        write_json(work_dir / MANIFEST_FILE, manifest)
         write_reports(work_dir, source.name, target.name, measured, manifest)
     except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)  # nothing half-built is left looking valid
@@ -220,7 +220,7 @@ def adopt_onnx(source: Path, card, out_path: Path, model_name: str):
                      "preprocessing": onnx_preprocessing(out_path).to_dict(),
                      "artifact": {"path": out_path.name, "sha256": sha256_file(out_path),
                                   "bytes": out_path.stat().st_size}})
-    write_json(out_path.with_name(out_path.name + ".json"), manifest)
+    write_json(manifest_path_for(out_path), manifest)
     return Artifact(out_path, manifest)
 
 
@@ -276,7 +276,7 @@ def _cpu_variants_stage(work_dir: Path, cfg: BuildConfig, calibration: Path, ste
         from edgeseg.quantize_ov import quantize_nncf
 
         log(f"[{next(step)}/{steps}] INT8 for OpenVINO (NNCF, same calibration set)")
-        quantize_nncf(work_dir / PRECISION_FILES["fp32"], calibration, work_dir / FILES["int8-nncf"],
+        quantize_nncf(work_dir / ONNX_FILES["fp32"], calibration, work_dir / OV_INT8_FILE,
                       data_root=cfg.data_root, log=sub)
         openvino_note = None
     else:
@@ -327,7 +327,7 @@ def _prune_stage(cfg: BuildConfig, work_dir: Path, log) -> Path:
                                data_root=cfg.data_root, eval_split=cfg.budget_split, eval_limit=cfg.eval_limit,
                                threads=cfg.threads, finetune_epochs=cfg.finetune_epochs,
                                distill=cfg.finetune_epochs > 0),
-                   work_dir / "pruned.safetensors", log=lambda line: log("      " + line))
+                   work_dir / PRUNED_WEIGHTS, log=lambda line: log("      " + line))
     return pruned.path
 
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from edgeseg import __version__
 from edgeseg import cli_options as opts
 from edgeseg import option_domains as domain
+from edgeseg.bundle_layout import FP32_ONNX
 from edgeseg.errors import EdgesegError, UsageError
 from edgeseg.sizes import parse_size
 from edgeseg.output_paths import check_output_file, check_output_folder
@@ -231,7 +232,7 @@ def export(
     model: str = opts.model(help="zoo name, Hugging Face directory or hub id, or package.module:factory (with "
                                  "--weights and --card)"),
     weights: Optional[str] = opts.weights(),
-    out: Path = typer.Option(Path("model.onnx"), "--out", "-o", metavar="FILE",
+    out: Path = typer.Option(Path(FP32_ONNX), "--out", "-o", metavar="FILE",
                              help="ONNX file to write (+ <file>.json manifest)"),
     size: Optional[str] = opts.size(),
     batch: int = typer.Option(1, help="static batch size"),

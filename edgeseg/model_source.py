@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeseg.bundle_layout import ENGINE_SUFFIXES
 from edgeseg.errors import UsageError, WeightsError
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -51,7 +52,7 @@ def resolve_source(spec: str) -> ModelSource:
             return ModelSource("bundle", spec, path.resolve().name, path)
         if path.suffix == ".onnx":
             return ModelSource("onnx", spec, path.stem, path)
-        if path.suffix in (".engine", ".plan", ".trt"):
+        if path.suffix in ENGINE_SUFFIXES:
             return ModelSource("engine", spec, path.stem, path)
         raise UsageError(f"{path}: cannot use a {path.suffix or 'file without suffix'} as a model; give a zoo name, "
                          f".onnx, .engine, bundle folder, Hugging Face directory or module:factory")
@@ -130,10 +131,10 @@ def contract_of(source: ModelSource, card=None, weights: str | None = None):
         return get_entry(source.spec).preprocessing(), "logits", "the zoo entry"
     if source.kind in ("onnx", "bundle"):
         from edgeseg.export import read_onnx_metadata
-        from edgeseg.runners.base import _bundle_artifact
+        from edgeseg.bundle_layout import FP32_ONNX
         from edgeseg.runners.ort import METADATA_OUTPUT, METADATA_PREPROCESSING
 
-        path = source.path if source.kind == "onnx" else _bundle_artifact(source.path, "cpu")
+        path = source.path if source.kind == "onnx" else source.path / FP32_ONNX
         require_contract(path)
         metadata = read_onnx_metadata(path)
         return (Preprocessing.from_dict(json.loads(metadata[METADATA_PREPROCESSING])),

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Callable
 
 from edgeseg.bench.suite import ModelSpec, Suite
+from edgeseg.bundle_layout import CALIBRATION_MANIFEST, ONNX_FILES, OV_INT8_FILE, engine_name, onnx_name
 from edgeseg.errors import UsageError
 from edgeseg.manifest import sha256_file, write_json
 
-ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-OV_INT8_FILE = "model.int8.ov.xml"  # NNCF INT8 for OpenVINO (edgeseg.quantize_ov), as in a build bundle
 RANDOM_SEED = 0
 
 
@@ -118,10 +117,10 @@ class ArtifactCache:
                 self.log(f"  fp16 graph of {model.label} at {size[0]}x{size[1]}")
                 convert_fp16(fp32, out)
             return out
-        calibration = folder / "calibration.json"
+        calibration = folder / CALIBRATION_MANIFEST
         if not calibration.is_file():
             self._calibrate(fp32, calibration)
-        out = folder / (ONNX_FILES["int8"] if profile == "cpu" else f"model.int8-{profile}.onnx")
+        out = folder / onnx_name("int8", None if profile == "cpu" else profile)  # the cpu profile: as in a bundle
         if not out.is_file():
             from edgeseg.quantize import QuantizeConfig, quantize_int8
 
@@ -136,7 +135,7 @@ class ArtifactCache:
     def ov_int8_for(self, model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int]) -> Path:
         """The NNCF INT8 OpenVINO IR, quantized on the same calibration set as the ONNX Runtime INT8 model."""
         fp32 = self.onnx_for(model, weights, size, "fp32")
-        calibration = fp32.parent / "calibration.json"
+        calibration = fp32.parent / CALIBRATION_MANIFEST
         if not calibration.is_file():
             self._calibrate(fp32, calibration)
         out = fp32.parent / OV_INT8_FILE
@@ -172,7 +171,7 @@ class ArtifactCache:
 
     def engine_for(self, onnx_files: dict[str, Path], precision: str) -> Path:
         """A TensorRT engine for this host's GPU, built from `onnx_files` (the symmetric INT8 graph for int8)."""
-        from edgeseg.engine.bundle import engine_name, finish_for_target
+        from edgeseg.engine.bundle import finish_for_target
         from edgeseg.engine.host import probe_host
         from edgeseg.target_registry import load_target
 
@@ -184,9 +183,9 @@ class ArtifactCache:
         folder.mkdir(parents=True, exist_ok=True)
         for name, source in onnx_files.items():
             _link_or_copy(source, folder / ONNX_FILES[name])
-        calibration = onnx_files["fp32"].parent / "calibration.json"
+        calibration = onnx_files["fp32"].parent / CALIBRATION_MANIFEST
         if calibration.is_file():
-            _link_or_copy(calibration, folder / "calibration.json")
+            _link_or_copy(calibration, folder / CALIBRATION_MANIFEST)
         self.log(f"  TensorRT {precision} engine for {host.device.name} in {folder}")
         result = finish_for_target(folder, load_target("cuda"), precision, log=lambda line: self.log("    " + line))
         if not result.engine:
@@ -232,8 +231,6 @@ def bundle_file(bundle: Path, precision: str, backend: str) -> Path | None:
     if bundle.is_file():
         return bundle
     if backend == "trt":
-        from edgeseg.engine.bundle import engine_name
-
         candidate = bundle / engine_name(precision)
     elif backend == "ov-cpu":
         default = bundle_default(bundle)

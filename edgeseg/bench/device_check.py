@@ -32,6 +32,7 @@ import numpy as np
 
 from edgeseg.bench.latency import measure
 from edgeseg.bench.outputs import DEVICE_CHECK_NAME, RESULTS_SCHEMA
+from edgeseg.bundle_layout import CALIBRATION_MANIFEST, FP32_ONNX, ONNX_FILES
 from edgeseg.engine.plan import parse_tensorrt_version
 from edgeseg.errors import EdgesegError, MissingDependency, UsageError
 from edgeseg.manifest import now_utc, write_json
@@ -40,7 +41,7 @@ from edgeseg.target_registry import CudaDevice
 DEVICE_CHECK_FORMAT = "edgeseg-device-check"
 REFERENCE_MODELS = ("segformer-b0", "deeplabv3plus-mobilenetv2", "unet-mobilenetv2")
 THRESHOLDS = {"fp16": 0.99, "int8": 0.97}  # pixel agreement of the engine's argmax with ONNX Runtime FP32
-BUNDLE_FILES = ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "calibration.json")
+BUNDLE_FILES = (*ONNX_FILES.values(), CALIBRATION_MANIFEST)  # what a device check needs of a host's bundle
 INT8_ROUTES = ("auto", "qdq", "calibrator")
 HOST_COMMAND = "edgeseg build --model {model} --target <a Jetson or GPU target, e.g. jetson-orin-nano or rtx-4090>"
 
@@ -126,7 +127,7 @@ def find_bundles(folder: str | os.PathLike, models: tuple[str, ...]) -> dict[str
                          f"'{HOST_COMMAND.format(model='M')}' and copy them here")
     found: dict[str, Path] = {}
     for candidate in [root, *sorted(path for path in root.iterdir() if path.is_dir())]:
-        onnx = candidate / "model.onnx"
+        onnx = candidate / FP32_ONNX
         if onnx.is_file():
             model = read_onnx_facts(onnx).metadata.get("edgeseg.model")
             if model in models:
@@ -280,7 +281,7 @@ def check_model(model: str, bundle: Path, target, precisions: tuple[str, ...], r
     from edgeseg.runners import open_runner
 
     classes, num_classes = label_set.classes, label_set.num_classes
-    with open_runner(bundle / "model.onnx", device="cpu") as reference_runner:
+    with open_runner(bundle / FP32_ONNX, device="cpu") as reference_runner:
         size = tuple(reference_runner.preprocessing.input_size)
         reference = measure_runner(reference_runner, samples, num_classes, classes, timing)
     size_text = f"{size[0]}x{size[1]}"

@@ -24,6 +24,7 @@ from edgeseg.bench.artifacts import (ArtifactCache, ResolvedWeights, backend_una
                                      resolve_weights)
 from edgeseg.bench.suite import BACKENDS, PRECISIONS, ModelSpec, Suite
 from edgeseg.bench.worker import RESULT_MARKER, WorkerJob
+from edgeseg.bundle_layout import FP32_ONNX
 from edgeseg.errors import EdgesegError, UsageError
 from edgeseg.output_paths import check_output_folder
 
@@ -344,7 +345,7 @@ def _model_stats(row: PlannedRow, artifact: Path | None) -> tuple[float | None, 
         except Exception:  # counting is a nicety; a model the counter cannot trace still gets benchmarked
             return None, None
     source = Path(row.model.path)
-    fp32 = source if source.is_file() else source / "model.onnx"
+    fp32 = source if source.is_file() else source / FP32_ONNX
     if fp32.is_file() and onnx_precision(fp32) == "fp32":
         params = onnx_param_count(fp32)
         return (params / 1e6 if params else None), None
