@@ -470,7 +470,8 @@ def build(
                       threads=threads,
                       prune_ratio=prune, finetune_epochs=finetune_epochs, card=str(card) if card else None,
                       calib_images=str(calib_images) if calib_images else None, budget_limit=budget_limit, force=force)
-    run_build(cfg, log=_plain_log)
+    result = run_build(cfg)
+    _plain_log(f"bundle ready in {result.bundle} ({result.seconds:.0f} s); it runs {result.runs}")
 
 
 @app.command()
@@ -653,7 +654,7 @@ def _bench(suite, models, weights, precisions, backends, size, with_optional, da
     options = BenchOptions(out_dir=str(out) if out else None, machine=machine,
                            cache_dir=str(cache_dir) if cache_dir else None, with_optional=with_optional, plots=plots,
                            force=force)
-    result = run_bench(chosen, options, log=_plain_log)
+    result = run_bench(chosen, options)
     console.print(terminal_table(result.rows, f"edgeseg bench {chosen.name} on {result.env['machine_name']}"))
     for path in [result.out_dir / "results.json", result.out_dir / "results.csv", result.out_dir / "results.md",
                  *result.plots]:

@@ -19,30 +19,15 @@ from edgeseg.bundle_layout import (ENGINE_PRECEDENCE, ONNX_FILES, artifact_to_ru
 from edgeseg.engine.sidecar import read_sidecar, sidecar_path
 from edgeseg.errors import UsageError
 from tests.engine_helpers import make_model
+from tests.log_lines import captured
 
 NVINFER_ENGINE = nvinfer_engine_name(deepstream_onnx_name("fp16"), 2)
 
 
-class Lines(logging.Handler):
-    """The bundle_layout logger's messages, whatever the "edgeseg" logger's configuration."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def layout_log():
-    logger = logging.getLogger("edgeseg.bundle_layout")
-    handler, level = Lines(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler.records
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    with captured("edgeseg.bundle_layout") as lines:
+        yield lines.records
 
 
 def make_bundle(folder, engines=(), recorded=None, where="engine", onnx_precisions=("fp32",), extra=()):

@@ -11,18 +11,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from edgeseg.bench.suite import ModelSpec, Suite
 from edgeseg.bundle_layout import CALIBRATION_MANIFEST, ONNX_FILES, OV_INT8_FILE, engine_name, onnx_name
 from edgeseg.errors import UsageError
 from edgeseg.manifest import sha256_file, write_json
 
+if TYPE_CHECKING:
+    from edgeseg.cpu_variants import CpuVariant
+
 RANDOM_SEED = 0
+
+log = logging.getLogger(__name__)
+
+
+def _detail(line: str) -> None:
+    """A stage's own lines (quantization, NNCF, the engine build), indented under the cache's line for it."""
+    log.info("    %s", line)
 
 
 @dataclass(frozen=True)
@@ -98,8 +109,8 @@ def cache_key(model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int],
 class ArtifactCache:
     """Makes (or reuses) the ONNX precisions of one zoo model at one size, stage by stage, on first demand."""
 
-    def __init__(self, cache_dir: Path, suite: Suite, log: Callable[[str], None] = print):
-        self.cache_dir, self.suite, self.log = Path(cache_dir), suite, log
+    def __init__(self, cache_dir: Path, suite: Suite) -> None:
+        self.cache_dir, self.suite = Path(cache_dir), suite
 
     def onnx_for(self, model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int], precision: str,
                  profile: str = "cpu") -> Path:
@@ -114,7 +125,7 @@ class ArtifactCache:
             if not out.is_file():
                 from edgeseg.quantize import convert_fp16
 
-                self.log(f"  fp16 graph of {model.label} at {size[0]}x{size[1]}")
+                log.info(f"  fp16 graph of {model.label} at {size[0]}x{size[1]}")
                 convert_fp16(fp32, out)
             return out
         calibration = folder / CALIBRATION_MANIFEST
@@ -124,12 +135,12 @@ class ArtifactCache:
         if not out.is_file():
             from edgeseg.quantize import QuantizeConfig, quantize_int8
 
-            self.log(f"  int8 graph of {model.label} at {size[0]}x{size[1]} ({profile} profile, "
+            log.info(f"  int8 graph of {model.label} at {size[0]}x{size[1]} ({profile} profile, "
                      f"{self.suite.calib_count} {self.suite.calib_strategy} calibration images)")
             settings = QuantizeConfig(profile=profile, method=self.suite.quant_method,
                                       max_miou_drop=self.suite.quant_max_miou_drop, eval_dataset=self.suite.dataset,
                                       data_root=self.suite.data_root, threads=self.suite.threads)
-            quantize_int8(fp32, calibration, settings, out, log=lambda line: self.log("    " + line))
+            quantize_int8(fp32, calibration, settings, out, log=_detail)
         return out
 
     def ov_int8_for(self, model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int]) -> Path:
@@ -142,16 +153,16 @@ class ArtifactCache:
         if not out.is_file():
             from edgeseg.quantize_ov import quantize_nncf
 
-            self.log(f"  NNCF int8 OpenVINO IR of {model.label} at {size[0]}x{size[1]}")
+            log.info(f"  NNCF int8 OpenVINO IR of {model.label} at {size[0]}x{size[1]}")
             quantize_nncf(fp32, calibration, out, data_root=self.suite.data_root,
-                          log=lambda line: self.log("    " + line))
+                          log=_detail)
         return out
 
     def _export(self, model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int], folder: Path) -> None:
         from edgeseg.export import ExportConfig, export_model
         from edgeseg.zoo.weights import load_model
 
-        self.log(f"  export {model.label} at {size[0]}x{size[1]} to ONNX (cached in {folder})")
+        log.info(f"  export {model.label} at {size[0]}x{size[1]} to ONNX (cached in {folder})")
         loaded = load_model(model.zoo_name, weights.spec)
         config = ExportConfig(size=size, dataset=self.suite.dataset, data_root=self.suite.data_root,
                               dynamic=("batch",) if self.suite.dynamic_batch else ())
@@ -186,8 +197,8 @@ class ArtifactCache:
         calibration = onnx_files["fp32"].parent / CALIBRATION_MANIFEST
         if calibration.is_file():
             _link_or_copy(calibration, folder / CALIBRATION_MANIFEST)
-        self.log(f"  TensorRT {precision} engine for {host.device.name} in {folder}")
-        result = finish_for_target(folder, load_target("cuda"), precision, log=lambda line: self.log("    " + line))
+        log.info(f"  TensorRT {precision} engine for {host.device.name} in {folder}")
+        result = finish_for_target(folder, load_target("cuda"), precision, log=_detail)
         if not result.engine:
             raise UsageError(f"no engine was built: {result.reason}")
         return folder / result.engine
@@ -243,7 +254,7 @@ def bundle_file(bundle: Path, precision: str, backend: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def bundle_default(bundle: Path):
+def bundle_default(bundle: Path) -> CpuVariant | None:
     """The default CPU variant a bundle's report.json names (edgeseg.cpu_variants), or None."""
     from edgeseg.cpu_variants import best_variant
 

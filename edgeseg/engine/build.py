@@ -13,7 +13,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable  # Any: TensorRT objects (tensorrt is imported lazily, maybe absent)
 
 from edgeseg.engine.calibrator import CalibrationFeed, make_trt_calibrator
 from edgeseg.engine.host import live_environment, primary_context
@@ -132,7 +132,7 @@ def compose_sidecar(plan: BuildPlan, onnx_path: Path, engine_path: Path, base: P
     }
 
 
-def _build(trt, plan: BuildPlan, onnx_path: Path, engine_path: Path, base: Path,
+def _build(trt: Any, plan: BuildPlan, onnx_path: Path, engine_path: Path, base: Path,
            calibration: CalibrationFeed | None, log: Callable[[str], None]) -> dict:
     logger = _logger(trt, log)
     builder = trt.Builder(logger)
@@ -203,7 +203,7 @@ def _build(trt, plan: BuildPlan, onnx_path: Path, engine_path: Path, base: Path,
     return {"seconds": seconds, "layers": layers, "timing_cache": timing_record, "calibration": calibration_summary}
 
 
-def _logger(trt, log: Callable[[str], None]):
+def _logger(trt: Any, log: Callable[[str], None]) -> Any:
     """A trt.ILogger that passes warnings and errors to `log` and keeps the errors for the failure message."""
 
     class Logger(trt.ILogger):
@@ -212,7 +212,7 @@ def _logger(trt, log: Callable[[str], None]):
             self.errors: list[str] = []
             self.placement: list[str] = []  # the builder's "Layers Running on DLA/GPU" report (INFO)
 
-        def log(self, severity, message):
+        def log(self, severity: Any, message: str) -> None:
             if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
                 self.errors.append(_one_line(message))
             if "Layers Running on" in message or "[DlaLayer]" in message or "[GpuLayer]" in message:
@@ -223,7 +223,7 @@ def _logger(trt, log: Callable[[str], None]):
     return Logger()
 
 
-def _check_input(builder, network, plan: BuildPlan):
+def _check_input(builder: Any, network: Any, plan: BuildPlan) -> Any:
     """The optimization profile for a dynamic input (None for a static one, after checking it is the plan's)."""
     if network.num_inputs != 1:
         raise UsageError(f"the ONNX model has {network.num_inputs} inputs; edgeseg engines take one image batch")
@@ -241,7 +241,7 @@ def _check_input(builder, network, plan: BuildPlan):
     return profile
 
 
-def _load_timing_cache(config, path: Path | None, log: Callable[[str], None]) -> dict | None:
+def _load_timing_cache(config: Any, path: Path | None, log: Callable[[str], None]) -> dict | None:
     """Start the build from the saved timing cache (tactic timings) when there is one; it is saved again after."""
     if path is None:
         return None
@@ -257,7 +257,7 @@ def _load_timing_cache(config, path: Path | None, log: Callable[[str], None]) ->
     return {"path": path.name, "loaded": loaded, "saved": False}
 
 
-def _inspect(trt, engine) -> dict:
+def _inspect(trt: Any, engine: Any) -> dict:
     """Layer precisions and placement from the engine inspector; best effort: the build stands without it."""
     try:
         inspector = engine.create_engine_inspector()
@@ -295,7 +295,7 @@ def _relative(path: Path, base: Path) -> str:
         return path.name
 
 
-def _one_line(value) -> str:
+def _one_line(value: object) -> str:
     text = str(value).strip()
     if not text and hasattr(value, "desc"):  # onnx parser errors: ParserError.desc()
         text = str(value.desc()).strip()
