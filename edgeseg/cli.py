@@ -471,7 +471,7 @@ def build(
                       prune_ratio=prune, finetune_epochs=finetune_epochs, card=str(card) if card else None,
                       calib_images=str(calib_images) if calib_images else None, budget_limit=budget_limit, force=force)
     result = run_build(cfg)
-    _plain_log(f"bundle ready in {result.bundle} ({result.seconds:.0f} s); it runs {result.runs}")
+    typer.echo(f"bundle ready in {result.bundle} ({result.seconds:.0f} s); it runs {result.runs}")  # never wrapped
 
 
 @app.command()

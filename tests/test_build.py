@@ -116,3 +116,20 @@ def test_prune_settings_are_checked_first(tmp_path, tiny_camvid):
         tiny_build_config(tiny_camvid, tmp_path / "b", prune_ratio=1.5)
     with pytest.raises(UsageError, match="add --prune"):
         tiny_build_config(tiny_camvid, tmp_path / "b", finetune_epochs=2)
+
+
+@pytest.mark.slow
+def test_quiet_build_says_only_its_result(tmp_path, tiny_camvid, capsys):
+    """-q: no stage lines, no stage details; the result line on stdout names what a device runs from the bundle."""
+    from tests.test_cli import run_cli
+
+    code, out, err = run_cli(["-q", "build", "--model", "fcn-resnet18", "--weights", "random", "--size", "48x64",
+                              "--target", "jetson-orin-nano", "--data-root", str(tiny_camvid), "--out",
+                              str(tmp_path / "kit"), "--calib-count", "4", "--calib-strategy", "random",
+                              "--max-miou-drop", "-1", "--threads", "1", "--limit", "2"], capsys)
+    assert code == 0, err
+    assert out.splitlines() == [f"bundle ready in {tmp_path / 'kit'} ({out.split('(')[1].split(')')[0]}); it runs "
+                                "no engine yet: finish it on the jetson-orin-nano (build_engine.sh or 'edgeseg "
+                                "engine build')"]
+    assert "[1/6]" not in err and "parity with torch" not in err and "fp32: p50" not in err
+    assert (tmp_path / "kit" / "build_engine.sh").is_file()
