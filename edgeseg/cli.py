@@ -786,7 +786,7 @@ def engine_build(
     from edgeseg.engine.bundle import build_bundle
 
     result = build_bundle(bundle, precision=precision, dla_core=dla_core, workspace_mb=workspace_mb,
-                          data_root=data_root, log=_plain_log)
+                          data_root=data_root)  # progress: engine.bundle's logger (stderr, -q quiets it)
     _plain_log(f"wrote {bundle / result.engine} and {result.sidecar}")
 
 
@@ -810,7 +810,8 @@ def engine_sidecar(engine: Path = typer.Argument(..., help="the engine build_eng
     """Record the sidecar of an engine trtexec built from a bundle's kit, on the device that built it."""
     from edgeseg.engine.bundle import record_kit_engine
 
-    record_kit_engine(engine, log=_plain_log)
+    sidecar = record_kit_engine(engine)
+    _plain_log(f"wrote {engine.name}.json: TensorRT {sidecar['tensorrt']} on {sidecar['gpu']['name']}")
 
 
 @app.command("doctor")

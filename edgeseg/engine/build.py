@@ -9,6 +9,7 @@ timing and calibration caches) are relative to `base_dir`, the bundle directory,
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import time
@@ -25,18 +26,21 @@ from edgeseg.errors import EdgesegError, UsageError
 from edgeseg.lazy import lazy_import
 from edgeseg.manifest import atomic_path, library_versions, now_utc, sha256_file, write_json
 
+_log = logging.getLogger(__name__)
+
 
 class EngineBuildError(EdgesegError):
     """TensorRT could not parse the ONNX model or build the engine."""
 
 
 def build_engine(plan: BuildPlan, onnx_path: str | os.PathLike, engine_path: str | os.PathLike,
-                 calibration: CalibrationFeed | None = None, log: Callable[[str], None] = print, *,
+                 calibration: CalibrationFeed | None = None, log: Callable[[str], None] | None = None, *,
                  calibration_manifest: str | os.PathLike | None = None,
                  base_dir: str | os.PathLike | None = None) -> dict:
     """Build the engine `plan` describes from `onnx_path`, write it to `engine_path` plus its sidecar, and return
     the sidecar. `calibration` feeds the legacy INT8 calibrator when the plan has one; `calibration_manifest` is
     the calibration set behind the build (recorded by sha256); `base_dir` defaults to the engine's folder."""
+    log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
     trt = lazy_import("tensorrt")
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     base = Path(base_dir) if base_dir is not None else engine_path.parent
@@ -69,11 +73,12 @@ def build_engine(plan: BuildPlan, onnx_path: str | os.PathLike, engine_path: str
 
 
 def record_trtexec_engine(plan: BuildPlan, onnx_path: str | os.PathLike, engine_path: str | os.PathLike,
-                          log: Callable[[str], None] = print, *,
+                          log: Callable[[str], None] | None = None, *,
                           calibration_manifest: str | os.PathLike | None = None,
                           base_dir: str | os.PathLike | None = None) -> dict:
     """Write the sidecar of an engine trtexec built from `plan` (build_engine.sh) on this machine: the engine
     must load in this TensorRT, and the live GPU and TensorRT are what the sidecar records."""
+    log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
     trt = lazy_import("tensorrt")
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     base = Path(base_dir) if base_dir is not None else engine_path.parent
@@ -92,8 +97,7 @@ def record_trtexec_engine(plan: BuildPlan, onnx_path: str | os.PathLike, engine_
                               layers=_inspect(trt, engine), timing_cache=None, build_seconds=None,
                               calibration_manifest=calibration_manifest, calibration_summary=None)
     write_json(sidecar_path(engine_path), sidecar)
-    log(f"wrote {sidecar_path(engine_path).name}: TensorRT {live['tensorrt']} on {live['gpu']['name']}")
-    return sidecar
+    return sidecar  # the caller says what was written (the CLI on stdout, as the command's result)
 
 
 def compose_sidecar(plan: BuildPlan, onnx_path: Path, engine_path: Path, base: Path, live: dict, *, built_by: str,

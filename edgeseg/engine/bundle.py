@@ -18,6 +18,7 @@ engine.kit_templates; options come in as EngineOptions, results go out as Engine
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shlex
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from edgeseg.manifest import atomic_path, read_json, write_json
 from edgeseg.sizes import parse_size
 from edgeseg.target.loading import read_target_toml
 from edgeseg.target.schema import Target, target_from_device
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -215,11 +218,12 @@ def options_from_plan(plan: BuildPlan) -> BuildOptions:
 
 def finish_for_target(bundle_dir: str | os.PathLike, target: Target, precision: str,
                       options: EngineOptions | dict | None = None,
-                      log: Callable[[str], None] = print) -> EngineBuilt | KitWritten:
+                      log: Callable[[str], None] | None = None) -> EngineBuilt | KitWritten:
     """Build `bundle_dir`'s engine for `target` when this host is that target, else write the cross-build kit.
 
     options: EngineOptions (a dict is read with EngineOptions.from_dict, so an unknown name is refused).
     """
+    log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
     bundle = Path(bundle_dir)
     if not bundle.is_dir():
         raise UsageError(f"bundle {bundle} does not exist or is not a folder")
@@ -376,8 +380,9 @@ def read_kit_plan(bundle: Path) -> BuildPlan:
 
 def build_bundle(bundle_dir: str | os.PathLike, precision: str | None = None, dla_core: int | None = None,
                  workspace_mb: int | None = None, data_root: str | os.PathLike | None = None,
-                 log: Callable[[str], None] = print) -> EngineBuilt:
+                 log: Callable[[str], None] | None = None) -> EngineBuilt:
     """On the device: plan the kit again for the installed TensorRT (and any changed option), then build."""
+    log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
     bundle = Path(bundle_dir)
     if not bundle.is_dir():
         raise UsageError(f"bundle {bundle} does not exist or is not a folder")
@@ -435,8 +440,9 @@ def current_power_mode() -> str | None:
     return parsed["name"] if parsed else None
 
 
-def record_kit_engine(engine_path: str | os.PathLike, log: Callable[[str], None] = print) -> dict:
+def record_kit_engine(engine_path: str | os.PathLike, log: Callable[[str], None] | None = None) -> dict:
     """`edgeseg engine sidecar ENGINE`: the sidecar of an engine build_engine.sh (trtexec) built in a kit."""
+    log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
     from edgeseg.engine.build import record_trtexec_engine
 
     engine_path = Path(engine_path)

@@ -12,6 +12,7 @@ trt.IInt8EntropyCalibrator2 subclass, which only copies each batch to the GPU wi
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator  # Any: TensorRT objects (lazy import)
@@ -24,6 +25,8 @@ from edgeseg.manifest import atomic_path
 
 if TYPE_CHECKING:
     from edgeseg.zoo.contract import Preprocessing
+
+_log = logging.getLogger(__name__)
 
 
 class CalibrationError(EdgesegError):
@@ -39,12 +42,12 @@ class CalibrationFeed:
     """
 
     def __init__(self, batches: Callable[[], Iterable[np.ndarray]], shape: tuple[int, ...],
-                 cache_path: str | os.PathLike | None = None, log: Callable[[str], None] = print):
+                 cache_path: str | os.PathLike | None = None, log: Callable[[str], None] | None = None) -> None:
         if len(shape) != 4 or min(shape) < 1:
             raise ValueError(f"calibration shape must be four positive numbers NCHW, got {shape}")
         self.shape = tuple(int(dim) for dim in shape)
         self.cache_path = Path(cache_path) if cache_path else None
-        self.log = log
+        self.log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
         self._open_batches = batches
         self._images: Iterator[np.ndarray] | None = None
         self.batches_served = 0
@@ -158,9 +161,10 @@ def _single_images(batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
 def feed_from_manifest(manifest_path: str | os.PathLike, data_root: str | os.PathLike | None,
                        preprocessing: Preprocessing,
                        shape: tuple[int, ...], cache_path: str | os.PathLike | None,
-                       log: Callable[[str], None] = print) -> CalibrationFeed:
+                       log: Callable[[str], None] | None = None) -> CalibrationFeed:
     """A feed over the images of an edgeseg calibration manifest, preprocessed by the model's contract.
     The manifest and images are read only when TensorRT asks for the first batch (not at all with a cache)."""
+    log = log or _log.info
     from edgeseg.calibration import calibration_batches, load_calibration_set
 
     height, width = shape[2], shape[3]
