@@ -808,10 +808,11 @@ def engine_check(engine: Path = typer.Argument(..., help="an .engine file with i
 @engine_app.command("sidecar")
 def engine_sidecar(engine: Path = typer.Argument(..., help="the engine build_engine.sh (trtexec) wrote")):
     """Record the sidecar of an engine trtexec built from a bundle's kit, on the device that built it."""
+    from edgeseg.bundle_layout import sidecar_name
     from edgeseg.engine.bundle import record_kit_engine
 
     sidecar = record_kit_engine(engine)
-    _plain_log(f"wrote {engine.name}.json: TensorRT {sidecar['tensorrt']} on {sidecar['gpu']['name']}")
+    _plain_log(f"wrote {sidecar_name(engine.name)}: TensorRT {sidecar['tensorrt']} on {sidecar['gpu']['name']}")
 
 
 @app.command("doctor")
