@@ -29,6 +29,7 @@ from pathlib import Path
 CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))  # runs from a checkout without installing edgeseg
 
+from edgeseg.bundle_layout import CALIBRATION_MANIFEST, FP32_ONNX, ONNX_FILES, REPORT_JSON  # noqa: E402
 from edgeseg.cpu_variants import CpuVariant, best_variant, measure_variants  # noqa: E402
 from edgeseg.manifest import write_json  # noqa: E402
 
@@ -53,9 +54,9 @@ def nncf_defaults_peer(bundle: Path, work: Path, data_root: str | None) -> Path:
     out = work / f"{bundle.name}.nncf-defaults.xml"
     if out.is_file():
         return out
-    _, paths = load_calibration_set(bundle / "calibration.json", data_root)
-    images = list(calibration_batches(paths, onnx_preprocessing(bundle / "model.onnx")))
-    quantized = nncf.quantize(ov.Core().read_model(str(bundle / "model.onnx")), nncf.Dataset(images))
+    _, paths = load_calibration_set(bundle / CALIBRATION_MANIFEST, data_root)
+    images = list(calibration_batches(paths, onnx_preprocessing(bundle / FP32_ONNX)))
+    quantized = nncf.quantize(ov.Core().read_model(str(bundle / FP32_ONNX)), nncf.Dataset(images))
     work.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(out), compress_to_fp16=False)
     return out
@@ -64,13 +65,13 @@ def nncf_defaults_peer(bundle: Path, work: Path, data_root: str | None) -> Path:
 def variants_for(bundle: Path, peer_model: Path, hint: str) -> list[CpuVariant]:
     ours = best_variant(bundle)
     if ours is None:
-        raise SystemExit(f"{bundle}: report.json names no default CPU variant; rebuild with 'edgeseg build "
+        raise SystemExit(f"{bundle}: {REPORT_JSON} names no default CPU variant; rebuild with 'edgeseg build "
                          "--target cpu'")
-    variants = [CpuVariant("ort-cpu", "fp32", "model.onnx"),
-                CpuVariant("ort-cpu", "int8", "model.int8.onnx", "edgeseg")]
+    variants = [CpuVariant("ort-cpu", "fp32", FP32_ONNX),
+                CpuVariant("ort-cpu", "int8", ONNX_FILES["int8"], "edgeseg")]
     if ours not in variants:
         variants.append(ours)
-    variants += [CpuVariant("ov-cpu", "fp32" if hint == "f32" else "bf16", "model.onnx", hint=hint, peer=True),
+    variants += [CpuVariant("ov-cpu", "fp32" if hint == "f32" else "bf16", FP32_ONNX, hint=hint, peer=True),
                  CpuVariant("ov-cpu", "int8", str(peer_model.resolve()), "nncf-defaults", hint, peer=True)]
     return variants
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     hint = openvino_default_hint()
     for bundle in args.bundles:
-        report = json.loads((bundle / "report.json").read_text())
+        report = json.loads((bundle / REPORT_JSON).read_text())
         started = time.monotonic()
         peer = nncf_defaults_peer(bundle, args.work, args.data_root)
         variants = variants_for(bundle, peer, hint)

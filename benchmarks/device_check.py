@@ -40,6 +40,7 @@ sys.path.insert(0, str(CHECKOUT))  # runs from a checkout without installing edg
 
 from edgeseg.bench.device_check import (INT8_ROUTES, REFERENCE_MODELS, DeviceCheckConfig,  # noqa: E402
                                         run_device_check)
+from edgeseg import logs  # noqa: E402
 from edgeseg.errors import EdgesegError  # noqa: E402
 
 
@@ -72,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> DeviceCheckConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logs.configure()  # progress lines on stderr, as the CLI says them
     try:
         report = run_device_check(parse_args(argv))
     except EdgesegError as exc:

@@ -12,23 +12,33 @@ interrupted or failed build never leaves a bundle that looks complete.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from edgeseg.bundle_layout import (CALIBRATION_MANIFEST, MANIFEST_FILE, ONNX_FILES, OV_INT8_FILE, PARTIAL_MARKER,
+                                   PRUNED_WEIGHTS)
 from edgeseg.calibration import CalibConfig, make_calibration_set
-from edgeseg.cpu_variants import FILES, choose_default, measure_variants, openvino_available, plan_variants
+from edgeseg.cpu_variants import choose_default, measure_variants, openvino_available, plan_variants
 from edgeseg.errors import UsageError
 from edgeseg.export import ExportConfig, export_model, onnx_preprocessing
-from edgeseg.manifest import input_record, stage_manifest, write_json
+from edgeseg.manifest import input_record, manifest_path_for, stage_manifest, write_json
 from edgeseg.output_paths import check_output_folder
 from edgeseg.quantize import QuantizeConfig, convert_fp16, quantize_int8
 from edgeseg.report import measure_precisions, write_reports
 
-PARTIAL_MARKER = ".edgeseg-partial"
-PRECISION_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+if TYPE_CHECKING:
+    from edgeseg.card import ModelCard
+    from edgeseg.manifest import Artifact
+    from edgeseg.model_source import ModelSource
+    from edgeseg.target.schema import Target
+
+log = logging.getLogger(__name__)
+
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,7 @@ class BuildConfig:
     force: bool = False  # replace an earlier bundle at out_dir (never a folder edgeseg did not write)
     extra: dict = field(default_factory=dict)  # recorded as is
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.prune_ratio is not None and not 0 < self.prune_ratio < 1:
             raise UsageError(f"--prune must be between 0 and 1 (exclusive), e.g. 0.3; got {self.prune_ratio}")
         if self.finetune_epochs and not self.prune_ratio:
@@ -70,13 +80,56 @@ class BuildConfig:
             raise UsageError("--calib-count must be at least 1")
 
 
+@dataclass(frozen=True)
+class BuildResult:
+    """What build() made: the bundle, and what its manifest.json records beside the stage manifest's common
+    fields (manifest_fields(); the file's format is unchanged)."""
+
+    bundle: Path  # where the bundle is once the build succeeded
+    model: str
+    model_kind: str  # zoo, onnx, hf, factory (model_source)
+    target: str
+    target_resolved_from: str | None
+    artifacts: dict[str, dict]  # precision (and int8-nncf) -> path, sha256, bytes
+    layers_kept_float: list[str]
+    engine: dict[str, Any]  # EngineBuilt / KitWritten .to_dict(), or why a cpu bundle has no engine
+    seconds: float
+    card: dict | None = None
+    default_variant: str | None = None  # cpu target: the variant report.json names the default
+
+    def manifest_fields(self) -> dict[str, Any]:
+        fields = {"model": self.model, "model_kind": self.model_kind, "target": self.target,
+                  "target_resolved_from": self.target_resolved_from, "artifacts": self.artifacts,
+                  "layers_kept_float": self.layers_kept_float, "engine": self.engine, "seconds": self.seconds}
+        if self.card is not None:
+            fields["card"] = self.card
+        return fields
+
+    @property
+    def runs(self) -> str:
+        """What a device runs from the bundle, in words."""
+        if self.default_variant:
+            return f"the default CPU variant {self.default_variant}"
+        if self.engine.get("engine"):
+            return f"the TensorRT engine {self.engine['engine']}"
+        if self.engine.get("kit"):
+            return f"no engine yet: finish it on the {self.target} (build_engine.sh or 'edgeseg engine build')"
+        return "the ONNX models on ONNX Runtime"
+
+
 def bundle_dir_for(cfg: BuildConfig, target_name: str, model_name: str | None = None) -> Path:
     return Path(cfg.out_dir) if cfg.out_dir else Path("bundles") / f"{model_name or cfg.model}-{target_name}"
 
 
-def build(cfg: BuildConfig, log=print) -> Path:
+def _detail(line: str) -> None:
+    """A stage's own lines, indented under the build step that runs it (the stages that still take a `log`)."""
+    log.info("      %s", line)
+
+
+def build(cfg: BuildConfig) -> BuildResult:
     """Build a bundle for cfg.model: a zoo name, a foreign .onnx with its card (ONNX Runtime FP32 is then the
-    reference), a Hugging Face directory or a module:factory model (both exported from torch first)."""
+    reference), a Hugging Face directory or a module:factory model (both exported from torch first). Progress goes
+    to this module's logger: "[step/steps] stage" lines, each stage's own lines indented under it."""
     from edgeseg.model_source import load_card_option, load_torch, resolve_source
     from edgeseg.target_registry import load_target
 
@@ -87,6 +140,8 @@ def build(cfg: BuildConfig, log=print) -> Path:
     if cfg.prune_ratio and source.kind != "zoo":
         raise UsageError("--prune works on zoo models only")
     card = load_card_option(cfg.card, source)
+    if source.kind == "onnx" and card is None:
+        _check_adoptable(source.path)  # a foreign graph without its card fails in one line, before any work
     target = load_target(cfg.target)
     if target.kind != "cpu" and not target.supports(cfg.engine_precision):
         raise UsageError(f"target {target.name} does not support {cfg.engine_precision}; "
@@ -98,63 +153,61 @@ def build(cfg: BuildConfig, log=print) -> Path:
     _prepare_dir(work_dir)
     started = time.monotonic()
     profile = cfg.quant_profile or ("cpu" if target.kind == "cpu" else "trt")
-    steps = (7 if cfg.prune_ratio else 6) + (1 if target.kind == "cpu" else 0)
-    step = iter(range(1, steps + 1))
+    steps = _Steps((7 if cfg.prune_ratio else 6) + (1 if target.kind == "cpu" else 0))
     try:
         weights = cfg.weights
         spec = None
         if cfg.prune_ratio:
-            log(f"[{next(step)}/{steps}] prune {cfg.model} (ratio {cfg.prune_ratio}, {cfg.prune_importance})"
-                + (f", {cfg.finetune_epochs}-epoch distilled recovery fine-tune" if cfg.finetune_epochs else ""))
-            weights = str(_prune_stage(cfg, work_dir, log))
+            steps.say(f"prune {cfg.model} (ratio {cfg.prune_ratio}, {cfg.prune_importance})"
+                      + (f", {cfg.finetune_epochs}-epoch distilled recovery fine-tune" if cfg.finetune_epochs else ""))
+            weights = str(_prune_stage(cfg, work_dir))
         if source.kind == "onnx":
-            log(f"[{next(step)}/{steps}] model card into {source.path.name}'s metadata (no torch model: ONNX Runtime "
-                f"FP32 is the reference)")
-            export = adopt_onnx(source.path, card, work_dir / PRECISION_FILES["fp32"], source.name)
+            steps.say(f"model card into {source.path.name}'s metadata (no torch model: ONNX Runtime FP32 is the "
+                      f"reference)")
+            export = adopt_onnx(source.path, card, work_dir / ONNX_FILES["fp32"], source.name)
             weights_record = input_record(source.path, work_dir)
-            log(f"      {export.manifest['checks']['card']['output']} is "
-                f"{'x'.join(map(str, export.manifest['checks']['card']['output_shape']))}")
+            _detail(f"{export.manifest['checks']['card']['output']} is "
+                    f"{'x'.join(map(str, export.manifest['checks']['card']['output_shape']))}")
         else:
-            log(f"[{next(step)}/{steps}] export {cfg.model} to ONNX")
+            steps.say(f"export {cfg.model} to ONNX")
             loaded = load_torch(source, weights, card)
             export = export_model(loaded, source.name,
                                   ExportConfig(size=cfg.size, dataset=cfg.dataset, data_root=cfg.data_root),
-                                  work_dir / PRECISION_FILES["fp32"])
+                                  work_dir / ONNX_FILES["fp32"])
             weights_record, spec = loaded.input_record(base=work_dir), loaded.spec
-            log(f"      parity with torch: argmax agreement "
-                f"{export.manifest['checks']['parity']['argmax_agreement']:.4%}")
+            _detail(f"parity with torch: argmax agreement "
+                    f"{export.manifest['checks']['parity']['argmax_agreement']:.4%}")
         preprocessing = onnx_preprocessing(export.path)
-        log(f"[{next(step)}/{steps}] FP16 graph (LayerNorm, Softmax and reductions kept in FP32)")
-        convert_fp16(export.path, work_dir / PRECISION_FILES["fp16"])
-        calib = _calibration_config(cfg, log)
-        log(f"[{next(step)}/{steps}] calibration set: {cfg.calib_count} {calib.strategy} images from "
-            f"{cfg.calib_images or cfg.calib_split}")
-        calibration = make_calibration_set(preprocessing, calib, work_dir / "calibration.json")
+        steps.say("FP16 graph (LayerNorm, Softmax and reductions kept in FP32)")
+        convert_fp16(export.path, work_dir / ONNX_FILES["fp16"])
+        calib = _calibration_config(cfg)
+        steps.say(f"calibration set: {cfg.calib_count} {calib.strategy} images from "
+                  f"{cfg.calib_images or cfg.calib_split}")
+        calibration = make_calibration_set(preprocessing, calib, work_dir / CALIBRATION_MANIFEST)
         budget = cfg.max_miou_drop if labelled else None
-        log(f"[{next(step)}/{steps}] INT8 Q/DQ ({profile} profile, {cfg.quant_method})"
-            + (f", accuracy budget {budget} points on {cfg.budget_split}" if budget is not None else ""))
+        steps.say(f"INT8 Q/DQ ({profile} profile, {cfg.quant_method})"
+                  + (f", accuracy budget {budget} points on {cfg.budget_split}" if budget is not None else ""))
         if cfg.max_miou_drop is not None and not labelled:
-            log(f"      note: accuracy budget skipped: no labelled data ({cfg.dataset} not found); INT8 is not "
-                f"checked against FP32 accuracy")
+            log.warning("accuracy budget skipped: no labelled data (%s not found); INT8 is not checked against FP32 "
+                        "accuracy", cfg.dataset)
         quantized = quantize_int8(
             export.path, calibration.path,
             QuantizeConfig(profile=profile, method=cfg.quant_method, max_miou_drop=budget,
                            eval_dataset=cfg.dataset, eval_split=cfg.budget_split, eval_limit=cfg.budget_limit,
                            data_root=cfg.data_root, threads=cfg.threads),
-            work_dir / PRECISION_FILES["int8"], log=lambda line: log("      " + line))
+            work_dir / ONNX_FILES["int8"], log=_detail)
         if target.kind == "cpu" and labelled:
-            measured = _cpu_variants_stage(work_dir, cfg, calibration.path, step, steps, log)
+            measured = _cpu_variants_stage(work_dir, cfg, calibration.path, steps)
         else:
             if target.kind == "cpu":  # no labelled data: no variant can be held to the accuracy budget
-                log(f"[{next(step)}/{steps}] INT8 for OpenVINO: skipped, no labelled data to choose a CPU variant on")
-            log(f"[{next(step)}/{steps}] evaluate and time fp32 / fp16 / int8 on ONNX Runtime CPU "
-                + (f"({cfg.eval_split} split)" if labelled else "(latency only: no labelled data)"))
-            measured = measure_precisions({p: work_dir / f for p, f in PRECISION_FILES.items()}, cfg.dataset,
+                steps.say("INT8 for OpenVINO: skipped, no labelled data to choose a CPU variant on")
+            steps.say("evaluate and time fp32 / fp16 / int8 on ONNX Runtime CPU "
+                      + (f"({cfg.eval_split} split)" if labelled else "(latency only: no labelled data)"))
+            measured = measure_precisions({p: work_dir / f for p, f in ONNX_FILES.items()}, cfg.dataset,
                                           cfg.eval_split, cfg.data_root, cfg.eval_limit, cfg.threads,
-                                          cfg.latency_rounds, log=lambda line: log("      " + line),
-                                          accuracy=labelled)
-        log(f"[{next(step)}/{steps}] engine for {target.name}")
-        engine = _engine_stage(work_dir, target, cfg, spec, log)
+                                          cfg.latency_rounds, log=_detail, accuracy=labelled)
+        steps.say(f"engine for {target.name}")
+        engine = _engine_stage(work_dir, target, cfg, spec)
         checks = {"parity": export.manifest["checks"]["parity"],
                   "int8_accuracy_budget": quantized.manifest["checks"].get("accuracy")}
         if cfg.max_miou_drop is not None and not labelled:
@@ -162,50 +215,56 @@ def build(cfg: BuildConfig, log=print) -> Path:
         manifest = stage_manifest(
             "build",
             inputs={"weights": weights_record,
-                    "calibration": {"path": "calibration.json", "count": calibration.manifest["count"]}},
+                    "calibration": {"path": CALIBRATION_MANIFEST, "count": calibration.manifest["count"]}},
             # out_dir is where this manifest lives: a moved bundle must not name its old place
             settings={**{k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "force")},
                       "quant_profile": profile},
             checks=checks,
             libraries=("torch", "onnx", "onnxruntime", "onnxslim", "transformers", "torchvision",
                        "segmentation-models-pytorch"))
-        artifacts = {p: _relative_record(work_dir / f) for p, f in PRECISION_FILES.items()}
-        if (work_dir / FILES["int8-nncf"]).is_file():
-            artifacts["int8-nncf"] = _relative_record(work_dir / FILES["int8-nncf"])
-        manifest.update({"model": source.name, "model_kind": source.kind, "target": target.name,
-                         "target_resolved_from": target.resolved_from,
-                         "artifacts": artifacts,
-                         "layers_kept_float": quantized.manifest["layers_kept_float"], "engine": engine,
-                         "seconds": round(time.monotonic() - started, 1)})
-        if card is not None:
-            manifest["card"] = card.to_dict()
-        write_json(work_dir / "manifest.json", manifest)
+        artifacts = {p: _relative_record(work_dir / f) for p, f in ONNX_FILES.items()}
+        if (work_dir / OV_INT8_FILE).is_file():
+            artifacts["int8-nncf"] = _relative_record(work_dir / OV_INT8_FILE)
+        result = BuildResult(bundle=final_dir, model=source.name, model_kind=source.kind, target=target.name,
+                             target_resolved_from=target.resolved_from, artifacts=artifacts,
+                             layers_kept_float=quantized.manifest["layers_kept_float"], engine=engine,
+                             seconds=round(time.monotonic() - started, 1),
+                             card=card.to_dict() if card is not None else None,
+                             default_variant=measured["default"]["name"] if "default" in measured else None)
+        manifest.update(result.manifest_fields())
+        write_json(work_dir / MANIFEST_FILE, manifest)
         write_reports(work_dir, source.name, target.name, measured, manifest)
     except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)  # nothing half-built is left looking valid
         raise
     (work_dir / PARTIAL_MARKER).unlink()
     _replace_bundle(work_dir, final_dir, force=cfg.force)
-    log(f"bundle ready in {final_dir} ({time.monotonic() - started:.0f} s)")
-    return final_dir
+    return result
 
 
-def adopt_onnx(source: Path, card, out_path: Path, model_name: str):
+class _Steps:
+    """The "[3/7] stage" lines of a build: one number per stage, in the order they run."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self._numbers = total, iter(range(1, total + 1))
+
+    def say(self, what: str) -> None:
+        log.info("[%d/%d] %s", next(self._numbers), self.total, what)
+
+
+def adopt_onnx(source: Path, card: ModelCard | None, out_path: Path, model_name: str) -> Artifact:
     """A foreign FP32 graph into the bundle: the card checked against it and written into its metadata (or the
     graph's own edgeseg metadata kept). Parity has no torch model to compare with: the graph is the reference."""
     from edgeseg.card import check_card, write_carded_onnx
     from edgeseg.manifest import Artifact, atomic_path, sha256_file
-    from edgeseg.model_source import require_contract
 
     if card is not None:
         seen = write_carded_onnx(source, card, out_path, model_name=model_name)
     else:
-        require_contract(source)
+        _check_adoptable(source)
         from edgeseg.card import card_from_preprocessing
         from edgeseg.export import read_onnx_metadata
 
-        if read_onnx_metadata(source).get("edgeseg.precision", "fp32") != "fp32":
-            raise UsageError(f"{source} is already quantized; build from the FP32 graph")
         seen = check_card(card_from_preprocessing(onnx_preprocessing(source), output=read_onnx_metadata(source)
                                                   .get("edgeseg.output", "logits"),
                                                   output_name=read_onnx_metadata(source).get("edgeseg.output_name")),
@@ -220,11 +279,21 @@ def adopt_onnx(source: Path, card, out_path: Path, model_name: str):
                      "preprocessing": onnx_preprocessing(out_path).to_dict(),
                      "artifact": {"path": out_path.name, "sha256": sha256_file(out_path),
                                   "bytes": out_path.stat().st_size}})
-    write_json(out_path.with_name(out_path.name + ".json"), manifest)
+    write_json(manifest_path_for(out_path), manifest)
     return Artifact(out_path, manifest)
 
 
-def _has_labelled_data(cfg: BuildConfig, source, card) -> bool:
+def _check_adoptable(source: Path) -> None:
+    """A foreign graph without a card must carry edgeseg's contract, and be the FP32 graph."""
+    from edgeseg.export import read_onnx_metadata
+    from edgeseg.model_source import require_contract
+
+    require_contract(source)
+    if read_onnx_metadata(source).get("edgeseg.precision", "fp32") != "fp32":
+        raise UsageError(f"{source} is already quantized; build from the FP32 graph")
+
+
+def _has_labelled_data(cfg: BuildConfig, source: ModelSource, card: ModelCard | None) -> bool:
     """Zoo models keep their old behaviour (missing data is an error later); other models may be built from a
     plain image folder (--calib-images), with the accuracy budget and mIoU skipped and said so."""
     from edgeseg.data.datasets import open_dataset
@@ -240,13 +309,13 @@ def _has_labelled_data(cfg: BuildConfig, source, card) -> bool:
     return True
 
 
-def _calibration_config(cfg: BuildConfig, log) -> CalibConfig:
+def _calibration_config(cfg: BuildConfig) -> CalibConfig:
     if not cfg.calib_images:
         return CalibConfig(dataset=cfg.dataset, split=cfg.calib_split, data_root=cfg.data_root,
                            count=cfg.calib_count, strategy=cfg.calib_strategy)
     strategy = cfg.calib_strategy
     if strategy == "class-balanced":
-        log("      --calib-images has no masks: calibrating on a random sample instead of class-balanced")
+        _detail("--calib-images has no masks: calibrating on a random sample instead of class-balanced")
         strategy = "random"
     return CalibConfig(images_dir=cfg.calib_images, count=cfg.calib_count, strategy=strategy)
 def _replace_bundle(work_dir: Path, final_dir: Path, force: bool) -> None:
@@ -268,27 +337,26 @@ def _replace_bundle(work_dir: Path, final_dir: Path, force: bool) -> None:
     work_dir.rename(final_dir)
 
 
-def _cpu_variants_stage(work_dir: Path, cfg: BuildConfig, calibration: Path, step, steps: int, log) -> dict:
+def _cpu_variants_stage(work_dir: Path, cfg: BuildConfig, calibration: Path, steps: _Steps) -> dict:
     """The CPU target: NNCF INT8 for OpenVINO (where installed), then every CPU backend x precision measured
     side by side; the fastest within the accuracy budget becomes the bundle's default."""
-    sub = lambda line: log("      " + line)  # noqa: E731
     if openvino_available():
         from edgeseg.quantize_ov import quantize_nncf
 
-        log(f"[{next(step)}/{steps}] INT8 for OpenVINO (NNCF, same calibration set)")
-        quantize_nncf(work_dir / PRECISION_FILES["fp32"], calibration, work_dir / FILES["int8-nncf"],
-                      data_root=cfg.data_root, log=sub)
+        steps.say("INT8 for OpenVINO (NNCF, same calibration set)")
+        quantize_nncf(work_dir / ONNX_FILES["fp32"], calibration, work_dir / OV_INT8_FILE,
+                      data_root=cfg.data_root, log=_detail)
         openvino_note = None
     else:
-        log(f"[{next(step)}/{steps}] INT8 for OpenVINO: skipped, openvino is not installed")
+        steps.say("INT8 for OpenVINO: skipped, openvino is not installed")
         openvino_note = "openvino is not installed (pip install 'edgeseg[openvino]'): ONNX Runtime rows only"
-        sub(openvino_note)
+        _detail(openvino_note)
     variants = plan_variants(work_dir)
-    log(f"[{next(step)}/{steps}] evaluate and time {len(variants)} CPU variants side by side ({cfg.eval_split} split)")
+    steps.say(f"evaluate and time {len(variants)} CPU variants side by side ({cfg.eval_split} split)")
     measured = measure_variants(work_dir, variants, cfg.dataset, cfg.eval_split, cfg.data_root, cfg.eval_limit,
-                                cfg.threads, cfg.latency_rounds, log=sub)
+                                cfg.threads, cfg.latency_rounds, log=_detail)
     default = choose_default(measured["rows"], cfg.max_miou_drop)
-    sub(f"default CPU variant: {default['name']} ({default['latency_ratio']:.2f}x ORT fp32, "
+    _detail(f"default CPU variant: {default['name']} ({default['latency_ratio']:.2f}x ORT fp32, "
         f"drop {default['miou_drop']:+.2f} points"
         + (f", budget {cfg.max_miou_drop})" if cfg.max_miou_drop is not None else ")"))
     measured.update({"backend": "ort-cpu", "default": default, "max_miou_drop": cfg.max_miou_drop,
@@ -319,7 +387,7 @@ def _relative_record(path: Path) -> dict:
     return record
 
 
-def _prune_stage(cfg: BuildConfig, work_dir: Path, log) -> Path:
+def _prune_stage(cfg: BuildConfig, work_dir: Path) -> Path:
     from edgeseg.prune import PruneConfig, prune
 
     pruned = prune(PruneConfig(model=cfg.model, weights=cfg.weights, ratio=cfg.prune_ratio,
@@ -327,13 +395,13 @@ def _prune_stage(cfg: BuildConfig, work_dir: Path, log) -> Path:
                                data_root=cfg.data_root, eval_split=cfg.budget_split, eval_limit=cfg.eval_limit,
                                threads=cfg.threads, finetune_epochs=cfg.finetune_epochs,
                                distill=cfg.finetune_epochs > 0),
-                   work_dir / "pruned.safetensors", log=lambda line: log("      " + line))
+                   work_dir / PRUNED_WEIGHTS, log=_detail)
     return pruned.path
 
 
-def _engine_stage(work_dir: Path, target, cfg: BuildConfig, spec: dict | None, log) -> dict:
+def _engine_stage(work_dir: Path, target: Target, cfg: BuildConfig, spec: dict | None) -> dict:
     if target.kind == "cpu":
-        log("      cpu target: the default CPU variant (report.json) runs the bundle's files directly; no engine")
+        _detail("cpu target: the default CPU variant (report.json) runs the bundle's files directly; no engine")
         return {"engine": None, "reason": "cpu target runs ONNX Runtime / OpenVINO on the bundle's files"}
     from edgeseg.engine.bundle import EngineOptions, finish_for_target
 
@@ -342,6 +410,5 @@ def _engine_stage(work_dir: Path, target, cfg: BuildConfig, spec: dict | None, l
         if target.sparsity:  # the weights were pruned 2:4: let TensorRT pick sparse tensor-core kernels
             options = EngineOptions(sparse_weights=True)
         else:
-            log(f"      the weights are 2:4 sparse but {target.name} has no sparse tensor cores; built dense")
-    return finish_for_target(work_dir, target, cfg.engine_precision, options=options,
-                             log=lambda line: log("      " + line)).to_dict()
+            _detail(f"the weights are 2:4 sparse but {target.name} has no sparse tensor cores; built dense")
+    return finish_for_target(work_dir, target, cfg.engine_precision, options=options, log=_detail).to_dict()

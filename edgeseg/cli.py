@@ -15,6 +15,7 @@ from rich.table import Table
 from edgeseg import __version__
 from edgeseg import cli_options as opts
 from edgeseg import option_domains as domain
+from edgeseg.bundle_layout import FP32_ONNX
 from edgeseg.errors import EdgesegError, UsageError
 from edgeseg.sizes import parse_size
 from edgeseg.output_paths import check_output_file, check_output_folder
@@ -235,7 +236,7 @@ def export(
     model: str = opts.model(help="zoo name, Hugging Face directory or hub id, or package.module:factory (with "
                                  "--weights and --card)"),
     weights: Optional[str] = opts.weights(),
-    out: Path = typer.Option(Path("model.onnx"), "--out", "-o", metavar="FILE",
+    out: Path = typer.Option(Path(FP32_ONNX), "--out", "-o", metavar="FILE",
                              help="ONNX file to write (+ <file>.json manifest)"),
     size: Optional[str] = opts.size(),
     batch: int = typer.Option(1, help="static batch size"),
@@ -473,7 +474,8 @@ def build(
                       threads=threads,
                       prune_ratio=prune, finetune_epochs=finetune_epochs, card=str(card) if card else None,
                       calib_images=str(calib_images) if calib_images else None, budget_limit=budget_limit, force=force)
-    run_build(cfg, log=_plain_log)
+    result = run_build(cfg)
+    typer.echo(f"bundle ready in {result.bundle} ({result.seconds:.0f} s); it runs {result.runs}")  # never wrapped
 
 
 @app.command()
@@ -698,7 +700,7 @@ def _bench(suite, models, weights, precisions, backends, size, with_optional, da
     options = BenchOptions(out_dir=str(out) if out else None, machine=machine,
                            cache_dir=str(cache_dir) if cache_dir else None, with_optional=with_optional, plots=plots,
                            force=force)
-    result = run_bench(chosen, options, log=_plain_log)
+    result = run_bench(chosen, options)
     console.print(terminal_table(result.rows, f"edgeseg bench {chosen.name} on {result.env['machine_name']}"))
     for path in [result.out_dir / "results.json", result.out_dir / "results.csv", result.out_dir / "results.md",
                  *result.plots]:
@@ -840,7 +842,7 @@ def engine_build(
     from edgeseg.engine.bundle import build_bundle
 
     result = build_bundle(bundle, precision=precision, dla_core=dla_core, workspace_mb=workspace_mb,
-                          data_root=data_root, log=_plain_log)
+                          data_root=data_root)  # progress: engine.bundle's logger (stderr, -q quiets it)
     _plain_log(f"wrote {bundle / result.engine} and {result.sidecar}")
 
 
@@ -862,9 +864,11 @@ def engine_check(engine: Path = typer.Argument(..., help="an .engine file with i
 @engine_app.command("sidecar")
 def engine_sidecar(engine: Path = typer.Argument(..., help="the engine build_engine.sh (trtexec) wrote")):
     """Record the sidecar of an engine trtexec built from a bundle's kit, on the device that built it."""
+    from edgeseg.bundle_layout import sidecar_name
     from edgeseg.engine.bundle import record_kit_engine
 
-    record_kit_engine(engine, log=_plain_log)
+    sidecar = record_kit_engine(engine)
+    _plain_log(f"wrote {sidecar_name(engine.name)}: TensorRT {sidecar['tensorrt']} on {sidecar['gpu']['name']}")
 
 
 @app.command("doctor")

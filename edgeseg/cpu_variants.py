@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# Files a CPU bundle may hold, by role.
-FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx", "int8-nncf": "model.int8.ov.xml"}
+from edgeseg.bundle_layout import CPU_FILES as FILES  # files a CPU bundle may hold, by role
+from edgeseg.bundle_layout import REPORT_JSON
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def best_variant(bundle: Path, backend: str | None = None) -> CpuVariant | None:
     backend within the report's accuracy budget. None for bundles without rows (older or GPU bundles)."""
     import json
 
-    report = bundle / "report.json"
+    report = bundle / REPORT_JSON
     if not report.is_file():
         return None
     try:

@@ -127,8 +127,10 @@ class Artifact:
 
 
 def manifest_path_for(path: str | os.PathLike) -> Path:
+    from edgeseg.bundle_layout import sidecar_name
+
     path = Path(path)
-    return path.with_name(path.name + ".json")
+    return path.with_name(sidecar_name(path.name))
 
 
 def portable_path(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from edgeseg.bundle_layout import ENGINE_SUFFIXES, ONNX_FILES, PRECISIONS
 from edgeseg.errors import UsageError, WeightsError, first_line
 
 if TYPE_CHECKING:  # annotations only: the device side imports this module without torch
@@ -60,7 +61,7 @@ def resolve_source(spec: str) -> ModelSource:
             return ModelSource("bundle", spec, path.resolve().name, path)
         if path.suffix == ".onnx":
             return ModelSource("onnx", spec, path.stem, path)
-        if path.suffix in (".engine", ".plan", ".trt"):
+        if path.suffix in ENGINE_SUFFIXES:
             return ModelSource("engine", spec, path.stem, path)
         raise UsageError(f"{path}: cannot use a {path.suffix or 'file without suffix'} as a model; give a zoo name, "
                          f".onnx, .engine, bundle folder, Hugging Face directory or module:factory")
@@ -177,8 +178,8 @@ def contract_of(source: ModelSource, card: ModelCard | None = None,
 
 def _bundle_onnx(bundle: Path) -> Path:
     """An ONNX model of a bundle, whose metadata holds the contract (every precision carries the same one)."""
-    found = next((bundle / name for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx")
-                  if (bundle / name).is_file()), None)
+    found = next((bundle / ONNX_FILES[precision] for precision in PRECISIONS
+                  if (bundle / ONNX_FILES[precision]).is_file()), None)
     if found is None:
         raise UsageError(f"{bundle} holds no model.onnx; is it an edgeseg build bundle?")
     return found

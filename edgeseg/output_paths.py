@@ -29,7 +29,9 @@ def _read_json_object(path: Path) -> dict | None:
 
 def is_bundle(folder: Path) -> bool:
     """A bundle `edgeseg build` wrote: its manifest.json says stage 'build'."""
-    manifest = _read_json_object(folder / "manifest.json")
+    from edgeseg.bundle_layout import MANIFEST_FILE
+
+    manifest = _read_json_object(folder / MANIFEST_FILE)
     return bool(manifest) and manifest.get("stage") == "build"
 
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from edgeseg.bundle_layout import REPORT_JSON, REPORT_MD
 from edgeseg.manifest import write_json
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def write_reports(bundle: Path, model: str, target: str, measured: dict, manifes
     if "rows" in measured:  # cpu target: every backend x precision, and the default demo/bench run
         report.update({"rows": measured["rows"], "default": measured["default"],
                        "max_miou_drop": measured["max_miou_drop"], "openvino_note": measured.get("openvino_note")})
-    write_json(bundle / "report.json", report)
+    write_json(bundle / REPORT_JSON, report)
     lines = [f"# {model} for {target}", "",
              f"Accuracy on {measured['dataset']} ({measured['images']} images); latency on ONNX Runtime CPU, "
              f"{measured['latency_method']}, measured side by side in one run.", "",
@@ -144,4 +145,4 @@ def write_reports(bundle: Path, model: str, target: str, measured: dict, manifes
     deepstream = engine.get("deepstream") or {}
     if deepstream.get("config"):
         lines.append(f"DeepStream: {deepstream['config']} runs {deepstream['onnx']} ({deepstream['normalisation']}).")
-    (bundle / "report.md").write_text("\n".join(lines) + "\n")
+    (bundle / REPORT_MD).write_text("\n".join(lines) + "\n")

@@ -80,6 +80,10 @@ def test_tiny_suite_writes_json_csv_markdown_and_plots(bench_run):
     report = bench_run.report
     assert report["schema"] == 1 and report["complete"] is True
     assert list(bench_run.rows) == ROW_IDS  # torch (the reference) first; one row per configuration
+    # progress on stderr: what the cache made, then one line per row; the results (table, files) on stdout
+    assert f"export {MODEL} at 48x64 to ONNX" in bench_run.err and f"int8 graph of {MODEL}" in bench_run.err
+    assert f"[1/{len(ROW_IDS)}] " in bench_run.err and "[1/" not in bench_run.out
+    assert f"wrote {bench_run.results / 'results.json'}" in bench_run.out
     env = report["env"]
     for key in ("cpu_model", "cpu_cores", "threads", "versions", "gpu", "jetson", "machine_name"):
         assert key in env, key
@@ -184,7 +188,8 @@ def test_cached_onnx_prebuilt_model_and_passing_gates(bench_run, tmp_path, capsy
                               str(tmp_path / "results"), "--cache-dir", str(bench_run.cache), "--threads", "1",
                               "--no-plots", "--max-miou-drop", "100", "--fail-under-miou", "0"], capsys)
     assert code == 0, err
-    assert "export " not in out and "int8 graph" not in out  # every ONNX file came from the cache
+    assert "[1/" in err  # the run's progress is here, and no ONNX file was made: every one came from the cache
+    assert f"export {MODEL}" not in err and f"int8 graph of {MODEL}" not in err
     rows = {row["id"]: row for row in json.loads((tmp_path / "results" / "results.json").read_text())["rows"]}
     assert rows[f"{MODEL}/fp32/torch/48x64"]["role"] == "reference"
     assert rows["prebuilt/fp32/ort-cpu/48x64"]["status"] == "unsupported"

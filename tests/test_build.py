@@ -6,8 +6,16 @@ import json
 
 import pytest
 
-from edgeseg.build import BuildConfig, build
+from edgeseg.build import BuildConfig, BuildResult, build
 from edgeseg.errors import UsageError
+from tests.log_lines import captured
+
+
+@pytest.fixture
+def build_lines():
+    """What edgeseg.build logs: its "[n/steps]" stage lines and each stage's indented lines."""
+    with captured("edgeseg.build") as lines:
+        yield lines
 
 
 def tiny_build_config(data_root, out_dir, **overrides):
@@ -19,9 +27,10 @@ def tiny_build_config(data_root, out_dir, **overrides):
 
 
 @pytest.mark.slow
-def test_cpu_build_writes_a_complete_bundle(tmp_path, tiny_camvid):
-    lines = []
-    bundle = build(tiny_build_config(tiny_camvid, tmp_path / "bundle"), log=lines.append)
+def test_cpu_build_writes_a_complete_bundle(tmp_path, tiny_camvid, build_lines):
+    result = build(tiny_build_config(tiny_camvid, tmp_path / "bundle"))
+    bundle = result.bundle
+    lines = build_lines.lines
     for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "calibration.json", "manifest.json",
                  "report.json", "report.md", "model.onnx.json", "model.int8.onnx.json"):
         assert (bundle / name).is_file(), name
@@ -51,15 +60,22 @@ def test_cpu_build_writes_a_complete_bundle(tmp_path, tiny_camvid):
         assert all(row["inference_precision"] == row["hint"] for row in rows.values() if row["backend"] == "ov-cpu")
         assert manifest["artifacts"]["int8-nncf"]["sha256"]
     assert "**default**" in (bundle / "report.md").read_text()
+    # the result is what manifest.json records, and names the variant a device runs
+    assert isinstance(result, BuildResult) and bundle == tmp_path / "bundle"
+    assert {key: manifest[key] for key in result.manifest_fields()} == json.loads(json.dumps(result.manifest_fields()))
+    assert result.default_variant == report["default"]["name"] and result.default_variant in result.runs
+    assert result.engine == manifest["engine"] and result.engine["engine"] is None
 
 
-def test_interrupted_build_leaves_nothing_that_looks_valid(tmp_path, tiny_camvid):
+def test_interrupted_build_leaves_nothing_that_looks_valid(tmp_path, tiny_camvid, build_lines):
     def interrupt_at_quantization(line):
         if line.startswith("[4/7]"):
             raise KeyboardInterrupt
 
+    build_lines.on_line = interrupt_at_quantization
     with pytest.raises(KeyboardInterrupt):
-        build(tiny_build_config(tiny_camvid, tmp_path / "bundle"), log=interrupt_at_quantization)
+        build(tiny_build_config(tiny_camvid, tmp_path / "bundle"))
+    assert build_lines.lines[-1].startswith("[4/7] INT8 Q/DQ")  # it stopped where it was interrupted
     assert not (tmp_path / "bundle").exists()
     assert not (tmp_path / "bundle.partial").exists()
 
@@ -84,7 +100,7 @@ def test_cli_build_unwritable_output_is_one_line(tmp_path, tiny_camvid, capsys):
 
 @pytest.mark.slow
 def test_pruned_model_goes_through_build_unchanged(tmp_path, tiny_camvid):
-    bundle = build(tiny_build_config(tiny_camvid, tmp_path / "pruned", prune_ratio=0.3), log=lambda _: None)
+    bundle = build(tiny_build_config(tiny_camvid, tmp_path / "pruned", prune_ratio=0.3)).bundle
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["inputs"]["weights"]["path"].endswith("pruned.safetensors")
     pruned = json.loads((bundle / "pruned.safetensors.json").read_text())
@@ -100,3 +116,20 @@ def test_prune_settings_are_checked_first(tmp_path, tiny_camvid):
         tiny_build_config(tiny_camvid, tmp_path / "b", prune_ratio=1.5)
     with pytest.raises(UsageError, match="add --prune"):
         tiny_build_config(tiny_camvid, tmp_path / "b", finetune_epochs=2)
+
+
+@pytest.mark.slow
+def test_quiet_build_says_only_its_result(tmp_path, tiny_camvid, capsys):
+    """-q: no stage lines, no stage details; the result line on stdout names what a device runs from the bundle."""
+    from tests.test_cli import run_cli
+
+    code, out, err = run_cli(["-q", "build", "--model", "fcn-resnet18", "--weights", "random", "--size", "48x64",
+                              "--target", "jetson-orin-nano", "--data-root", str(tiny_camvid), "--out",
+                              str(tmp_path / "kit"), "--calib-count", "4", "--calib-strategy", "random",
+                              "--max-miou-drop", "-1", "--threads", "1", "--limit", "2"], capsys)
+    assert code == 0, err
+    assert out.splitlines() == [f"bundle ready in {tmp_path / 'kit'} ({out.split('(')[1].split(')')[0]}); it runs "
+                                "no engine yet: finish it on the jetson-orin-nano (build_engine.sh or 'edgeseg "
+                                "engine build')"]
+    assert "[1/6]" not in err and "parity with torch" not in err and "fp32: p50" not in err
+    assert (tmp_path / "kit" / "build_engine.sh").is_file()

@@ -26,6 +26,7 @@ from edgeseg.runners.ort import OrtRunner
 from edgeseg.target_registry import CudaDevice
 from edgeseg.zoo.contract import Preprocessing
 from tests.engine_helpers import make_bundle
+from tests.log_lines import captured
 from tests.test_engine_bundle import ORIN_LIVE, pretend_orin
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,12 +98,11 @@ def on_an_orin(monkeypatch):
 
 @pytest.mark.camvid
 def test_device_check_with_the_stand_in(tmp_path, reference_bundles, real_data, on_an_orin):
-    lines: list[str] = []
     cfg = quick_config(tmp_path, reference_bundles, real_data)
-    report = run_device_check(cfg, device=ORIN_DEVICE, log=lines.append)
+    report = run_device_check(cfg, device=ORIN_DEVICE)
 
     written = json.loads(Path(cfg.out).read_text())
-    assert written == json.loads(json.dumps(report)) and written["complete"] and written["passed"], lines
+    assert written == json.loads(json.dumps(report)) and written["complete"] and written["passed"], written
     assert written["schema"] == 1 and written["format"] == "edgeseg-device-check"
     assert written["device"]["gpu"] == {"name": "Orin", "compute_capability": "8.7", "memory_gb": 7.4}
     assert written["device"]["tensorrt"] == "10.3.0.30" and written["device"]["jetson"]["jetpack"] == "6.2"
@@ -147,7 +147,7 @@ def test_device_check_with_the_stand_in(tmp_path, reference_bundles, real_data, 
 def test_a_failed_agreement_fails_the_check(tmp_path, reference_bundles, real_data, on_an_orin, monkeypatch):
     monkeypatch.setattr("edgeseg.runners.trt.TensorRTRunner", ConstantEngine)
     cfg = quick_config(tmp_path, reference_bundles, real_data, models=("segformer-b0",), precisions=("int8",))
-    report = run_device_check(cfg, device=ORIN_DEVICE, log=lambda line: None)
+    report = run_device_check(cfg, device=ORIN_DEVICE)
     (check,) = report["checks"]
     assert check["precision"] == "int8" and not check["passed"] and check["value"] < 0.97
     assert not report["passed"] and json.loads(Path(cfg.out).read_text())["passed"] is False
@@ -158,7 +158,7 @@ def test_a_failed_build_is_an_error_row_and_the_rest_runs(tmp_path, reference_bu
     pretend_orin(monkeypatch, parse_errors=("In node 0 (parseGraph): INVALID_NODE: Unsupported op",))
     monkeypatch.setattr("edgeseg.runners.trt.TensorRTRunner", StandInEngine)
     cfg = quick_config(tmp_path, reference_bundles, real_data, models=("unet-mobilenetv2",))
-    report = run_device_check(cfg, device=ORIN_DEVICE, log=lambda line: None)
+    report = run_device_check(cfg, device=ORIN_DEVICE)
     statuses = {row["id"]: row["status"] for row in report["rows"]}
     assert statuses == {"unet-mobilenetv2/fp32/ort-cpu/32x32": "ok", "unet-mobilenetv2/fp16/trt/32x32": "error",
                         "unet-mobilenetv2/int8/trt/32x32": "error"}
@@ -176,7 +176,7 @@ def test_a_crashing_engine_is_an_error_row_with_its_type(tmp_path, reference_bun
                                                          monkeypatch):
     monkeypatch.setattr("edgeseg.runners.trt.TensorRTRunner", CrashingEngine)
     cfg = quick_config(tmp_path, reference_bundles, real_data, models=("segformer-b0",), precisions=("fp16",))
-    report = run_device_check(cfg, device=ORIN_DEVICE, log=lambda line: None)
+    report = run_device_check(cfg, device=ORIN_DEVICE)
     row = report["rows"][1]
     assert row["status"] == "error" and row["reason"].startswith("RuntimeError: [executionContext.cpp::enqueueV3]")
     assert report["demo"]["status"] == "error" and report["complete"] and not report["passed"]
@@ -185,7 +185,7 @@ def test_a_crashing_engine_is_an_error_row_with_its_type(tmp_path, reference_bun
 @pytest.mark.camvid
 def test_bench_reports_and_the_readme_merge_the_device_check(tmp_path, reference_bundles, real_data, on_an_orin):
     cfg = quick_config(tmp_path, reference_bundles, real_data, models=("segformer-b0",))
-    report = run_device_check(cfg, device=ORIN_DEVICE, log=lambda line: None)
+    report = run_device_check(cfg, device=ORIN_DEVICE)
     machine_dir = Path(cfg.out).parent
 
     # a README table from the device check alone (a machine that ran no bench)
@@ -268,14 +268,14 @@ def test_the_gpu_tests_are_the_files_with_gpu_marks():
 def test_the_gpu_tests_run_here_and_skip_saying_why():
     from edgeseg.bench.device_check import run_gpu_tests
 
-    lines: list[str] = []
-    result = run_gpu_tests(lines.append)
+    with captured("edgeseg.bench.device_check") as said:
+        result = run_gpu_tests()
     assert result["ran"] and result["exit_code"] == 0, result
     assert result["skipped"] >= 1 and result["passed"] == 0 and result["failed"] == 0  # no TensorRT here
     command = result["command"].split()
     assert command[:7] == ["python", "-m", "pytest", "-m", "gpu", "-q", "-rs"] and "tests/test_trt_runner.py" in command
     assert any("needs TensorRT" in line for line in result["skip_reasons"])
-    assert lines and lines[0].startswith("gpu tests: ")
+    assert said.lines and said.lines[0].startswith("gpu tests: ")
 
 
 def test_pytest_counts_and_the_verdict():

@@ -11,19 +11,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from edgeseg.bench.suite import ModelSpec, Suite
+from edgeseg.bundle_layout import CALIBRATION_MANIFEST, ONNX_FILES, OV_INT8_FILE, engine_name, onnx_name
 from edgeseg.errors import UsageError
 from edgeseg.manifest import sha256_file, write_json
 
-ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-OV_INT8_FILE = "model.int8.ov.xml"  # NNCF INT8 for OpenVINO (edgeseg.quantize_ov), as in a build bundle
+if TYPE_CHECKING:
+    from edgeseg.cpu_variants import CpuVariant
+
 RANDOM_SEED = 0
+
+log = logging.getLogger(__name__)
+
+
+def _detail(line: str) -> None:
+    """A stage's own lines (quantization, NNCF, the engine build), indented under the cache's line for it."""
+    log.info("    %s", line)
 
 
 @dataclass(frozen=True)
@@ -99,8 +109,8 @@ def cache_key(model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int],
 class ArtifactCache:
     """Makes (or reuses) the ONNX precisions of one zoo model at one size, stage by stage, on first demand."""
 
-    def __init__(self, cache_dir: Path, suite: Suite, log: Callable[[str], None] = print):
-        self.cache_dir, self.suite, self.log = Path(cache_dir), suite, log
+    def __init__(self, cache_dir: Path, suite: Suite) -> None:
+        self.cache_dir, self.suite = Path(cache_dir), suite
 
     def onnx_for(self, model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int], precision: str,
                  profile: str = "cpu") -> Path:
@@ -115,44 +125,44 @@ class ArtifactCache:
             if not out.is_file():
                 from edgeseg.quantize import convert_fp16
 
-                self.log(f"  fp16 graph of {model.label} at {size[0]}x{size[1]}")
+                log.info(f"  fp16 graph of {model.label} at {size[0]}x{size[1]}")
                 convert_fp16(fp32, out)
             return out
-        calibration = folder / "calibration.json"
+        calibration = folder / CALIBRATION_MANIFEST
         if not calibration.is_file():
             self._calibrate(fp32, calibration)
-        out = folder / (ONNX_FILES["int8"] if profile == "cpu" else f"model.int8-{profile}.onnx")
+        out = folder / onnx_name("int8", None if profile == "cpu" else profile)  # the cpu profile: as in a bundle
         if not out.is_file():
             from edgeseg.quantize import QuantizeConfig, quantize_int8
 
-            self.log(f"  int8 graph of {model.label} at {size[0]}x{size[1]} ({profile} profile, "
+            log.info(f"  int8 graph of {model.label} at {size[0]}x{size[1]} ({profile} profile, "
                      f"{self.suite.calib_count} {self.suite.calib_strategy} calibration images)")
             settings = QuantizeConfig(profile=profile, method=self.suite.quant_method,
                                       max_miou_drop=self.suite.quant_max_miou_drop, eval_dataset=self.suite.dataset,
                                       data_root=self.suite.data_root, threads=self.suite.threads)
-            quantize_int8(fp32, calibration, settings, out, log=lambda line: self.log("    " + line))
+            quantize_int8(fp32, calibration, settings, out, log=_detail)
         return out
 
     def ov_int8_for(self, model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int]) -> Path:
         """The NNCF INT8 OpenVINO IR, quantized on the same calibration set as the ONNX Runtime INT8 model."""
         fp32 = self.onnx_for(model, weights, size, "fp32")
-        calibration = fp32.parent / "calibration.json"
+        calibration = fp32.parent / CALIBRATION_MANIFEST
         if not calibration.is_file():
             self._calibrate(fp32, calibration)
         out = fp32.parent / OV_INT8_FILE
         if not out.is_file():
             from edgeseg.quantize_ov import quantize_nncf
 
-            self.log(f"  NNCF int8 OpenVINO IR of {model.label} at {size[0]}x{size[1]}")
+            log.info(f"  NNCF int8 OpenVINO IR of {model.label} at {size[0]}x{size[1]}")
             quantize_nncf(fp32, calibration, out, data_root=self.suite.data_root,
-                          log=lambda line: self.log("    " + line))
+                          log=_detail)
         return out
 
     def _export(self, model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int], folder: Path) -> None:
         from edgeseg.export import ExportConfig, export_model
         from edgeseg.zoo.weights import load_model
 
-        self.log(f"  export {model.label} at {size[0]}x{size[1]} to ONNX (cached in {folder})")
+        log.info(f"  export {model.label} at {size[0]}x{size[1]} to ONNX (cached in {folder})")
         loaded = load_model(model.zoo_name, weights.spec)
         config = ExportConfig(size=size, dataset=self.suite.dataset, data_root=self.suite.data_root,
                               dynamic=("batch",) if self.suite.dynamic_batch else ())
@@ -172,7 +182,7 @@ class ArtifactCache:
 
     def engine_for(self, onnx_files: dict[str, Path], precision: str) -> Path:
         """A TensorRT engine for this host's GPU, built from `onnx_files` (the symmetric INT8 graph for int8)."""
-        from edgeseg.engine.bundle import engine_name, finish_for_target
+        from edgeseg.engine.bundle import finish_for_target
         from edgeseg.engine.host import probe_host
         from edgeseg.target_registry import load_target
 
@@ -184,11 +194,11 @@ class ArtifactCache:
         folder.mkdir(parents=True, exist_ok=True)
         for name, source in onnx_files.items():
             _link_or_copy(source, folder / ONNX_FILES[name])
-        calibration = onnx_files["fp32"].parent / "calibration.json"
+        calibration = onnx_files["fp32"].parent / CALIBRATION_MANIFEST
         if calibration.is_file():
-            _link_or_copy(calibration, folder / "calibration.json")
-        self.log(f"  TensorRT {precision} engine for {host.device.name} in {folder}")
-        result = finish_for_target(folder, load_target("cuda"), precision, log=lambda line: self.log("    " + line))
+            _link_or_copy(calibration, folder / CALIBRATION_MANIFEST)
+        log.info(f"  TensorRT {precision} engine for {host.device.name} in {folder}")
+        result = finish_for_target(folder, load_target("cuda"), precision, log=_detail)
         if not result.engine:
             raise UsageError(f"no engine was built: {result.reason}")
         return folder / result.engine
@@ -232,8 +242,6 @@ def bundle_file(bundle: Path, precision: str, backend: str) -> Path | None:
     if bundle.is_file():
         return bundle
     if backend == "trt":
-        from edgeseg.engine.bundle import engine_name
-
         candidate = bundle / engine_name(precision)
     elif backend == "ov-cpu":
         default = bundle_default(bundle)
@@ -246,7 +254,7 @@ def bundle_file(bundle: Path, precision: str, backend: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def bundle_default(bundle: Path):
+def bundle_default(bundle: Path) -> CpuVariant | None:
     """The default CPU variant a bundle's report.json names (edgeseg.cpu_variants), or None."""
     from edgeseg.cpu_variants import best_variant
 

@@ -18,6 +18,7 @@ its rows (edgeseg.bench.outputs.merge_device_check).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -26,21 +27,30 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgeseg.bench.latency import measure
 from edgeseg.bench.outputs import DEVICE_CHECK_NAME, RESULTS_SCHEMA
+from edgeseg.bundle_layout import CALIBRATION_MANIFEST, FP32_ONNX, ONNX_FILES
 from edgeseg.engine.plan import parse_tensorrt_version
 from edgeseg.errors import EdgesegError, MissingDependency, UsageError
 from edgeseg.manifest import now_utc, write_json
 from edgeseg.target_registry import CudaDevice
 
+if TYPE_CHECKING:
+    from edgeseg.data.datasets import SegmentationDataset
+    from edgeseg.data.palettes import LabelSet
+    from edgeseg.runners.base import Runner
+    from edgeseg.target.schema import Target
+
+log = logging.getLogger(__name__)
+
 DEVICE_CHECK_FORMAT = "edgeseg-device-check"
 REFERENCE_MODELS = ("segformer-b0", "deeplabv3plus-mobilenetv2", "unet-mobilenetv2")
 THRESHOLDS = {"fp16": 0.99, "int8": 0.97}  # pixel agreement of the engine's argmax with ONNX Runtime FP32
-BUNDLE_FILES = ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "calibration.json")
+BUNDLE_FILES = (*ONNX_FILES.values(), CALIBRATION_MANIFEST)  # what a device check needs of a host's bundle
 INT8_ROUTES = ("auto", "qdq", "calibrator")
 HOST_COMMAND = "edgeseg build --model {model} --target <a Jetson or GPU target, e.g. jetson-orin-nano or rtx-4090>"
 
@@ -126,7 +136,7 @@ def find_bundles(folder: str | os.PathLike, models: tuple[str, ...]) -> dict[str
                          f"'{HOST_COMMAND.format(model='M')}' and copy them here")
     found: dict[str, Path] = {}
     for candidate in [root, *sorted(path for path in root.iterdir() if path.is_dir())]:
-        onnx = candidate / "model.onnx"
+        onnx = candidate / FP32_ONNX
         if onnx.is_file():
             model = read_onnx_facts(onnx).metadata.get("edgeseg.model")
             if model in models:
@@ -152,8 +162,8 @@ class Measured:
     labels: list[np.ndarray]  # the predicted label maps, at the masks' size
 
 
-def measure_runner(runner, samples: list[tuple[np.ndarray, np.ndarray]], num_classes: int, classes: tuple[str, ...],
-                   timing: dict) -> Measured:
+def measure_runner(runner: Runner, samples: list[tuple[np.ndarray, np.ndarray]], num_classes: int,
+                   classes: tuple[str, ...], timing: dict) -> Measured:
     """Latency (model only and end to end, batch 1, on the first frame) and predictions on every sample."""
     from edgeseg.data.transforms import resize_pair
     from edgeseg.evaluate import labels_at
@@ -215,9 +225,9 @@ def default_out(env: dict, machine: str | None) -> Path:
     return Path("benchmarks") / "results" / name / DEVICE_CHECK_NAME
 
 
-def run_device_check(cfg: DeviceCheckConfig, device: DeviceFacts | None = None,
-                     log: Callable[[str], None] = print) -> dict:
-    """Build, compare, time, demo and test; returns the report, written to cfg.out (or the default) as it goes."""
+def run_device_check(cfg: DeviceCheckConfig, device: DeviceFacts | None = None) -> dict:
+    """Build, compare, time, demo and test; returns the report, written to cfg.out (or the default) as it goes.
+    Progress goes to this module's logger."""
     from edgeseg.bench.env import collect_env, machine_name, slug
     from edgeseg.data.datasets import open_dataset, resolve_data_root
     from edgeseg.target_registry import list_targets, target_from_device
@@ -249,14 +259,14 @@ def run_device_check(cfg: DeviceCheckConfig, device: DeviceFacts | None = None,
         "settings": asdict(cfg), "env": env, "device": device.to_dict(), "rows": [], "checks": [], "demo": None,
         "gpu_tests": None, "passed": False,
     }
-    log(f"device check on {device.gpu.name} (compute capability {device.gpu.compute_capability}) with TensorRT "
+    log.info(f"device check on {device.gpu.name} (compute capability {device.gpu.compute_capability}) with TensorRT "
         f"{device.tensorrt}: {', '.join(cfg.models)} at {', '.join(cfg.precisions)} (INT8 by {route}); "
         f"{len(samples)} CamVid test images; writing {out}")
     engines: dict[tuple[str, str], Path] = {}
     for model, bundle in bundles.items():
         copy = _copy_bundle(bundle, work / bundle.name)
         rows, built = check_model(model, copy, target, cfg.precisions, route, samples, dataset.label_set, timing,
-                                  data_root, log)
+                                  data_root)
         report["rows"] += rows
         engines.update({(model, precision): path for precision, path in built.items()})
         report["checks"] = [row["check"] for row in report["rows"] if row.get("check")]
@@ -264,23 +274,24 @@ def run_device_check(cfg: DeviceCheckConfig, device: DeviceFacts | None = None,
 
     demo_engine = next((engines[key] for key in [(cfg.models[0], "int8"), (cfg.models[0], "fp16")]
                         if key in engines), None)
-    report["demo"] = run_demo_check(demo_engine, cfg, dataset, work, log)
-    report["gpu_tests"] = run_gpu_tests(log) if cfg.gpu_tests else {"ran": False, "reason": "--no-gpu-tests"}
+    report["demo"] = run_demo_check(demo_engine, cfg, dataset, work)
+    report["gpu_tests"] = run_gpu_tests() if cfg.gpu_tests else {"ran": False, "reason": "--no-gpu-tests"}
     report["passed"] = device_check_passed(report)
     report["complete"] = True
     write_json(out, report)
-    log(f"device check {'PASSED' if report['passed'] else 'FAILED'}: wrote {out}")
+    log.info(f"device check {'PASSED' if report['passed'] else 'FAILED'}: wrote {out}")
     return report
 
 
-def check_model(model: str, bundle: Path, target, precisions: tuple[str, ...], route: str, samples, label_set,
-                timing: dict, data_root: Path, log: Callable[[str], None]) -> tuple[list[dict], dict[str, Path]]:
+def check_model(model: str, bundle: Path, target: Target, precisions: tuple[str, ...], route: str,
+                samples: list[tuple[np.ndarray, np.ndarray]], label_set: LabelSet,
+                timing: dict, data_root: Path) -> tuple[list[dict], dict[str, Path]]:
     """The ONNX Runtime FP32 reference row, then one TensorRT row per precision; returns rows and built engines."""
     from edgeseg.bench.compare import accuracy_against
     from edgeseg.runners import open_runner
 
     classes, num_classes = label_set.classes, label_set.num_classes
-    with open_runner(bundle / "model.onnx", device="cpu") as reference_runner:
+    with open_runner(bundle / FP32_ONNX, device="cpu") as reference_runner:
         size = tuple(reference_runner.preprocessing.input_size)
         reference = measure_runner(reference_runner, samples, num_classes, classes, timing)
     size_text = f"{size[0]}x{size[1]}"
@@ -291,7 +302,7 @@ def check_model(model: str, bundle: Path, target, precisions: tuple[str, ...], r
     reference_row["accuracy"].update(reference=reference_id, agreement_miou=None, pixel_agreement=None)
     if reference_row["accuracy"]["miou"] is not None:
         reference_row["accuracy"].update(accuracy_against(reference_row["accuracy"], reference_row["accuracy"]))
-    log(f"{reference_id}: p50 {reference.row['latency_ms']['p50_ms']:.2f} ms (the FP32 reference)")
+    log.info(f"{reference_id}: p50 {reference.row['latency_ms']['p50_ms']:.2f} ms (the FP32 reference)")
     rows, built = [reference_row], {}
     for precision in precisions:
         row_id = f"{model}/{precision}/trt/{size_text}"
@@ -301,14 +312,14 @@ def check_model(model: str, bundle: Path, target, precisions: tuple[str, ...], r
         check = {"id": row_id, "model": model, "precision": precision, "metric": "pixel_agreement",
                  "reference": reference_id, "threshold": threshold, "value": None, "passed": False}
         try:
-            engine, build = build_engine_for(bundle, target, precision, route, data_root, log)
+            engine, build = build_engine_for(bundle, target, precision, route, data_root)
             with open_runner(engine) as runner:
                 measured = measure_runner(runner, samples, num_classes, classes, timing)
         except Exception as exc:  # a build or run that fails belongs to this row only; the others still run
             row.update(status="error", reason=_reason(exc))
             check["reason"] = row["reason"]
             rows.append({**row, "check": check})
-            log(f"{row_id}: error: {row['reason']}")
+            log.info(f"{row_id}: error: {row['reason']}")
             continue
         built[precision] = engine
         row.update(measured.row)
@@ -321,7 +332,7 @@ def check_model(model: str, bundle: Path, target, precisions: tuple[str, ...], r
         check.update(value=accuracy["pixel_agreement"], passed=accuracy["pixel_agreement"] >= threshold)
         row["check"] = check
         rows.append(row)
-        log(f"{row_id}: p50 {row['latency_ms']['p50_ms']:.2f} ms, agreement with FP32 "
+        log.info(f"{row_id}: p50 {row['latency_ms']['p50_ms']:.2f} ms, agreement with FP32 "
             f"{accuracy['pixel_agreement']:.4f} (needs {threshold}) {'ok' if check['passed'] else 'FAILED'}")
     return rows, built
 
@@ -333,13 +344,12 @@ def engine_options(precision: str, route: str, data_root: Path) -> dict:
     return {}
 
 
-def build_engine_for(bundle: Path, target, precision: str, route: str, data_root: Path,
-                     log: Callable[[str], None]) -> tuple[Path, dict]:
+def build_engine_for(bundle: Path, target: Target, precision: str, route: str, data_root: Path) -> tuple[Path, dict]:
     """Build the bundle's engine for this device with the engine code `edgeseg engine build` uses."""
     from edgeseg.engine.bundle import finish_for_target
     from edgeseg.engine.sidecar import read_sidecar
 
-    result = finish_for_target(bundle, target, precision, engine_options(precision, route, data_root), log=log)
+    result = finish_for_target(bundle, target, precision, engine_options(precision, route, data_root), log=log.info)
     if result.engine is None:  # this host is not the target: a kit was written instead of an engine
         raise UsageError(f"the {precision} engine was not built here: {result.reason}")
     engine = bundle / result.engine
@@ -364,7 +374,7 @@ def _copy_bundle(bundle: Path, copy: Path) -> Path:
 # ---------------------------------------------------------------------------------------------------------------
 # The demo and the GPU tests
 
-def make_clip(frames: int, dataset, folder: Path) -> Path:
+def make_clip(frames: int, dataset: SegmentationDataset, folder: Path) -> Path:
     """An mp4 of the first CamVid test frames (what a dash camera would give the demo); an image folder where
     this OpenCV cannot write mp4."""
     import cv2
@@ -386,8 +396,7 @@ def make_clip(frames: int, dataset, folder: Path) -> Path:
     return frames_dir
 
 
-def run_demo_check(engine: Path | None, cfg: DeviceCheckConfig, dataset, work: Path,
-                   log: Callable[[str], None]) -> dict:
+def run_demo_check(engine: Path | None, cfg: DeviceCheckConfig, dataset: SegmentationDataset, work: Path) -> dict:
     """`edgeseg demo` on the clip with the first model's INT8 engine (else FP16), saving the rendered video."""
     from edgeseg.demo.app import DemoConfig, run_demo
 
@@ -397,7 +406,7 @@ def run_demo_check(engine: Path | None, cfg: DeviceCheckConfig, dataset, work: P
         source = Path(cfg.clip) if cfg.clip else make_clip(cfg.demo_frames, dataset, work)
         saved = work / "demo.mp4"
         summary = run_demo(DemoConfig(model=str(engine), source=str(source), show=False, save=str(saved),
-                                      max_frames=cfg.demo_frames), log=log)
+                                      max_frames=cfg.demo_frames), log=log.info)
     except Exception as exc:  # the demo's failure is the check's result, not the end of the run
         return {"status": "error", "engine": f"{engine.parent.name}/{engine.name}", "reason": _reason(exc)}
     keep = ("frames", "mean_fps", "latency_ms", "stage_ms", "dropped_frames", "captured", "stopped_by", "backend",
@@ -408,7 +417,7 @@ def run_demo_check(engine: Path | None, cfg: DeviceCheckConfig, dataset, work: P
               **{key: summary.get(key) for key in keep}}
     if not result["frames"]:
         result.update(status="error", reason="the demo rendered no frame")
-    log(f"demo: {result.get('frames')} frames, {result.get('mean_fps') or 0:.1f} FPS with {result['engine']}")
+    log.info(f"demo: {result.get('frames')} frames, {result.get('mean_fps') or 0:.1f} FPS with {result['engine']}")
     return result
 
 
@@ -420,7 +429,7 @@ def checkout_tests() -> Path | None:
     return tests if (tests / "conftest.py").is_file() else None
 
 
-def run_gpu_tests(log: Callable[[str], None], timeout_s: float = 1800) -> dict:
+def run_gpu_tests(timeout_s: float = 1800) -> dict:
     """`pytest -m gpu` of the checkout: the tests that need TensorRT and a CUDA GPU."""
     tests = checkout_tests()
     if tests is None:
@@ -445,7 +454,7 @@ def run_gpu_tests(log: Callable[[str], None], timeout_s: float = 1800) -> dict:
     result = {"ran": True, "command": f"python -m pytest -m gpu -q -rs {shown}", "exit_code": done.returncode,
               "seconds": round(time.monotonic() - started, 1), **pytest_counts(done.stdout)}
     result["skip_reasons"] = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")][:20]
-    log(f"gpu tests: {result.get('summary') or 'no summary'} (exit code {done.returncode})")
+    log.info(f"gpu tests: {result.get('summary') or 'no summary'} (exit code {done.returncode})")
     return result
 
 

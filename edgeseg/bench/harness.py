@@ -9,6 +9,7 @@ A row that cannot run (a missing backend, an export that fails, a crash, a timeo
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -17,15 +18,17 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from edgeseg.bench.artifacts import (ArtifactCache, ResolvedWeights, backend_unavailable, bundle_default, bundle_file,
                                      check_default_weights, default_cache_dir, onnx_param_count, onnx_precision,
                                      resolve_weights)
 from edgeseg.bench.suite import BACKENDS, PRECISIONS, ModelSpec, Suite
 from edgeseg.bench.worker import RESULT_MARKER, WorkerJob
+from edgeseg.bundle_layout import FP32_ONNX
 from edgeseg.errors import EdgesegError, UsageError
 from edgeseg.output_paths import check_output_folder
+
+log = logging.getLogger(__name__)
 
 
 class NothingMeasured(EdgesegError):
@@ -154,7 +157,9 @@ def check_before_running(suite: Suite, rows: list[PlannedRow]) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Running
 
-def run_bench(suite: Suite, options: BenchOptions = BenchOptions(), log: Callable[[str], None] = print) -> BenchRun:
+def run_bench(suite: Suite, options: BenchOptions = BenchOptions()) -> BenchRun:
+    """Run every planned row of `suite`, one subprocess each, and write the results; progress (the artifacts made,
+    one line per row) goes to this module's and bench.artifacts' loggers."""
     from edgeseg.bench.env import collect_env, machine_name, slug
     from edgeseg.bench.outputs import ResultsWriter
 
@@ -172,15 +177,15 @@ def run_bench(suite: Suite, options: BenchOptions = BenchOptions(), log: Callabl
     check_output_folder(out_dir, "bench", force=options.force)
     _check_writable(out_dir)
     writer = ResultsWriter(out_dir, env, {**suite.to_dict(), "with_optional": options.with_optional})
-    runner = _RowRunner(suite, ArtifactCache(cache_dir, suite, log), weights, log)
-    log(f"bench {suite.name}: {len(rows)} rows on {machine}; results in {out_dir}")
+    runner = _RowRunner(suite, ArtifactCache(cache_dir, suite), weights)
+    log.info(f"bench {suite.name}: {len(rows)} rows on {machine}; results in {out_dir}")
     for warning in env["warnings"]:
-        log(f"warning: {warning}")
+        log.warning(warning)
     try:
         for index, planned in enumerate(rows, 1):
             record = runner.run(planned)
             writer.add(record)
-            log(f"[{index}/{len(rows)}] {row_summary(record)}")
+            log.info(f"[{index}/{len(rows)}] {row_summary(record)}")
         writer.finish()
     finally:
         runner.cleanup()
@@ -199,8 +204,8 @@ def run_bench(suite: Suite, options: BenchOptions = BenchOptions(), log: Callabl
 class _RowRunner:
     """Runs rows one by one, remembering finished rows (and their predictions) as references for later ones."""
 
-    def __init__(self, suite: Suite, cache: ArtifactCache, weights: dict[str, ResolvedWeights], log):
-        self.suite, self.cache, self.weights, self.log = suite, cache, weights, log
+    def __init__(self, suite: Suite, cache: ArtifactCache, weights: dict[str, ResolvedWeights]) -> None:
+        self.suite, self.cache, self.weights = suite, cache, weights
         self.scratch = Path(tempfile.mkdtemp(prefix="edgeseg-bench-"))
         self.finished: dict[str, tuple[dict, Path]] = {}
         self._backend_problems: dict[str, str | None] = {}
@@ -344,7 +349,7 @@ def _model_stats(row: PlannedRow, artifact: Path | None) -> tuple[float | None, 
         except Exception:  # counting is a nicety; a model the counter cannot trace still gets benchmarked
             return None, None
     source = Path(row.model.path)
-    fp32 = source if source.is_file() else source / "model.onnx"
+    fp32 = source if source.is_file() else source / FP32_ONNX
     if fp32.is_file() and onnx_precision(fp32) == "fp32":
         params = onnx_param_count(fp32)
         return (params / 1e6 if params else None), None

@@ -10,9 +10,13 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeseg.errors import UsageError
 from edgeseg.manifest import atomic_path, read_json, write_json
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 RESULTS_SCHEMA = 1
 JSON_NAME, CSV_NAME, MD_NAME = "results.json", "results.csv", "results.md"
@@ -81,7 +85,7 @@ TERMINAL_COLUMNS = (
 )
 
 
-def summary_cells(row: dict, columns=SUMMARY_COLUMNS) -> list[str]:
+def summary_cells(row: dict, columns: tuple[tuple[str, str], ...] = SUMMARY_COLUMNS) -> list[str]:
     """The row's Markdown/terminal cells; a row that did not run shows its status in the number columns."""
     flat = flat_row(row)
     cells = []
@@ -243,7 +247,7 @@ class ResultsWriter:
         return "\n".join(lines) + "\n"
 
 
-def terminal_table(rows: list[dict], title: str):
+def terminal_table(rows: list[dict], title: str) -> Table:
     from rich.table import Table
 
     table = Table(title=title)

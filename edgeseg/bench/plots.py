@@ -8,9 +8,15 @@ per_class_iou_change.png  per-class IoU change of every measured row against its
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeseg.lazy import lazy_import
 from edgeseg.manifest import atomic_path
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from matplotlib.figure import Figure
 
 LATENCY_PLOT, CLASS_PLOT = "latency_vs_miou.png", "per_class_iou_change.png"
 
@@ -108,7 +114,7 @@ def write_plots(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
     return [path for path in written if path is not None]
 
 
-def _save(plt, figure, path: Path) -> None:
+def _save(plt: ModuleType, figure: Figure, path: Path) -> None:
     figure.tight_layout()
     with atomic_path(path) as tmp:  # a crash mid-save never leaves a truncated PNG
         figure.savefig(tmp, format="png")

@@ -201,7 +201,7 @@ def jtop_sample(power: dict, stats: dict) -> TegraSample | None:
                        emc_load_pct=None, rails_mw=rails)
 
 
-def start_sampler(interval_ms: int = SAMPLE_INTERVAL_MS):
+def start_sampler(interval_ms: int = SAMPLE_INTERVAL_MS) -> TegrastatsSampler | JtopSampler | None:
     """A running sampler on a Jetson (tegrastats, else jtop), or None where there is neither."""
     executable = shutil.which("tegrastats") or ("/usr/bin/tegrastats" if os.path.exists("/usr/bin/tegrastats")
                                                 else None)

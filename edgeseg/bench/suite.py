@@ -26,6 +26,7 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from edgeseg.errors import UsageError
@@ -95,7 +96,7 @@ _MODEL_KEYS = {"name", "weights", "path", "label", "reference"}
 
 
 
-def split_list(values) -> tuple[str, ...]:
+def split_list(values: str | Iterable[str] | None) -> tuple[str, ...]:
     """CLI lists may be repeated options or comma-separated ('fp32,int8'); both give the same tuple."""
     if isinstance(values, str):
         values = [values]
@@ -228,7 +229,7 @@ def _label_for_path(path: Path) -> str:
     return path.stem if path.suffix == ".onnx" else path.name
 
 
-def _typed(value: Any, kind, where: str, key: str):
+def _typed(value: Any, kind: type | tuple[type, ...], where: str, key: str) -> Any:
     # bool is an int subclass; TOML true is never a count
     if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, (int, float))):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
@@ -243,15 +244,16 @@ def _reject_unknown(table: dict, known: set[str], where: str) -> None:
             raise UsageError(f"{where}: unknown key {key!r}{hint}")
 
 
-def _hint(word: str, candidates) -> str:
+def _hint(word: str, candidates: Iterable[str]) -> str:
     from edgeseg.zoo.registry import closest_names
 
     close = closest_names(word, candidates)
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
-def suite_for_run(suite: str | None = None, *, models=(), weights: str | None = None, precisions=(), backends=(),
-                  sizes=(), **settings) -> Suite:
+def suite_for_run(suite: str | None = None, *, models: str | Iterable[str] = (), weights: str | None = None,
+                  precisions: str | Iterable[str] = (), backends: str | Iterable[str] = (),
+                  sizes: str | Iterable[str] = (), **settings: Any) -> Suite:
     """The suite a `bench` invocation runs: a suite file (or a bare CLI one) with command-line options on top.
 
     `models`, `precisions`, `backends` and `sizes` replace the suite's lists; `settings` (dataset, split,

@@ -21,6 +21,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgeseg.runners.base import Runner
 
 RESULT_MARKER = "EDGESEG-BENCH-RESULT "
 
@@ -95,7 +99,7 @@ def gpu_memory_mb() -> tuple[float | None, str | None]:
     return None, "nvml lists no memory for this process"
 
 
-def open_backend(job: WorkerJob):
+def open_backend(job: WorkerJob) -> Runner:
     """The runner for the job's backend, refusing to fall back silently to another one."""
     if job.backend in ("torch", "torch-cuda"):
         import torch
@@ -135,7 +139,7 @@ def open_backend(job: WorkerJob):
     raise ValueError(f"unknown backend {job.backend}")
 
 
-def accepts_batch(runner, batch: int) -> bool:
+def accepts_batch(runner: Runner, batch: int) -> bool:
     first = runner.input_spec.shape[0] if runner.input_spec.shape else 1
     return runner.backend.startswith("torch") or isinstance(first, str) or first == batch
 

@@ -9,11 +9,12 @@ timing and calibration caches) are relative to `base_dir`, the bundle directory,
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable  # Any: TensorRT objects (tensorrt is imported lazily, maybe absent)
 
 from edgeseg.engine.calibrator import CalibrationFeed, make_trt_calibrator
 from edgeseg.engine.host import live_environment, primary_context
@@ -25,18 +26,21 @@ from edgeseg.errors import EdgesegError, UsageError
 from edgeseg.lazy import lazy_import
 from edgeseg.manifest import atomic_path, library_versions, now_utc, sha256_file, write_json
 
+_log = logging.getLogger(__name__)
+
 
 class EngineBuildError(EdgesegError):
     """TensorRT could not parse the ONNX model or build the engine."""
 
 
 def build_engine(plan: BuildPlan, onnx_path: str | os.PathLike, engine_path: str | os.PathLike,
-                 calibration: CalibrationFeed | None = None, log: Callable[[str], None] = print, *,
+                 calibration: CalibrationFeed | None = None, log: Callable[[str], None] | None = None, *,
                  calibration_manifest: str | os.PathLike | None = None,
                  base_dir: str | os.PathLike | None = None) -> dict:
     """Build the engine `plan` describes from `onnx_path`, write it to `engine_path` plus its sidecar, and return
     the sidecar. `calibration` feeds the legacy INT8 calibrator when the plan has one; `calibration_manifest` is
     the calibration set behind the build (recorded by sha256); `base_dir` defaults to the engine's folder."""
+    log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
     trt = lazy_import("tensorrt")
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     base = Path(base_dir) if base_dir is not None else engine_path.parent
@@ -69,11 +73,12 @@ def build_engine(plan: BuildPlan, onnx_path: str | os.PathLike, engine_path: str
 
 
 def record_trtexec_engine(plan: BuildPlan, onnx_path: str | os.PathLike, engine_path: str | os.PathLike,
-                          log: Callable[[str], None] = print, *,
+                          log: Callable[[str], None] | None = None, *,
                           calibration_manifest: str | os.PathLike | None = None,
                           base_dir: str | os.PathLike | None = None) -> dict:
     """Write the sidecar of an engine trtexec built from `plan` (build_engine.sh) on this machine: the engine
     must load in this TensorRT, and the live GPU and TensorRT are what the sidecar records."""
+    log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
     trt = lazy_import("tensorrt")
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     base = Path(base_dir) if base_dir is not None else engine_path.parent
@@ -92,8 +97,7 @@ def record_trtexec_engine(plan: BuildPlan, onnx_path: str | os.PathLike, engine_
                               layers=_inspect(trt, engine), timing_cache=None, build_seconds=None,
                               calibration_manifest=calibration_manifest, calibration_summary=None)
     write_json(sidecar_path(engine_path), sidecar)
-    log(f"wrote {sidecar_path(engine_path).name}: TensorRT {live['tensorrt']} on {live['gpu']['name']}")
-    return sidecar
+    return sidecar  # the caller says what was written (the CLI on stdout, as the command's result)
 
 
 def compose_sidecar(plan: BuildPlan, onnx_path: Path, engine_path: Path, base: Path, live: dict, *, built_by: str,
@@ -132,7 +136,7 @@ def compose_sidecar(plan: BuildPlan, onnx_path: Path, engine_path: Path, base: P
     }
 
 
-def _build(trt, plan: BuildPlan, onnx_path: Path, engine_path: Path, base: Path,
+def _build(trt: Any, plan: BuildPlan, onnx_path: Path, engine_path: Path, base: Path,
            calibration: CalibrationFeed | None, log: Callable[[str], None]) -> dict:
     logger = _logger(trt, log)
     builder = trt.Builder(logger)
@@ -203,7 +207,7 @@ def _build(trt, plan: BuildPlan, onnx_path: Path, engine_path: Path, base: Path,
     return {"seconds": seconds, "layers": layers, "timing_cache": timing_record, "calibration": calibration_summary}
 
 
-def _logger(trt, log: Callable[[str], None]):
+def _logger(trt: Any, log: Callable[[str], None]) -> Any:
     """A trt.ILogger that passes warnings and errors to `log` and keeps the errors for the failure message."""
 
     class Logger(trt.ILogger):
@@ -212,7 +216,7 @@ def _logger(trt, log: Callable[[str], None]):
             self.errors: list[str] = []
             self.placement: list[str] = []  # the builder's "Layers Running on DLA/GPU" report (INFO)
 
-        def log(self, severity, message):
+        def log(self, severity: Any, message: str) -> None:
             if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
                 self.errors.append(_one_line(message))
             if "Layers Running on" in message or "[DlaLayer]" in message or "[GpuLayer]" in message:
@@ -223,7 +227,7 @@ def _logger(trt, log: Callable[[str], None]):
     return Logger()
 
 
-def _check_input(builder, network, plan: BuildPlan):
+def _check_input(builder: Any, network: Any, plan: BuildPlan) -> Any:
     """The optimization profile for a dynamic input (None for a static one, after checking it is the plan's)."""
     if network.num_inputs != 1:
         raise UsageError(f"the ONNX model has {network.num_inputs} inputs; edgeseg engines take one image batch")
@@ -241,7 +245,7 @@ def _check_input(builder, network, plan: BuildPlan):
     return profile
 
 
-def _load_timing_cache(config, path: Path | None, log: Callable[[str], None]) -> dict | None:
+def _load_timing_cache(config: Any, path: Path | None, log: Callable[[str], None]) -> dict | None:
     """Start the build from the saved timing cache (tactic timings) when there is one; it is saved again after."""
     if path is None:
         return None
@@ -257,7 +261,7 @@ def _load_timing_cache(config, path: Path | None, log: Callable[[str], None]) ->
     return {"path": path.name, "loaded": loaded, "saved": False}
 
 
-def _inspect(trt, engine) -> dict:
+def _inspect(trt: Any, engine: Any) -> dict:
     """Layer precisions and placement from the engine inspector; best effort: the build stands without it."""
     try:
         inspector = engine.create_engine_inspector()
@@ -295,7 +299,7 @@ def _relative(path: Path, base: Path) -> str:
         return path.name
 
 
-def _one_line(value) -> str:
+def _one_line(value: object) -> str:
     text = str(value).strip()
     if not text and hasattr(value, "desc"):  # onnx parser errors: ParserError.desc()
         text = str(value.desc()).strip()

@@ -10,27 +10,28 @@ Which ONNX: fp32 -> model.onnx, fp16 -> model.fp16.onnx, int8 -> model.int8.onnx
 supported TensorRT, 8.5 included, builds). INT8 calibration inside TensorRT (IInt8EntropyCalibrator2 on the fp32
 graph) is used only when asked for (`legacy_calibrator=True`) or when the chosen ONNX has no Q/DQ.
 
-The kit's file names are in engine.kit_layout, its text (script, README) in engine.kit_templates; options come
-in as EngineOptions, results go out as EngineBuilt or KitWritten (`to_dict()` is what report.json records).
+The bundle's and the kit's file names are in edgeseg.bundle_layout, the kit's text (script, README) in
+engine.kit_templates; options come in as EngineOptions, results go out as EngineBuilt or KitWritten
+(`to_dict()` is what report.json records).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from edgeseg.bundle_layout import (CALIBRATION_MANIFEST, FAMILY_TARGETS_DIR, KIT_FILES, MODULES_FILE,  # noqa: F401
+                                   ONNX_FILES, PLAN_FILE, README_FILE, SCRIPT_FILE, TARGET_FILE,
+                                   TIMING_CACHE_PER_TARGET, engine_name, sidecar_name)
 from edgeseg.engine.host import installed_tensorrt, probe_cuda_device, probe_host, why_host_cannot_build
-from edgeseg.engine.kit_layout import (CALIBRATION_MANIFEST, FAMILY_TARGETS_DIR, KIT_FILES, MODULES_FILE,  # noqa: F401
-                                       ONNX_FOR_PRECISION, PLAN_FILE, README_FILE, SCRIPT_FILE, TARGET_FILE,
-                                       engine_name)
 from edgeseg.engine.kit_templates import render_built_readme, render_family_script, render_readme, render_script
 from edgeseg.engine.onnx_facts import OnnxFacts, read_onnx_facts
 from edgeseg.engine.plan import BuildOptions, BuildPlan, DynamicShape, StaticShape, parse_tensorrt_version, plan_build
-from edgeseg.engine.sidecar import sidecar_path
 from edgeseg.errors import UsageError
 from edgeseg.lazy import lazy_import
 from edgeseg.manifest import atomic_path, read_json, write_json
@@ -38,8 +39,7 @@ from edgeseg.sizes import parse_size
 from edgeseg.target.loading import read_target_toml
 from edgeseg.target.schema import Target, target_from_device
 
-# the timing cache is saved in the bundle per target: timings are only valid on the GPU that made them
-TIMING_CACHE_PER_TARGET = "timing.{target}.cache"
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -133,14 +133,14 @@ class OnnxChoice:
 
 def choose_onnx(bundle: Path, precision: str, legacy_calibrator: bool = False, onnx: str | None = None) -> OnnxChoice:
     """The bundle's ONNX for `precision` (or the user's `onnx`, a file in the bundle), with its facts."""
-    if precision not in ONNX_FOR_PRECISION:
-        raise UsageError(f"a bundle builds {', '.join(ONNX_FOR_PRECISION)} engines, not {precision!r}")
+    if precision not in ONNX_FILES:
+        raise UsageError(f"a bundle builds {', '.join(ONNX_FILES)} engines, not {precision!r}")
     if onnx is not None:
         name = _relative_option(onnx, "onnx")
     elif precision == "int8" and legacy_calibrator:
-        name = ONNX_FOR_PRECISION["fp32"]  # TensorRT calibrates the float graph
+        name = ONNX_FILES["fp32"]  # TensorRT calibrates the float graph
     else:
-        name = ONNX_FOR_PRECISION[precision]
+        name = ONNX_FILES[precision]
     path = bundle / name
     if not path.is_file():
         if onnx is None and precision == "int8" and not legacy_calibrator:
@@ -218,11 +218,12 @@ def options_from_plan(plan: BuildPlan) -> BuildOptions:
 
 def finish_for_target(bundle_dir: str | os.PathLike, target: Target, precision: str,
                       options: EngineOptions | dict | None = None,
-                      log: Callable[[str], None] = print) -> EngineBuilt | KitWritten:
+                      log: Callable[[str], None] | None = None) -> EngineBuilt | KitWritten:
     """Build `bundle_dir`'s engine for `target` when this host is that target, else write the cross-build kit.
 
     options: EngineOptions (a dict is read with EngineOptions.from_dict, so an unknown name is refused).
     """
+    log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
     bundle = Path(bundle_dir)
     if not bundle.is_dir():
         raise UsageError(f"bundle {bundle} does not exist or is not a folder")
@@ -256,7 +257,7 @@ def finish_for_target(bundle_dir: str | os.PathLike, target: Target, precision: 
             with atomic_path(bundle / README_FILE) as tmp:
                 tmp.write_text(render_built_readme(choice.facts.metadata.get("edgeseg.model", "model"), target,
                                                    choice.facts.preprocessing, precision))
-        return EngineBuilt(engine_name(precision), sidecar_path(engine_name(precision)).name, plan,
+        return EngineBuilt(engine_name(precision), sidecar_name(engine_name(precision)), plan,
                            sidecar["tensorrt"], sidecar["build_seconds"], deepstream)
 
     modules = module_plans(target, choice, precision, options, version) if target.family else None
@@ -379,8 +380,9 @@ def read_kit_plan(bundle: Path) -> BuildPlan:
 
 def build_bundle(bundle_dir: str | os.PathLike, precision: str | None = None, dla_core: int | None = None,
                  workspace_mb: int | None = None, data_root: str | os.PathLike | None = None,
-                 log: Callable[[str], None] = print) -> EngineBuilt:
+                 log: Callable[[str], None] | None = None) -> EngineBuilt:
     """On the device: plan the kit again for the installed TensorRT (and any changed option), then build."""
+    log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
     bundle = Path(bundle_dir)
     if not bundle.is_dir():
         raise UsageError(f"bundle {bundle} does not exist or is not a folder")
@@ -417,7 +419,7 @@ def build_bundle(bundle_dir: str | os.PathLike, precision: str | None = None, dl
     for warning in plan.warnings:
         log(f"warning: {warning}")
     sidecar = build_in_bundle(bundle, plan, data_root, log)
-    return EngineBuilt(engine_name(precision), sidecar_path(engine_name(precision)).name, plan, sidecar["tensorrt"],
+    return EngineBuilt(engine_name(precision), sidecar_name(engine_name(precision)), plan, sidecar["tensorrt"],
                        sidecar["build_seconds"])
 
 
@@ -438,8 +440,9 @@ def current_power_mode() -> str | None:
     return parsed["name"] if parsed else None
 
 
-def record_kit_engine(engine_path: str | os.PathLike, log: Callable[[str], None] = print) -> dict:
+def record_kit_engine(engine_path: str | os.PathLike, log: Callable[[str], None] | None = None) -> dict:
     """`edgeseg engine sidecar ENGINE`: the sidecar of an engine build_engine.sh (trtexec) built in a kit."""
+    log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
     from edgeseg.engine.build import record_trtexec_engine
 
     engine_path = Path(engine_path)

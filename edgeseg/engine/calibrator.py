@@ -12,15 +12,21 @@ trt.IInt8EntropyCalibrator2 subclass, which only copies each batch to the GPU wi
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator  # Any: TensorRT objects (lazy import)
 
 import numpy as np
 
 from edgeseg.errors import DataError, EdgesegError, first_line
 from edgeseg.lazy import lazy_import
 from edgeseg.manifest import atomic_path
+
+if TYPE_CHECKING:
+    from edgeseg.zoo.contract import Preprocessing
+
+_log = logging.getLogger(__name__)
 
 
 class CalibrationError(EdgesegError):
@@ -36,12 +42,12 @@ class CalibrationFeed:
     """
 
     def __init__(self, batches: Callable[[], Iterable[np.ndarray]], shape: tuple[int, ...],
-                 cache_path: str | os.PathLike | None = None, log: Callable[[str], None] = print):
+                 cache_path: str | os.PathLike | None = None, log: Callable[[str], None] | None = None) -> None:
         if len(shape) != 4 or min(shape) < 1:
             raise ValueError(f"calibration shape must be four positive numbers NCHW, got {shape}")
         self.shape = tuple(int(dim) for dim in shape)
         self.cache_path = Path(cache_path) if cache_path else None
-        self.log = log
+        self.log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
         self._open_batches = batches
         self._images: Iterator[np.ndarray] | None = None
         self.batches_served = 0
@@ -110,7 +116,7 @@ class CalibrationFeed:
     def read_calibration_cache(self) -> bytes | None:
         return self.guarded("read_calibration_cache", self.read_cache, None)
 
-    def write_calibration_cache(self, cache) -> None:
+    def write_calibration_cache(self, cache: bytes | memoryview) -> None:
         self.guarded("write_calibration_cache", lambda: self.write_cache(bytes(cache)), None)
 
     # --- exception keeping ------------------------------------------------------------------------------------
@@ -152,11 +158,13 @@ def _single_images(batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         yield from array
 
 
-def feed_from_manifest(manifest_path: str | os.PathLike, data_root: str | os.PathLike | None, preprocessing,
+def feed_from_manifest(manifest_path: str | os.PathLike, data_root: str | os.PathLike | None,
+                       preprocessing: Preprocessing,
                        shape: tuple[int, ...], cache_path: str | os.PathLike | None,
-                       log: Callable[[str], None] = print) -> CalibrationFeed:
+                       log: Callable[[str], None] | None = None) -> CalibrationFeed:
     """A feed over the images of an edgeseg calibration manifest, preprocessed by the model's contract.
     The manifest and images are read only when TensorRT asks for the first batch (not at all with a cache)."""
+    log = log or _log.info
     from edgeseg.calibration import calibration_batches, load_calibration_set
 
     height, width = shape[2], shape[3]
@@ -173,7 +181,7 @@ def feed_from_manifest(manifest_path: str | os.PathLike, data_root: str | os.Pat
     return CalibrationFeed(batches, shape, cache_path, log)
 
 
-def make_trt_calibrator(feed: CalibrationFeed):
+def make_trt_calibrator(feed: CalibrationFeed) -> Any:
     """A trt.IInt8EntropyCalibrator2 over `feed`. The class is created here because it subclasses a TensorRT
     class; the current CUDA context must be the one the builder uses (see engine.host.primary_context)."""
     trt = lazy_import("tensorrt")
@@ -188,10 +196,10 @@ def make_trt_calibrator(feed: CalibrationFeed):
         def get_batch_size(self):
             return feed.batch_size
 
-        def get_batch(self, names):  # -> one device pointer per input, or None when done
+        def get_batch(self, names: list[str]) -> list[int] | None:  # one device pointer per input, None: done
             return feed.get_batch(lambda batch: self._to_device(batch, len(names)))
 
-        def _to_device(self, batch, inputs: int) -> list[int]:
+        def _to_device(self, batch: np.ndarray, inputs: int) -> list[int]:
             if self.device_batch is None:
                 self.device_batch = cuda.mem_alloc(batch.nbytes)
             cuda.memcpy_htod(self.device_batch, batch)
@@ -200,7 +208,7 @@ def make_trt_calibrator(feed: CalibrationFeed):
         def read_calibration_cache(self):
             return feed.read_calibration_cache()
 
-        def write_calibration_cache(self, cache):
+        def write_calibration_cache(self, cache: bytes | memoryview) -> None:
             feed.write_calibration_cache(cache)
 
     return EntropyCalibrator2()

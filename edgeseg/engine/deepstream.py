@@ -26,15 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeseg import __version__
+from edgeseg.bundle_layout import (LABELS_FILE, NVINFER_CONFIG, deepstream_onnx_name,  # noqa: F401 (re-exported)
+                                   deepstream_source_onnx, nvinfer_engine_name)
 from edgeseg.errors import UsageError
 from edgeseg.lazy import lazy_import
 from edgeseg.manifest import atomic_path
 from edgeseg.zoo.contract import Preprocessing
 
-NVINFER_CONFIG, LABELS_FILE = "nvinfer_config.txt", "labels.txt"
 NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}
 MODEL_COLOR_FORMAT = {"RGB": 0, "BGR": 1}
-SOURCE_ONNX = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.fp16.onnx"}
 
 
 @dataclass(frozen=True)
@@ -55,16 +55,6 @@ def nvinfer_scaling(preprocessing: Preprocessing) -> NvinferScaling:
                           offsets=tuple(255.0 * mean for mean in preprocessing.mean),
                           std_used=std_used,
                           channel_factors=tuple(std / std_used for std in preprocessing.std))
-
-
-def deepstream_onnx_name(precision: str) -> str:
-    return SOURCE_ONNX[precision].removesuffix(".onnx") + ".deepstream.onnx"
-
-
-def nvinfer_engine_name(onnx_name: str, network_mode: int, batch: int = 1, gpu: int = 0) -> str:
-    """The file nvinfer serialises the engine it builds to (and reads on the next run): <onnx>_b1_gpu0_fp16.engine."""
-    mode = {0: "fp32", 1: "int8", 2: "fp16"}[network_mode]
-    return f"{onnx_name}_b{batch}_gpu{gpu}_{mode}.engine"
 
 
 def render_nvinfer_config(preprocessing: Preprocessing, precision: str, model_name: str = "the model") -> str:
@@ -154,7 +144,7 @@ def readme_section(preprocessing: Preprocessing, precision: str) -> list[str]:
 
 def write_deepstream(bundle: Path, preprocessing: Preprocessing, precision: str, model_name: str) -> dict:
     """Write the nvinfer config, labels and the Softmax ONNX into the bundle; returns what the build records."""
-    source = bundle / SOURCE_ONNX[precision]
+    source = bundle / deepstream_source_onnx(precision)
     if not source.is_file():
         raise UsageError(f"{bundle} has no {source.name} for the DeepStream config")
     onnx_name = deepstream_onnx_name(precision)

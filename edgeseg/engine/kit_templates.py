@@ -10,11 +10,11 @@ import shlex
 from pathlib import Path
 
 from edgeseg import __version__
-from edgeseg.engine.kit_layout import (CALIBRATION_MANIFEST, KIT_FILES, MODULES_FILE, PLAN_FILE, README_FILE,
-                                       SCRIPT_FILE, TARGET_FILE, engine_name)
+from edgeseg.bundle_layout import (BUILD_FILES, CALIBRATION_MANIFEST, KIT_FILES, LABELS_FILE, MANIFEST_FILE,
+                                   MODULES_FILE, NVINFER_CONFIG, ONNX_FILES, PLAN_FILE, README_FILE, REPORT_JSON,
+                                   REPORT_MD, SCRIPT_FILE, TARGET_FILE, engine_name, sidecar_name)
 from edgeseg.engine.onnx_facts import read_onnx_facts
 from edgeseg.engine.plan import BuildPlan, parse_tensorrt_version
-from edgeseg.engine.sidecar import sidecar_path
 from edgeseg.target.schema import Target
 
 
@@ -101,20 +101,20 @@ def family_readme(target: Target, modules: dict) -> list[str]:
 
 
 _FILE_NOTES = {
-    "model.onnx": "the model in fp32 (ONNX), with the preprocessing contract in its metadata",
-    "model.fp16.onnx": "the model in fp16 (ONNX)",
-    "model.int8.onnx": "the model with INT8 Q/DQ (ONNX), calibrated on the calibration set",
+    ONNX_FILES["fp32"]: "the model in fp32 (ONNX), with the preprocessing contract in its metadata",
+    ONNX_FILES["fp16"]: "the model in fp16 (ONNX)",
+    ONNX_FILES["int8"]: "the model with INT8 Q/DQ (ONNX), calibrated on the calibration set",
     CALIBRATION_MANIFEST: "the calibration set: image paths relative to the data root, with sha256",
-    "manifest.json": "the build's manifest: inputs, settings, versions",
-    "report.json": "the build report (accuracy, sizes, checks)",
-    "report.md": "the build report, readable",
+    MANIFEST_FILE: "the build's manifest: inputs, settings, versions",
+    REPORT_JSON: "the build report (accuracy, sizes, checks)",
+    REPORT_MD: "the build report, readable",
     TARGET_FILE: "the target this kit was prepared for",
     PLAN_FILE: "the TensorRT build plan (BuildPlan.to_dict), paths relative to this folder",
     SCRIPT_FILE: "builds the engine with trtexec",
     README_FILE: "this file",
     MODULES_FILE: "family kits: each module's target and TensorRT plan (build_engine.sh applies the device's)",
-    "nvinfer_config.txt": "DeepStream nvinfer config (semantic segmentation), paths relative to this folder",
-    "labels.txt": "class names, one a line (DeepStream labelfile-path)",
+    NVINFER_CONFIG: "DeepStream nvinfer config (semantic segmentation), paths relative to this folder",
+    LABELS_FILE: "class names, one a line (DeepStream labelfile-path)",
 }
 
 
@@ -170,7 +170,7 @@ def render_readme(bundle: Path, target: Target, plan: BuildPlan, precision: str,
         "    pip install 'edgeseg[trt]'   # on a Jetson, JetPack provides TensorRT itself",
         "    edgeseg engine build .",
         "",
-        f"This writes `{engine}` and its sidecar `{sidecar_path(engine).name}` (GPU, TensorRT, preprocessing, layer "
+        f"This writes `{engine}` and its sidecar `{sidecar_name(engine)}` (GPU, TensorRT, preprocessing, layer "
         "precisions), which `edgeseg` checks before it runs the engine. If the device has another TensorRT than "
         f"{plan.tensorrt_version}, the plan is made again for it and the changes are printed. "
         "Options: `--precision`, `--dla-core N`, `--workspace-mb N`"
@@ -196,11 +196,11 @@ def render_readme(bundle: Path, target: Target, plan: BuildPlan, precision: str,
         ]
     if plan.warnings:
         lines += ["## Warnings from the plan", ""] + [f"- {warning}" for warning in plan.warnings] + [""]
-    if (bundle / "nvinfer_config.txt").is_file():
+    if (bundle / NVINFER_CONFIG).is_file():
         lines += deepstream_readme(facts.preprocessing, precision)
     present = sorted(path.name for path in bundle.iterdir() if path.is_file() and not path.name.startswith("."))
     # manifest.json and the reports are written by 'edgeseg build' after this stage, so they are listed anyway
-    names = sorted(set(present) | set(KIT_FILES) | {"manifest.json", "report.json", "report.md"})
+    names = sorted(set(present) | set(KIT_FILES) | set(BUILD_FILES))
     lines += ["## Files", "", "| file | what |", "| --- | --- |"]
     for name in names:
         lines.append(f"| `{name}` | {_file_note(name)} |")

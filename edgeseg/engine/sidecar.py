@@ -14,9 +14,10 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from edgeseg.bundle_layout import sidecar_name
 from edgeseg.engine.plan import parse_tensorrt_version
 from edgeseg.errors import EdgesegError, UsageError
-from edgeseg.manifest import manifest_path_for, read_json
+from edgeseg.manifest import read_json
 
 SIDECAR_FORMAT = "edgeseg-engine"
 SIDECAR_SCHEMA = 1
@@ -27,7 +28,8 @@ class EngineMismatch(EdgesegError):
 
 
 def sidecar_path(engine_path: str | Path) -> Path:
-    return manifest_path_for(engine_path)
+    engine_path = Path(engine_path)
+    return engine_path.with_name(sidecar_name(engine_path.name))
 
 
 def read_sidecar(engine_path: str | Path) -> dict:

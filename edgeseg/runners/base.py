@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from edgeseg.bundle_layout import ENGINE_SUFFIXES, artifact_to_run
 from edgeseg.errors import UsageError
 from edgeseg.zoo.contract import Preprocessing
 
@@ -43,7 +44,8 @@ RUNNER_BACKENDS = ("auto", "ort-cpu", "ort-cuda", "ov-cpu", "trt")
 def open_runner(path: str | Path, device: str = "auto", threads: int | None = None,
                 backend: str = "auto") -> Runner:
     """Open an .onnx model (ONNX Runtime, or OpenVINO with backend="ov-cpu"), an OpenVINO IR (.xml), an .engine
-    (TensorRT) or a build bundle directory: its engine, else the default CPU variant its report names."""
+    (TensorRT) or a build bundle directory: the artifact bundle_layout.artifact_to_run chooses (its engine, else
+    the default CPU variant its report names, else its ONNX models)."""
     if backend not in RUNNER_BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose {', '.join(RUNNER_BACKENDS)}")
     path = Path(path)
@@ -51,7 +53,8 @@ def open_runner(path: str | Path, device: str = "auto", threads: int | None = No
         raise UsageError(f"{path} does not exist")
     hint = "f32"
     if path.is_dir():
-        path, backend, hint = _bundle_artifact(path, device, backend)
+        chosen = artifact_to_run(path, device, backend)
+        path, backend, hint = chosen.path, chosen.backend, chosen.hint
     if path.suffix == ".xml" and backend not in ("auto", "ov-cpu"):
         raise UsageError(f"{path.name} is an OpenVINO IR; run it with --backend ov-cpu, not {backend}")
     if path.suffix == ".xml" or backend == "ov-cpu":
@@ -68,30 +71,9 @@ def open_runner(path: str | Path, device: str = "auto", threads: int | None = No
         if backend in ("ort-cpu", "ort-cuda"):
             device = backend.split("-")[1]
         return OrtRunner(path, device=device, threads=threads)
-    if path.suffix in (".engine", ".plan", ".trt"):
+    if path.suffix in ENGINE_SUFFIXES:
         from edgeseg.runners.trt import TensorRTRunner
 
         return TensorRTRunner(path)
     raise UsageError(f"{path}: cannot run a {path.suffix or 'file without suffix'}; give an .onnx, .xml, .engine "
                      "or bundle")
-
-
-def _bundle_artifact(bundle: Path, device: str, backend: str) -> tuple[Path, str, str]:
-    """(file, backend, OpenVINO precision hint) to run from a bundle: a built engine where a GPU may be used,
-    else the default CPU variant of its report.json (the fastest within its accuracy budget, measured at build
-    time), else the INT8, FP16 and FP32 ONNX models on ONNX Runtime."""
-    from edgeseg.cpu_variants import best_variant
-
-    candidates = sorted(bundle.glob("*.engine"))
-    if backend in ("auto", "trt") and device in ("auto", "cuda") and candidates:
-        return candidates[0], "trt", "f32"
-    if backend == "trt":
-        raise UsageError(f"{bundle} holds no TensorRT engine; build one with 'edgeseg engine build {bundle}'")
-    if device != "cuda" and backend in ("auto", "ort-cpu", "ov-cpu"):
-        variant = best_variant(bundle, None if backend == "auto" else backend)
-        if variant is not None:
-            return bundle / variant.file, variant.backend, variant.hint or "f32"
-    for name in ("model.int8.onnx", "model.fp16.onnx", "model.onnx"):
-        if (bundle / name).is_file():
-            return bundle / name, backend, "f32"
-    raise UsageError(f"{bundle} holds no model.onnx or engine; is it an edgeseg build bundle?")
