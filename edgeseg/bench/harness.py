@@ -18,6 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from edgeseg.bench.artifacts import (ArtifactCache, ResolvedWeights, backend_unavailable, bundle_default, bundle_file,
                                      check_default_weights, default_cache_dir, onnx_param_count, onnx_precision,
@@ -303,7 +304,7 @@ class _RowRunner:
         accuracy["pixel_agreement"] = agreement["pixel_agreement"] if agreement else None
         return [] if agreement else ["the reference row predicted other images: agreement is missing"]
 
-    def _reference(self, row: PlannedRow):
+    def _reference(self, row: PlannedRow) -> tuple[dict, Path] | Literal["self"] | None:
         """The finished row whose FP32 predictions this row is compared with: the reference model's torch row,
         else its FP32 row on this row's backend, else on ONNX Runtime CPU; "self" when this row is the best
         there is; None when none ran."""

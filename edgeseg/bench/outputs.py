@@ -66,7 +66,7 @@ def size_text(row: dict) -> str:
     return "x".join(str(v) for v in row["size"])
 
 
-def _get(row: dict, section: str, key: str):
+def _get(row: dict, section: str, key: str) -> object:
     value = row.get(section)
     return value.get(key) if isinstance(value, dict) else None
 
@@ -179,7 +179,7 @@ def environment_line(env: dict) -> str:
 class ResultsWriter:
     """Holds the run's rows and rewrites results.json/.csv/.md after each one."""
 
-    def __init__(self, out_dir: Path, env: dict, suite: dict):
+    def __init__(self, out_dir: Path, env: dict, suite: dict) -> None:
         self.out_dir = Path(out_dir)
         self.env, self.suite = env, suite
         self.rows: list[dict] = []

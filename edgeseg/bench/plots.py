@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 LATENCY_PLOT, CLASS_PLOT = "latency_vs_miou.png", "per_class_iou_change.png"
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     matplotlib = lazy_import("matplotlib")
     matplotlib.use("Agg")  # files only: no display, no GUI toolkit
     return lazy_import("matplotlib.pyplot")

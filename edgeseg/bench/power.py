@@ -134,7 +134,7 @@ class TegrastatsSampler:
 
     source = "tegrastats"
 
-    def __init__(self, executable: str, interval_ms: int = SAMPLE_INTERVAL_MS):
+    def __init__(self, executable: str, interval_ms: int = SAMPLE_INTERVAL_MS) -> None:
         self._process = subprocess.Popen([executable, "--interval", str(interval_ms)], stdout=subprocess.PIPE,
                                          stderr=subprocess.DEVNULL, text=True)
         self.samples: list[TegraSample] = []
@@ -162,7 +162,7 @@ class JtopSampler:
 
     source = "jtop"
 
-    def __init__(self, interval_ms: int = SAMPLE_INTERVAL_MS):
+    def __init__(self, interval_ms: int = SAMPLE_INTERVAL_MS) -> None:
         from jtop import jtop  # optional, and only on a Jetson with the jtop service running
 
         self._jetson = jtop(interval=max(interval_ms, 100) / 1000.0)

@@ -176,7 +176,7 @@ def run_job(job: WorkerJob) -> dict:
     power_record = (power.summarize_power(samples, model_only.mean_ms, sampler.source) if sampler
                     else power.unavailable())
 
-    def end_to_end():
+    def end_to_end() -> np.ndarray:
         resized = resize_pair(frame, None, preprocessing.input_size)[0]
         labels = labels_at(runner.infer(preprocessing.normalize(resized)), frame.shape[:2])
         return palette[labels]  # the colourised image a demo would show

@@ -211,7 +211,7 @@ def _logger(trt: Any, log: Callable[[str], None]) -> Any:
     """A trt.ILogger that passes warnings and errors to `log` and keeps the errors for the failure message."""
 
     class Logger(trt.ILogger):
-        def __init__(self):
+        def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.errors: list[str] = []
             self.placement: list[str] = []  # the builder's "Layers Running on DLA/GPU" report (INFO)

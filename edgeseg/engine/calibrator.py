@@ -107,7 +107,7 @@ class CalibrationFeed:
     def get_batch(self, to_device: Callable[[np.ndarray], list[int]]) -> list[int] | None:
         """get_batch: the next batch, copied by `to_device` (which returns the device pointers); None when the
         images are used up or after a kept exception, which ends calibration."""
-        def work():
+        def work() -> list[int] | None:
             batch = self.next_batch()
             return None if batch is None else to_device(batch)
 
@@ -188,12 +188,12 @@ def make_trt_calibrator(feed: CalibrationFeed) -> Any:
     cuda = lazy_import("pycuda.driver")
 
     class EntropyCalibrator2(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
+        def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)  # pybind11 trampolines need the explicit base call
             self.feed = feed
             self.device_batch = None
 
-        def get_batch_size(self):
+        def get_batch_size(self) -> int:
             return feed.batch_size
 
         def get_batch(self, names: list[str]) -> list[int] | None:  # one device pointer per input, None: done
@@ -205,7 +205,7 @@ def make_trt_calibrator(feed: CalibrationFeed) -> Any:
             cuda.memcpy_htod(self.device_batch, batch)
             return [int(self.device_batch)] * inputs  # edgeseg models have one input
 
-        def read_calibration_cache(self):
+        def read_calibration_cache(self) -> bytes | None:
             return feed.read_calibration_cache()
 
         def write_calibration_cache(self, cache: bytes | memoryview) -> None:

@@ -10,10 +10,15 @@ away from the model, so when onnx and onnxruntime are importable a one-node ArgM
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-_sessions: dict[str, object] = {}  # logits dtype name -> ONNX Runtime session, or None where it is unavailable
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+
+# logits dtype name -> ONNX Runtime session, or None where it is unavailable
+_sessions: dict[str, InferenceSession | None] = {}
 _lock = threading.Lock()
 
 
@@ -32,7 +37,7 @@ def labels_from_logits(logits: np.ndarray) -> np.ndarray:
     return session.run(None, {"logits": np.ascontiguousarray(logits)[None]})[0][0]
 
 
-def _argmax_session(dtype: np.dtype):
+def _argmax_session(dtype: np.dtype) -> InferenceSession | None:
     key = np.dtype(dtype).name
     with _lock:
         if key not in _sessions:
@@ -40,7 +45,7 @@ def _argmax_session(dtype: np.dtype):
         return _sessions[key]
 
 
-def _build_session(dtype: np.dtype):
+def _build_session(dtype: np.dtype) -> InferenceSession | None:
     try:
         import onnxruntime as ort
         from onnx import TensorProto, helper

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,6 +13,9 @@ from edgeseg.lazy import lazy_import
 from edgeseg.runners.base import TensorSpec
 from edgeseg.zoo.contract import Preprocessing
 
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+
 METADATA_PREPROCESSING = "edgeseg.preprocessing"
 METADATA_OUTPUT = "edgeseg.output"
 
@@ -19,7 +23,7 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
               "tensor(int64)": "int64"}
 
 
-def ort_session(path: Path, device: str = "auto", threads: int | None = None):
+def ort_session(path: Path, device: str = "auto", threads: int | None = None) -> tuple[InferenceSession, str]:
     ort = lazy_import("onnxruntime")
     available = ort.get_available_providers()
     if device == "cuda" and "CUDAExecutionProvider" not in available:
@@ -38,7 +42,7 @@ def ort_session(path: Path, device: str = "auto", threads: int | None = None):
     return session, ("ort-cuda" if use_cuda else "ort-cpu")
 
 
-def read_metadata(session) -> tuple[Preprocessing | None, str]:
+def read_metadata(session: InferenceSession) -> tuple[Preprocessing | None, str]:
     custom = session.get_modelmeta().custom_metadata_map
     preprocessing = None
     if METADATA_PREPROCESSING in custom:
@@ -47,7 +51,7 @@ def read_metadata(session) -> tuple[Preprocessing | None, str]:
 
 
 class OrtRunner:
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None) -> None:
         self.path = Path(path)
         self.session, self.backend = ort_session(self.path, device, threads)
         preprocessing, self.output_kind = read_metadata(self.session)
@@ -67,7 +71,7 @@ class OrtRunner:
     def __enter__(self) -> "OrtRunner":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.session = None
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

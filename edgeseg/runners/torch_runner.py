@@ -10,7 +10,8 @@ from edgeseg.runners.base import TensorSpec
 class TorchRunner:
     output_kind = "logits"
 
-    def __init__(self, model_name: str, weights: str | None = None, device: str = "cpu", threads: int | None = None):
+    def __init__(self, model_name: str, weights: str | None = None, device: str = "cpu",
+                 threads: int | None = None) -> None:
         import torch
 
         from edgeseg.zoo.weights import load_model
@@ -27,7 +28,7 @@ class TorchRunner:
     def __enter__(self) -> "TorchRunner":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         pass
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

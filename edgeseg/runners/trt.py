@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
@@ -21,12 +22,17 @@ from edgeseg.lazy import lazy_import
 from edgeseg.runners.base import TensorSpec
 from edgeseg.zoo.contract import Preprocessing
 
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from pycuda.driver import DeviceAllocation
+
 __all__ = ["TensorRTRunner", "check_engine_compatibility", "EngineMismatch"]
 
 _AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
 
 
-def spec_shape(dims) -> tuple:
+def spec_shape(dims: Iterable[int]) -> tuple:
     """Engine dims -> TensorSpec shape: -1 (dynamic) becomes the axis name, as ONNX Runtime reports it."""
     return tuple(_AXIS_NAMES.get(index, "dynamic") if int(dim) < 0 else int(dim) for index, dim in enumerate(dims))
 
@@ -34,7 +40,7 @@ def spec_shape(dims) -> tuple:
 class TensorRTRunner:
     backend = "trt"
 
-    def __init__(self, path: str | Path, use_cuda_graph: bool = False, device_index: int = 0):
+    def __init__(self, path: str | Path, use_cuda_graph: bool = False, device_index: int = 0) -> None:
         self.path = Path(path)
         self.sidecar = read_sidecar(self.path)  # first: a missing sidecar is refused before TensorRT is imported
         bundle = str(self.path.parent) if str(self.path.parent) != "" else "."
@@ -65,7 +71,7 @@ class TensorRTRunner:
     def __enter__(self) -> "TensorRTRunner":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -94,14 +100,14 @@ class TensorRTRunner:
 
     # --- internals -------------------------------------------------------------------------------------------------
 
-    def _current(self):
+    def _current(self) -> AbstractContextManager[None]:
         runner = self
 
         class _Current:  # push the primary context for the block: any thread may call infer
-            def __enter__(self):
+            def __enter__(self) -> None:
                 runner._context.push()
 
-            def __exit__(self, *exc):
+            def __exit__(self, *exc: object) -> None:
                 runner._cuda.Context.pop()
 
         return _Current()
@@ -157,7 +163,7 @@ class TensorRTRunner:
         self._host_output, self._device_output = self._device_outputs[0]  # edgeseg models: logits or labels
         self._shape = shape
 
-    def _allocate(self, nbytes: int):
+    def _allocate(self, nbytes: int) -> DeviceAllocation:
         allocation = self._cuda.mem_alloc(nbytes)
         self._allocations.append(allocation)
         return allocation
