@@ -1,16 +1,34 @@
 """How edgeseg's modules talk: each has `log = logging.getLogger(__name__)`; the CLI configures the "edgeseg"
 logger once (cli.main) and `-q` / `-v` set how much it says. A program that imports edgeseg as a library and
-configures nothing hears only warnings, as with any library."""
+configures nothing hears only warnings, as with any library.
+
+A command that runs other stages as steps of its own (build, bench) wraps each call in `nested(indent)`: what the
+stage logs meanwhile is shown indented under the step line, as it was when stages took a `log` callable."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from typing import TextIO
+from contextvars import ContextVar
+from typing import Iterator, TextIO
 
 ROOT = "edgeseg"
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 LEVELS = {QUIET: logging.WARNING, NORMAL: logging.INFO, VERBOSE: logging.DEBUG}
+
+# The indent of information lines logged now (in this thread or task): set by nested(), read when a line is shown.
+_indent: ContextVar[str] = ContextVar("edgeseg_log_indent", default="")
+
+
+@contextlib.contextmanager
+def nested(indent: str) -> Iterator[None]:
+    """Show the information lines logged inside the block indented by `indent` more (warnings stay as they are)."""
+    token = _indent.set(_indent.get() + indent)
+    try:
+        yield
+    finally:
+        _indent.reset(token)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -35,7 +53,7 @@ class _Format(logging.Formatter):
         message = record.getMessage()
         if record.levelno >= logging.WARNING:
             return f"edgeseg: {record.levelname.lower()}: {message}"
-        return message
+        return _indent.get() + message
 
 
 def configure(verbosity: int = NORMAL) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -12,6 +13,17 @@ import pytest
 from edgeseg.data.palettes import CAMVID
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _edgeseg_logger_as_it_was():
+    """cli.main configures the "edgeseg" logger for the process (a stderr handler, a level); put it back after
+    each test, so a stage a later test calls directly is as quiet as a library and its lines never land in
+    another test's captured stderr."""
+    logger = logging.getLogger("edgeseg")
+    saved = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def camvid_root() -> Path | None:

@@ -27,9 +27,10 @@ class LogLines(logging.Handler):
 
 
 @contextlib.contextmanager
-def captured(name: str) -> Iterator[LogLines]:
+def captured(name: str, on_line: Callable[[str], None] | None = None) -> Iterator[LogLines]:
+    """The records of logger `name` and its children while the block runs (`on_line` also gets each message)."""
     logger = logging.getLogger(name)
-    handler, level = LogLines(), logger.level
+    handler, level = LogLines(on_line), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     try:

@@ -83,6 +83,24 @@ def test_progress_lines_come_once_the_interval_has_passed(edgeseg_logging, capsy
     assert capsys.readouterr().err == ""  # a stage under 10 s says nothing
 
 
+def test_a_stage_run_as_a_step_is_shown_indented_under_it(edgeseg_logging, capsys):
+    """build and bench run stages inside logs.nested(indent): the stage's own lines (its module logger, no `log`
+    callable) come out indented under the step line; warnings keep their one-line form; the indent ends with the
+    block."""
+    import logging
+
+    stage = logging.getLogger("edgeseg.report")
+    edgeseg_logging.info("[7/8] evaluate")
+    with logs.nested("      "):
+        stage.info("fp32: mIoU 0.4384")
+        with logs.nested("  "):
+            stage.info("deeper")
+        stage.warning("no labelled data")
+    stage.info("after")
+    assert capsys.readouterr().err.splitlines() == ["[7/8] evaluate", "      fp32: mIoU 0.4384", "        deeper",
+                                                    "edgeseg: warning: no labelled data", "after"]
+
+
 def test_evaluation_reports_progress_on_a_slow_split(edgeseg_logging, capsys, tmp_path, monkeypatch):
     from tests.test_fit import colour_bands
 
