@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -40,6 +41,7 @@ from edgeseg.fit import fit_frame, is_dynamic, plan_fit  # noqa: E402
 from edgeseg.demo.render import MODES  # noqa: E402
 from edgeseg.demo.sources import open_source, parse_source  # noqa: E402
 from edgeseg.errors import EdgesegError, UsageError  # noqa: E402
+from edgeseg.logs import configure as configure_logging  # noqa: E402
 from edgeseg.manifest import write_json  # noqa: E402
 from edgeseg.runners import open_runner  # noqa: E402
 from edgeseg.zoo.contract import FITS  # noqa: E402
@@ -49,7 +51,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 
 def first_frame(source: str) -> np.ndarray:
-    opened = open_source(parse_source(source), log=lambda message: None)
+    opened = open_source(parse_source(source))
     try:
         frame = opened.read()
     finally:
@@ -79,12 +81,14 @@ def model_only(model: str, frame: np.ndarray, args: argparse.Namespace) -> dict:
                    "p99": round(float(np.percentile(times, 99)), 3)}}
 
 
-class Viewer:
+class Viewer(logging.Handler):
     """A headless Chromium on the demo's --serve page for the whole run. It is started from the demo's log line
-    that gives the page's address, and the run waits until the server counts it as a viewer, so every measured
-    frame is also encoded and streamed to a browser."""
+    that gives the page's address (this handler listens to edgeseg.demo.app while the run lasts), and the run
+    waits until the server counts it as a viewer, so every measured frame is also encoded and streamed to a
+    browser."""
 
     def __init__(self, kind: str):
+        super().__init__(logging.INFO)
         self.wanted = kind == "chromium"
         self.attached = 0
         self._browser: subprocess.Popen | None = None
@@ -93,11 +97,11 @@ class Viewer:
     def __enter__(self) -> "Viewer":
         if self.wanted and not shutil.which("chromium"):
             raise UsageError("--viewer chromium needs Debian's chromium (apt-get install chromium)")
+        logging.getLogger("edgeseg.demo.app").addHandler(self)
         return self
 
-    def log(self, message: str) -> None:
-        print(f"edgeseg: {message}", file=sys.stderr)
-        found = re.search(r"serving the live view on (http://\S+)", message)
+    def emit(self, record: logging.LogRecord) -> None:
+        found = re.search(r"serving the live view on (http://\S+)", record.getMessage())
         if not (self.wanted and found):
             return
         url = found.group(1)
@@ -114,6 +118,7 @@ class Viewer:
                 self.attached = json.loads(response.read())["viewers"]
 
     def __exit__(self, *exc) -> None:
+        logging.getLogger("edgeseg.demo.app").removeHandler(self)
         if self._browser is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._browser.pid, signal.SIGTERM)
@@ -141,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="JSON to write (default: benchmarks/results/...)")
     args = parser.parse_args(argv)
+    configure_logging()  # the demo's lines on stderr, as `edgeseg demo` shows them (and Viewer hears them)
     try:
         if parse_source(args.source).live:
             raise UsageError("--source must be a video file or image folder: a camera's rate caps the demo's FPS")
@@ -155,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             with Viewer(args.viewer) as viewer:
                 summary = run_demo(DemoConfig(model=args.model, source=args.source, show=False, mode=args.mode,
                                               max_frames=args.frames, device=args.device, threads=args.threads,
-                                              fit=args.fit, serve="127.0.0.1:0" if viewer.wanted else None),
-                                   log=viewer.log)
+                                              fit=args.fit, serve="127.0.0.1:0" if viewer.wanted else None))
             summary["viewers"] = viewer.attached
             ratio = summary["mean_fps"] / ceiling["fps"] if ceiling["fps"] else float("nan")
             rounds.append({"demo": summary, "model_only": ceiling, "demo_over_model_fps": round(ratio, 3)})

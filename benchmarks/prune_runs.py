@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from edgeseg.bench.env import collect_env
+from edgeseg.logs import configure as configure_logging
 from edgeseg.manifest import write_json
 from edgeseg.prune import PruneConfig, prune
 
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "prune")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
+    configure_logging()  # the prune stage's findings on stderr, as `edgeseg prune` shows them
 
     weights = parse_weights(args.weights)
     for model in args.models:
@@ -71,7 +73,7 @@ def main() -> None:
                           finetune_batch_size=args.batch_size, distill=not args.no_distill and args.finetune_epochs > 0,
                           device=args.device)
         checkpoint = args.work_dir / f"{model}-r{args.ratio:g}.safetensors"
-        artifact = prune(cfg, checkpoint, log=print)
+        artifact = prune(cfg, checkpoint)
         metrics = artifact.manifest["metrics"]
         row = {"model": model, "weights": artifact.manifest.get("pruned_from"), "ratio": args.ratio,
                "importance": args.importance, "finetune_epochs": args.finetune_epochs, "distill": cfg.distill,

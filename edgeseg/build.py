@@ -26,6 +26,7 @@ from edgeseg.calibration import CalibConfig, make_calibration_set
 from edgeseg.cpu_variants import choose_default, measure_variants, openvino_available, plan_variants
 from edgeseg.errors import UsageError
 from edgeseg.export import ExportConfig, export_model, onnx_preprocessing
+from edgeseg.logs import nested
 from edgeseg.manifest import input_record, manifest_path_for, stage_manifest, write_json
 from edgeseg.output_paths import check_output_folder
 from edgeseg.quantize import QuantizeConfig, convert_fp16, quantize_int8
@@ -121,9 +122,14 @@ def bundle_dir_for(cfg: BuildConfig, target_name: str, model_name: str | None = 
     return Path(cfg.out_dir) if cfg.out_dir else Path("bundles") / f"{model_name or cfg.model}-{target_name}"
 
 
+DETAIL = " " * 6  # a stage's own lines are shown indented by this under the build step that runs it
+
+
 def _detail(line: str) -> None:
-    """A stage's own lines, indented under the build step that runs it (the stages that still take a `log`)."""
-    log.info("      %s", line)
+    """A line of build's own under the current step; also the `log` of the stages that still take one (quantize,
+    quantize_ov, cpu_variants: until they log through their module loggers, then their calls go into
+    nested(DETAIL) like the others)."""
+    log.info("%s%s", DETAIL, line)
 
 
 def build(cfg: BuildConfig) -> BuildResult:
@@ -195,7 +201,7 @@ def build(cfg: BuildConfig) -> BuildResult:
             QuantizeConfig(profile=profile, method=cfg.quant_method, max_miou_drop=budget,
                            eval_dataset=cfg.dataset, eval_split=cfg.budget_split, eval_limit=cfg.budget_limit,
                            data_root=cfg.data_root, threads=cfg.threads),
-            work_dir / ONNX_FILES["int8"], log=_detail)
+            work_dir / ONNX_FILES["int8"], log=_detail)  # quantize still takes log= (converted on another branch)
         if target.kind == "cpu" and labelled:
             measured = _cpu_variants_stage(work_dir, cfg, calibration.path, steps)
         else:
@@ -203,9 +209,10 @@ def build(cfg: BuildConfig) -> BuildResult:
                 steps.say("INT8 for OpenVINO: skipped, no labelled data to choose a CPU variant on")
             steps.say("evaluate and time fp32 / fp16 / int8 on ONNX Runtime CPU "
                       + (f"({cfg.eval_split} split)" if labelled else "(latency only: no labelled data)"))
-            measured = measure_precisions({p: work_dir / f for p, f in ONNX_FILES.items()}, cfg.dataset,
-                                          cfg.eval_split, cfg.data_root, cfg.eval_limit, cfg.threads,
-                                          cfg.latency_rounds, log=_detail, accuracy=labelled)
+            with nested(DETAIL):
+                measured = measure_precisions({p: work_dir / f for p, f in ONNX_FILES.items()}, cfg.dataset,
+                                              cfg.eval_split, cfg.data_root, cfg.eval_limit, cfg.threads,
+                                              cfg.latency_rounds, accuracy=labelled)
         steps.say(f"engine for {target.name}")
         engine = _engine_stage(work_dir, target, cfg, spec)
         checks = {"parity": export.manifest["checks"]["parity"],
@@ -390,12 +397,13 @@ def _relative_record(path: Path) -> dict:
 def _prune_stage(cfg: BuildConfig, work_dir: Path) -> Path:
     from edgeseg.prune import PruneConfig, prune
 
-    pruned = prune(PruneConfig(model=cfg.model, weights=cfg.weights, ratio=cfg.prune_ratio,
-                               importance=cfg.prune_importance, size=cfg.size, dataset=cfg.dataset,
-                               data_root=cfg.data_root, eval_split=cfg.budget_split, eval_limit=cfg.eval_limit,
-                               threads=cfg.threads, finetune_epochs=cfg.finetune_epochs,
-                               distill=cfg.finetune_epochs > 0),
-                   work_dir / PRUNED_WEIGHTS, log=_detail)
+    with nested(DETAIL):
+        pruned = prune(PruneConfig(model=cfg.model, weights=cfg.weights, ratio=cfg.prune_ratio,
+                                   importance=cfg.prune_importance, size=cfg.size, dataset=cfg.dataset,
+                                   data_root=cfg.data_root, eval_split=cfg.budget_split, eval_limit=cfg.eval_limit,
+                                   threads=cfg.threads, finetune_epochs=cfg.finetune_epochs,
+                                   distill=cfg.finetune_epochs > 0),
+                       work_dir / PRUNED_WEIGHTS)
     return pruned.path
 
 
@@ -411,4 +419,5 @@ def _engine_stage(work_dir: Path, target: Target, cfg: BuildConfig, spec: dict |
             options = EngineOptions(sparse_weights=True)
         else:
             _detail(f"the weights are 2:4 sparse but {target.name} has no sparse tensor cores; built dense")
-    return finish_for_target(work_dir, target, cfg.engine_precision, options=options, log=_detail).to_dict()
+    with nested(DETAIL):
+        return finish_for_target(work_dir, target, cfg.engine_precision, options=options).to_dict()

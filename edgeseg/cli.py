@@ -3,6 +3,7 @@ errors from the stages (EdgesegError) become one line on stderr and a non-zero e
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -33,6 +34,8 @@ app.add_typer(data_app, name="data")
 # Pipes and CI logs get a wide fixed width so tables are not folded into unreadable columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
 
+log = logging.getLogger(__name__)
+
 DIST_BACKEND_HELP = "under torchrun: gloo (CPU), nccl (CUDA GPUs) or auto (nccl when the device is CUDA)"
 DIST_TIMEOUT_HELP = "under torchrun: seconds a process waits for the others before giving up with an error"
 
@@ -42,7 +45,7 @@ def _quiet(line: str) -> None:
 
 
 def _plain_log(line: str) -> None:
-    # Build logs carry TensorRT's own text and names like edgeseg[trt]: print them as they are, not as markup.
+    # The `log` of quantize_int8, which still takes one (it is converted to its module logger on another branch).
     console.print(line, markup=False, highlight=False)
 
 
@@ -411,7 +414,7 @@ def _calibration_from_images(onnx_model: Path, card: ModelCard | None, images: P
     available = len([p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]) if images.is_dir() else count
     artifact = make_calibration_set(preprocessing, CalibConfig(images_dir=str(images), count=min(count, available)
                                                                or 1, strategy="random"), out)
-    _plain_log(f"calibration set: {artifact.manifest['count']} random images from {images} ({out})")
+    log.info(f"calibration set: {artifact.manifest['count']} random images from {images} ({out})")
     return out
 
 
@@ -550,10 +553,10 @@ def demo(
 
         domain.one_of("--fit", fit, FITS)
     if print_pipeline:
-        from edgeseg.demo.sources import print_pipeline as show_pipeline
+        from edgeseg.demo.sources import pipeline_for
 
-        raise typer.Exit(show_pipeline(source, out=lambda line: console.print(line, markup=False, highlight=False,
-                                                                              soft_wrap=True)))
+        typer.echo(pipeline_for(source))  # the result asked for, on stdout; which backend would open it: the log
+        raise typer.Exit(0)
     if model is None:
         raise UsageError("demo needs --model (an .onnx, .engine or build bundle folder)")
     import contextlib
@@ -568,7 +571,7 @@ def demo(
         torch_model = torch_source(model)
         if torch_model is not None:  # a PyTorch model runs as its ONNX export (torch only because one was given)
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeseg-demo-")))
-            model = str(export_for_running(torch_model, weights, loaded_card, scratch, log=_plain_log))
+            model = str(export_for_running(torch_model, weights, loaded_card, scratch))
         elif weights is not None:
             raise UsageError("--weights is for a PyTorch --model (zoo, module:factory); this model carries its own")
         elif loaded_card is not None:  # the foreign graph runs from a copy carrying its card
@@ -670,7 +673,7 @@ def _exported_models(models: list[str], weights: str | None, card: Path | None, 
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeseg-bench-")))
         path = export_for_running(source, None if source.kind == "hf" else weights, load_card_option(card, source),
                                   scratch, dataset=data or "camvid",
-                                  data_root=data_root, size=parse_size(size[0]) if size else None, log=_plain_log)
+                                  data_root=data_root, size=parse_size(size[0]) if size else None)
         from edgeseg.export import onnx_preprocessing
 
         exported.append(str(path))
@@ -788,7 +791,7 @@ def prune_command(
                       eval_limit=limit, measure_latency=latency, threads=threads, finetune_epochs=finetune_epochs,
                       finetune_lr=finetune_lr, finetune_batch_size=batch_size, distill=distill, device=device,
                       card=str(card) if card else None, classifier=tuple(classifier))
-    artifact = run_prune(cfg, out, log=lambda message: console.print(message, markup=False, highlight=False))
+    artifact = run_prune(cfg, out)  # its findings go to edgeseg.pruning.stage's logger (stderr; -q quiets it)
     metrics = artifact.manifest["metrics"]
     summary = f"wrote {artifact.path}: GFLOPs -{metrics['gflops_reduction']:.0%}"
     if "latency_reduction" in metrics:
@@ -856,7 +859,7 @@ def engine_build(
 
     result = build_bundle(bundle, precision=precision, dla_core=dla_core, workspace_mb=workspace_mb,
                           data_root=data_root)  # progress: engine.bundle's logger (stderr, -q quiets it)
-    _plain_log(f"wrote {bundle / result.engine} and {result.sidecar}")
+    typer.echo(f"wrote {bundle / result.engine} and {result.sidecar}")
 
 
 @engine_app.command("check")
@@ -867,11 +870,11 @@ def engine_check(engine: Path = typer.Argument(..., help="an .engine file with i
 
     sidecar = read_sidecar(engine)
     gpu = sidecar.get("gpu") or {}
-    _plain_log(f"{engine.name}: {sidecar.get('precision')} for {sidecar.get('target')}, built with TensorRT "
+    typer.echo(f"{engine.name}: {sidecar.get('precision')} for {sidecar.get('target')}, built with TensorRT "
                f"{sidecar.get('tensorrt')} on {gpu.get('name')} (compute capability {gpu.get('compute_capability')})")
     live = live_environment()
     check_engine_compatibility(sidecar, live, bundle=str(engine.parent))
-    _plain_log(f"runs here: TensorRT {live['tensorrt']} on {live['gpu']['name']}")
+    typer.echo(f"runs here: TensorRT {live['tensorrt']} on {live['gpu']['name']}")
 
 
 @engine_app.command("sidecar")
@@ -883,7 +886,7 @@ def engine_sidecar(
     from edgeseg.engine.bundle import record_kit_engine
 
     sidecar = record_kit_engine(engine)
-    _plain_log(f"wrote {sidecar_name(engine.name)}: TensorRT {sidecar['tensorrt']} on {sidecar['gpu']['name']}")
+    typer.echo(f"wrote {sidecar_name(engine.name)}: TensorRT {sidecar['tensorrt']} on {sidecar['gpu']['name']}")
 
 
 @app.command("doctor")
@@ -935,7 +938,7 @@ def card_init(
     text = init_card_text(onnx_model, parse_size(size))
     with atomic_path(out) as tmp:
         tmp.write_text(text)
-    _plain_log(f"wrote {out}: edit the lines marked EDIT, then pass it as --card {out}")
+    typer.echo(f"wrote {out}: edit the lines marked EDIT, then pass it as --card {out}")
 
 
 @card_app.command("show")

@@ -16,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import re
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from edgeseg.bundle_layout import ENGINE_SUFFIXES, ONNX_FILES, PRECISIONS
 from edgeseg.errors import UsageError, WeightsError, first_line
@@ -31,6 +32,8 @@ if TYPE_CHECKING:  # annotations only: the device side imports this module witho
     from edgeseg.data.palettes import LabelSet
     from edgeseg.zoo.contract import Preprocessing
     from edgeseg.zoo.weights import LoadedModel
+
+log = logging.getLogger(__name__)
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -412,8 +415,8 @@ def unpruned_model(source: ModelSource) -> Any:
 
 
 def export_for_running(source: ModelSource, weights: str | None, card: ModelCard | None, work_dir: Path, *,
-                       dataset: str = "camvid", data_root: str | None = None, size: tuple[int, int] | None = None,
-                       log: Callable[[str], None] | None = None) -> Path:
+                       dataset: str = "camvid", data_root: str | None = None,
+                       size: tuple[int, int] | None = None) -> Path:
     """A PyTorch model (zoo, Hugging Face, module:factory) as an ONNX file with its contract in the metadata, in
     `work_dir`, for the commands that run ONNX models (demo, bench): the export stage, with a short parity check
     (on `dataset` images when found). Torch is needed here only because the user gave a torch model."""
@@ -425,6 +428,5 @@ def export_for_running(source: ModelSource, weights: str | None, card: ModelCard
     out = Path(work_dir) / f"{source.name}.onnx"
     export_model(loaded, source.name, ExportConfig(size=size, dataset=dataset, data_root=data_root,
                                                    parity_images=2), out)
-    if log is not None:
-        log(f"exported {source.spec} ({source.kind}) to ONNX first: {out}")
+    log.info(f"exported {source.spec} ({source.kind}) to ONNX first: {out}")
     return out

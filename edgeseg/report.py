@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from edgeseg.bundle_layout import REPORT_JSON, REPORT_MD
 from edgeseg.manifest import write_json
@@ -22,10 +22,9 @@ log = logging.getLogger(__name__)
 
 
 def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, data_root: str | os.PathLike | None,
-                       limit: int | None, threads: int | None, latency_rounds: int,
-                       log: Callable[[str], None] | None = None, accuracy: bool = True) -> dict:
+                       limit: int | None, threads: int | None, latency_rounds: int, accuracy: bool = True) -> dict:
     """accuracy=False (no labelled data, e.g. a foreign model calibrated on a plain image folder): latency and
-    size only, mIoU recorded as None. Result lines go to `log` when given, else to this module's logger."""
+    size only, mIoU recorded as None. Result lines go to this module's logger."""
     import numpy as np
 
     from edgeseg.bench.latency import measure_interleaved
@@ -33,10 +32,9 @@ def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, da
     from edgeseg.evaluate import evaluate
     from edgeseg.runners.ort import OrtRunner
 
-    say = log or log_info
     runners = {precision: OrtRunner(path, device="cpu", threads=threads) for precision, path in paths.items()}
     if not accuracy:
-        return _latency_only(paths, runners, latency_rounds, threads, say)
+        return _latency_only(paths, runners, latency_rounds, threads)
     dataset = open_dataset(dataset_name, split, data_root, label_set=next(iter(runners.values())).preprocessing)
     results: dict[str, dict] = {}
     for precision, runner in runners.items():
@@ -45,7 +43,7 @@ def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, da
                               "per_class_iou": scores.to_dict(dataset.label_set.classes)["per_class_iou"],
                               "size_mb": paths[precision].stat().st_size / 1e6}
         images = min(len(dataset), limit or len(dataset))
-        say(f"{precision}: mIoU {scores.miou:.4f} on {dataset.name} ({images} images)")
+        log.info(f"{precision}: mIoU {scores.miou:.4f} on {dataset.name} ({images} images)")
     batch = np.zeros((1, 3, *next(iter(runners.values())).preprocessing.input_size), np.float32)
     timings = measure_interleaved({p: (lambda r=r: r.infer(batch)) for p, r in runners.items()},
                                   rounds=latency_rounds, per_round=2)
@@ -55,19 +53,15 @@ def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, da
         result["latency_p50_ms"] = timings[precision].p50_ms
         result["latency_ratio"] = timings[precision].p50_ms / reference_ms
         result["latency"] = timings[precision].to_dict()
-        say(f"{precision}: p50 {result['latency_p50_ms']:.1f} ms ({result['latency_ratio']:.2f}x fp32), "
-            f"mIoU drop {result['miou_drop']:+.2f} points on {dataset.name}, {result['size_mb']:.1f} MB")
+        log.info(f"{precision}: p50 {result['latency_p50_ms']:.1f} ms ({result['latency_ratio']:.2f}x fp32), "
+                 f"mIoU drop {result['miou_drop']:+.2f} points on {dataset.name}, {result['size_mb']:.1f} MB")
     return {"dataset": dataset.name, "images": min(len(dataset), limit or len(dataset)), "backend": "ort-cpu",
             "threads": threads, "latency_method": "interleaved rounds, batch 1, model only",
             "precisions": results}
 
 
-def log_info(line: str) -> None:
-    log.info(line)
-
-
-def _latency_only(paths: dict[str, Path], runners: dict[str, OrtRunner], latency_rounds: int, threads: int | None,
-                  say: Callable[[str], None]) -> dict:
+def _latency_only(paths: dict[str, Path], runners: dict[str, OrtRunner], latency_rounds: int,
+                  threads: int | None) -> dict:
     import numpy as np
 
     from edgeseg.bench.latency import measure_interleaved
@@ -81,9 +75,9 @@ def _latency_only(paths: dict[str, Path], runners: dict[str, OrtRunner], latency
                               "size_mb": path.stat().st_size / 1e6, "latency_p50_ms": timings[precision].p50_ms,
                               "latency_ratio": timings[precision].p50_ms / timings["fp32"].p50_ms,
                               "latency": timings[precision].to_dict()}
-        say(f"{precision}: p50 {results[precision]['latency_p50_ms']:.1f} ms "
-            f"({results[precision]['latency_ratio']:.2f}x fp32), {results[precision]['size_mb']:.1f} MB "
-            f"(no labelled data: accuracy not measured)")
+        log.info(f"{precision}: p50 {results[precision]['latency_p50_ms']:.1f} ms "
+                 f"({results[precision]['latency_ratio']:.2f}x fp32), {results[precision]['size_mb']:.1f} MB "
+                 f"(no labelled data: accuracy not measured)")
     return {"dataset": None, "images": 0, "backend": "ort-cpu", "threads": threads,
             "latency_method": "interleaved rounds, batch 1, model only", "precisions": results}
 

@@ -16,6 +16,7 @@ from edgeseg.calibration import CalibConfig, make_calibration_set
 from edgeseg.engine.calibrator import CalibrationError, CalibrationFeed, feed_from_manifest, make_trt_calibrator
 from edgeseg.errors import DataError, MissingDependency
 from edgeseg.zoo.contract import Preprocessing
+from tests.log_lines import captured
 
 SHAPE = (2, 3, 8, 8)
 
@@ -48,7 +49,7 @@ def calibrate_like_tensorrt(feed: CalibrationFeed) -> list[np.ndarray]:
 
 def test_batches_are_regrouped_to_the_engine_batch_size(tmp_path):
     source = images(3) + [np.concatenate(images(2))]  # any source batch size; 5 images in all
-    feed = CalibrationFeed(lambda: source, SHAPE, tmp_path / "model.calibration.cache", log=lambda line: None)
+    feed = CalibrationFeed(lambda: source, SHAPE, tmp_path / "model.calibration.cache")
     received = calibrate_like_tensorrt(feed)
     assert [batch.shape for batch in received] == [SHAPE, SHAPE]  # the fifth image makes no full batch
     assert all(batch.dtype == np.float32 and batch.flags.c_contiguous for batch in received)
@@ -63,7 +64,7 @@ def test_callback_exception_is_kept_and_raised_after_the_build(tmp_path):
         yield from images(2)
         raise OSError("camera folder vanished")
 
-    feed = CalibrationFeed(broken_source, SHAPE, tmp_path / "cache", log=lambda line: None)
+    feed = CalibrationFeed(broken_source, SHAPE, tmp_path / "cache")
     received = calibrate_like_tensorrt(feed)  # TensorRT carries on: the error would be lost
     assert len(received) == 1
     assert not (tmp_path / "cache").exists()  # after the error every callback stops, the cache write too
@@ -73,7 +74,7 @@ def test_callback_exception_is_kept_and_raised_after_the_build(tmp_path):
 
 
 def test_an_edgeseg_error_in_a_callback_is_raised_as_it_was(tmp_path):
-    feed = CalibrationFeed(lambda: images(2, shape=(1, 3, 16, 16)), SHAPE, None, log=lambda line: None)
+    feed = CalibrationFeed(lambda: images(2, shape=(1, 3, 16, 16)), SHAPE, None)
     calibrate_like_tensorrt(feed)
     with pytest.raises(DataError, match="is 3x16x16 but the engine calibrates at 3x8x8") as raised:
         feed.finish()
@@ -81,7 +82,7 @@ def test_an_edgeseg_error_in_a_callback_is_raised_as_it_was(tmp_path):
 
 
 def test_only_the_first_exception_is_kept():
-    feed = CalibrationFeed(lambda: images(4), SHAPE, None, log=lambda line: None)
+    feed = CalibrationFeed(lambda: images(4), SHAPE, None)
     first, second = ValueError("first"), ValueError("second")
     assert feed.guarded("get_batch", lambda: (_ for _ in ()).throw(first), "failed") == "failed"
     calls = []
@@ -91,11 +92,11 @@ def test_only_the_first_exception_is_kept():
 
 
 def test_zero_batches_fail_the_build():
-    feed = CalibrationFeed(lambda: images(1), SHAPE, None, log=lambda line: None)  # one image, batch of two
+    feed = CalibrationFeed(lambda: images(1), SHAPE, None)  # one image, batch of two
     assert calibrate_like_tensorrt(feed) == []
     with pytest.raises(CalibrationError, match="consumed no batches"):
         feed.finish()
-    empty = CalibrationFeed(lambda: [], SHAPE, None, log=lambda line: None)
+    empty = CalibrationFeed(lambda: [], SHAPE, None)
     calibrate_like_tensorrt(empty)
     with pytest.raises(CalibrationError, match="consumed no batches"):
         empty.finish()
@@ -106,8 +107,9 @@ def test_a_cache_skips_the_images_entirely(tmp_path):
     cache.write_bytes(b"TRT-8502-EntropyCalibration2\npixel_values: 3c000000\n")
     opened = []
     lines = []
-    feed = CalibrationFeed(lambda: opened.append(1) or images(4), SHAPE, cache, log=lines.append)
-    assert calibrate_like_tensorrt(feed) == []
+    feed = CalibrationFeed(lambda: opened.append(1) or images(4), SHAPE, cache)
+    with captured("edgeseg.engine.calibrator", lines.append):
+        assert calibrate_like_tensorrt(feed) == []
     assert opened == []  # the images were never read
     assert feed.finish()["cache_read"] and any("calibration cache" in line for line in lines)
 
@@ -115,7 +117,7 @@ def test_a_cache_skips_the_images_entirely(tmp_path):
 def test_an_empty_cache_file_is_no_cache(tmp_path):
     cache = tmp_path / "model.calibration.cache"
     cache.write_bytes(b"")
-    feed = CalibrationFeed(lambda: images(2), SHAPE, cache, log=lambda line: None)
+    feed = CalibrationFeed(lambda: images(2), SHAPE, cache)
     assert feed.read_calibration_cache() is None
     assert len(calibrate_like_tensorrt(feed)) == 1 and feed.finish()["batches"] == 1
 
@@ -128,14 +130,15 @@ def test_feed_from_a_real_calibration_manifest(tmp_path, tiny_camvid):
         make_calibration_set(preprocessing, CalibConfig(data_root=str(tiny_camvid), count=3, strategy="random"),
                              manifest)
     lines = []
-    feed = feed_from_manifest(manifest, tiny_camvid, preprocessing, (1, 3, 32, 40), tmp_path / "cache", lines.append)
-    received = calibrate_like_tensorrt(feed)
+    feed = feed_from_manifest(manifest, tiny_camvid, preprocessing, (1, 3, 32, 40), tmp_path / "cache")
+    with captured("edgeseg.engine.calibrator", lines.append):
+        received = calibrate_like_tensorrt(feed)
     assert [batch.shape for batch in received] == [(1, 3, 32, 40)] * 3
     assert feed.finish()["images"] == 3
     assert any("calibrating on 3 images" in line for line in lines)
 
     # images that are gone: the DataError raised inside get_batch surfaces after the build
-    missing = feed_from_manifest(manifest, tmp_path / "no-data", preprocessing, (1, 3, 32, 40), None, lines.append)
+    missing = feed_from_manifest(manifest, tmp_path / "no-data", preprocessing, (1, 3, 32, 40), None)
     calibrate_like_tensorrt(missing)
     with pytest.raises(DataError, match="no-data .*does not exist"):
         missing.finish()

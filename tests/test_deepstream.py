@@ -82,7 +82,7 @@ def test_no_classes_is_refused():
 
 def test_gpu_bundles_carry_the_config_and_a_softmax_model(tmp_path):
     bundle = make_bundle(tmp_path / "bundle")
-    result = finish_for_target(bundle, load_target("rtx-4090"), "fp16", log=lambda line: None)
+    result = finish_for_target(bundle, load_target("rtx-4090"), "fp16")
     assert result.deepstream["config"] == "nvinfer_config.txt"
     config = parse_config((bundle / "nvinfer_config.txt").read_text())
     assert (bundle / config["onnx-file"]).is_file() and (bundle / config["labelfile-path"]).read_text() == "a\nb\n"

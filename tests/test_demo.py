@@ -21,6 +21,7 @@ from edgeseg.demo.render import compose, draw_legend, make_style
 from edgeseg.errors import UsageError
 from edgeseg.zoo.contract import Preprocessing
 from tests.conftest import REPO, camvid_root, make_camvid, synthetic_scene
+from tests.log_lines import captured
 from tests.test_cli import assert_one_line_error, run_cli
 
 MODEL_SIZE = (180, 240)  # (height, width): small enough for a busy CPU
@@ -131,7 +132,7 @@ def test_saved_video_shows_the_models_predictions(mode, demo_model, camvid_clip,
         assert code == 0 and f"{CLIP_FRAMES} frames" in stdout and "end-of-source" in stdout
     else:
         summary = run_demo(DemoConfig(model=str(demo_model), source=str(camvid_clip), show=False, save=str(out),
-                                      mode=mode, hud=False, legend=False, threads=1), log=lambda message: None)
+                                      mode=mode, hud=False, legend=False, threads=1))
         assert summary["frames"] == CLIP_FRAMES and summary["dropped_frames"] == 0
         assert summary["stopped_by"] == "end-of-source" and summary["saved"] == str(out)
 
@@ -192,10 +193,11 @@ def test_stream_that_drops_reconnects_with_backoff_then_ends_cleanly(demo_model)
         opened_targets.append(target)
         return next(captures, None) or FakeCapture(0, opened=False)
 
-    messages = []
     cfg = DemoConfig(model=str(demo_model), source="rtsp://user:secret@camera.local/stream", show=False,
                      threads=1, reconnect_attempts=3, reconnect_delay_s=0.01, reconnect_max_delay_s=0.03)
-    summary = run_demo(cfg, log=messages.append, capture_factory=capture_factory)
+    with captured("edgeseg.demo.sources") as said:
+        summary = run_demo(cfg, capture_factory=capture_factory)
+    messages = said.lines
 
     attempts = [found.group(1) for found in map(re.compile(r"reconnect attempt (\S+ in \S+ s)").search, messages)
                 if found]
@@ -304,7 +306,7 @@ def test_ctrl_c_leaves_a_finalised_video_and_a_summary(demo_model, synthetic_cli
 
     out = tmp_path / "interrupted.mp4"
     summary = run_demo(DemoConfig(model=str(demo_model), source=str(synthetic_clip), show=False, save=str(out),
-                                  threads=1), log=lambda message: None, on_frame=press_ctrl_c)
+                                  threads=1), on_frame=press_ctrl_c)
     assert summary["stopped_by"] == "interrupt" and summary["frames"] == stop_after
     assert summary["latency_ms"]["p99"] >= summary["latency_ms"]["p50"] > 0
     assert sorted(path.name for path in tmp_path.iterdir()) == ["interrupted.mp4"]  # renamed, no temp file left

@@ -88,7 +88,7 @@ def run_once(model: Path, frame: np.ndarray, folder: Path, **options) -> tuple[n
     shown = []
     summary = run_demo(DemoConfig(model=str(model), source=str(folder), show=False, mode="mask", legend=False,
                                   hud=False, threads=1, **options),
-                       log=lambda message: None, on_frame=lambda count, image: shown.append(image.copy()))
+                       on_frame=lambda count, image: shown.append(image.copy()))
     assert len(shown) == 1
     return shown[0], summary
 

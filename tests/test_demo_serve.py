@@ -30,6 +30,7 @@ from edgeseg.demo.serve import BOUNDARY, parse_address
 from edgeseg.errors import UsageError
 from edgeseg.zoo.contract import Preprocessing
 from tests.conftest import REPO, camvid_root, synthetic_scene
+from tests.log_lines import captured
 
 CLASSES = ("Sky", "Road", "Car", "Pedestrian", "Tree")
 PALETTE = ((128, 128, 128), (128, 64, 128), (64, 0, 128), (64, 64, 0), (128, 128, 0))
@@ -144,7 +145,9 @@ class ServedDemo:
 
     def _run(self, cfg: DemoConfig) -> None:
         try:
-            self.summary = run_demo(cfg, log=self._log)
+            with captured("edgeseg.demo.app") as said:  # its start lines give the page's address
+                said.on_line = self._log
+                self.summary = run_demo(cfg)
         except BaseException as exc:  # noqa: BLE001 (re-raised by the test)
             self.error = exc
         finally:

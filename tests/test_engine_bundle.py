@@ -28,6 +28,7 @@ from edgeseg.errors import UsageError
 from edgeseg.target_registry import CudaDevice, load_target
 from edgeseg.zoo.contract import Preprocessing
 from tests.engine_helpers import INPUT_NAME, PREPROCESSING, make_bundle, make_model
+from tests.log_lines import captured
 
 KIT_TARGETS = ("agx-orin", "jetson-xavier-nx", "rtx-4090")
 
@@ -63,10 +64,6 @@ def no_tensorrt():
     pytest.skip("TensorRT is installed here; these tests are about a host that cannot build")
 
 
-def quiet(lines: list[str]):
-    return lines.append
-
-
 def fake_trtexec(tmp_path: Path) -> tuple[Path, dict]:
     bin_dir = tmp_path / "fake-bin"
     bin_dir.mkdir()
@@ -96,7 +93,8 @@ def assert_no_absolute_paths(bundle: Path, *roots: Path) -> None:
 def test_kit_is_complete_and_matches_the_plan(bundle, target_name, no_tensorrt):
     target = load_target(target_name)
     lines: list[str] = []
-    result = finish_for_target(bundle, target, "int8", log=lines.append)
+    with captured("edgeseg.engine", lines.append):
+        result = finish_for_target(bundle, target, "int8")
 
     assert result.engine is None
     assert "tensorrt is not installed" in result.reason
@@ -130,7 +128,7 @@ def test_kit_is_complete_and_matches_the_plan(bundle, target_name, no_tensorrt):
 
 
 def test_xavier_kit_plans_tensorrt_8_5_and_jetpack_5(bundle, no_tensorrt):
-    result = finish_for_target(bundle, load_target("jetson-xavier-nx"), "int8", log=quiet([]))
+    result = finish_for_target(bundle, load_target("jetson-xavier-nx"), "int8")
     plan = result.plan
     assert plan.tensorrt_version == "8.5" and plan.network_flags == ("EXPLICIT_BATCH",)
     assert plan.builder_flags == ("INT8",) and plan.builder_optimization_level is None
@@ -139,14 +137,14 @@ def test_xavier_kit_plans_tensorrt_8_5_and_jetpack_5(bundle, no_tensorrt):
 
 @pytest.mark.parametrize("precision, onnx_name", [("fp32", "model.onnx"), ("fp16", "model.fp16.onnx")])
 def test_precision_picks_its_onnx(bundle, precision, onnx_name, no_tensorrt):
-    result = finish_for_target(bundle, load_target("jetson-orin-nano"), precision, log=quiet([]))
+    result = finish_for_target(bundle, load_target("jetson-orin-nano"), precision)
     assert result.plan.onnx_path == onnx_name
     assert result.plan.engine_precision == precision  # never changed silently
     assert f"--saveEngine=model.{precision}.engine" in result.trtexec
 
 
 def test_bundle_moved_elsewhere_still_builds_with_trtexec(tmp_path, bundle, no_tensorrt):
-    result = finish_for_target(bundle, load_target("agx-orin"), "int8", log=quiet([]))
+    result = finish_for_target(bundle, load_target("agx-orin"), "int8")
     moved = tmp_path / "somewhere" / "else" / "copied-bundle"
     moved.parent.mkdir(parents=True)
     shutil.move(str(bundle), str(moved))
@@ -165,7 +163,7 @@ def test_bundle_moved_elsewhere_still_builds_with_trtexec(tmp_path, bundle, no_t
 
 
 def test_script_says_so_when_trtexec_is_missing(tmp_path, bundle, no_tensorrt):
-    finish_for_target(bundle, load_target("rtx-4090"), "fp16", log=quiet([]))
+    finish_for_target(bundle, load_target("rtx-4090"), "fp16")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     if shutil.which("trtexec", path=env["PATH"] + ":/usr/src/tensorrt/bin"):
         pytest.skip("a real trtexec is installed here")
@@ -176,8 +174,7 @@ def test_script_says_so_when_trtexec_is_missing(tmp_path, bundle, no_tensorrt):
 
 
 def test_legacy_calibrator_on_tensorrt_8(tmp_path, bundle, no_tensorrt):
-    result = finish_for_target(bundle, load_target("jetson-xavier-nx"), "int8", EngineOptions(legacy_calibrator=True),
-                               log=quiet([]))
+    result = finish_for_target(bundle, load_target("jetson-xavier-nx"), "int8", EngineOptions(legacy_calibrator=True))
     plan = result.plan
     assert plan.onnx_path == "model.onnx" and plan.calibrator == "entropy2"
     assert plan.calibration_cache == "model.calibration.cache" and plan.engine_precision == "int8"
@@ -198,15 +195,14 @@ def test_legacy_calibrator_on_tensorrt_8(tmp_path, bundle, no_tensorrt):
 
 
 def test_chosen_onnx_without_qdq_calibrates_in_tensorrt(bundle, no_tensorrt):
-    result = finish_for_target(bundle, load_target("jetson-xavier-nx"), "int8", EngineOptions(onnx="model.onnx"),
-                               log=quiet([]))
+    result = finish_for_target(bundle, load_target("jetson-xavier-nx"), "int8", EngineOptions(onnx="model.onnx"))
     assert result.plan.calibrator == "entropy2" and result.plan.onnx_path == "model.onnx"
 
 
 def test_int8_without_the_int8_onnx_says_what_to_do(tmp_path, no_tensorrt):
     bundle = make_bundle(tmp_path / "bundle", with_int8=False)
     with pytest.raises(UsageError, match="edgeseg quantize.*legacy_calibrator"):
-        finish_for_target(bundle, load_target("jetson-orin-nano"), "int8", log=quiet([]))
+        finish_for_target(bundle, load_target("jetson-orin-nano"), "int8")
 
 
 def test_refusals(bundle, tmp_path, no_tensorrt):
@@ -259,7 +255,7 @@ def test_dynamic_onnx_is_planned_at_the_models_input_size(tmp_path):
 ])
 def test_options_from_plan_give_the_same_plan(bundle, target_name, precision, options, no_tensorrt):
     target = load_target(target_name)
-    plan = finish_for_target(bundle, target, precision, options, log=quiet([])).plan
+    plan = finish_for_target(bundle, target, precision, options).plan
     again = plan_build(target, plan.onnx_path, options_from_plan(plan), plan.tensorrt_version)
     assert again == plan
     assert read_kit_plan(bundle) == plan
@@ -267,7 +263,7 @@ def test_options_from_plan_give_the_same_plan(bundle, target_name, precision, op
 
 def test_plan_changes_for_another_tensorrt(bundle, no_tensorrt):
     target = load_target("jetson-orin-nano")
-    planned = finish_for_target(bundle, target, "fp16", log=quiet([])).plan
+    planned = finish_for_target(bundle, target, "fp16").plan
     on_jetpack_5 = plan_build(target, planned.onnx_path, options_from_plan(planned), "8.5")
     changed = {field for field, _, _ in plan_changes(planned, on_jetpack_5)}
     assert {"strongly_typed", "network_flags", "builder_flags", "builder_optimization_level"} <= changed
@@ -335,7 +331,7 @@ def test_onnx_facts_refuse_what_is_not_onnx(tmp_path):
 # The CLI
 
 def test_engine_build_without_tensorrt_is_one_line_naming_the_extra(bundle, capsys, no_tensorrt):
-    finish_for_target(bundle, load_target("jetson-orin"), "int8", log=quiet([]))
+    finish_for_target(bundle, load_target("jetson-orin"), "int8")
     code, _, err = run_cli(["engine", "build", str(bundle)], capsys)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code != 0 and len(lines) == 1, err
@@ -500,7 +496,8 @@ def on_an_orin(monkeypatch):
 
 def test_finish_builds_here_when_this_host_is_the_target(bundle, on_an_orin):
     lines: list[str] = []
-    result = finish_for_target(bundle, load_target("jetson-orin-nano"), "int8", log=lines.append)
+    with captured("edgeseg.engine", lines.append):
+        result = finish_for_target(bundle, load_target("jetson-orin-nano"), "int8")
     assert result.engine == "model.int8.engine" and result.tensorrt == "10.3.0.30"
     assert list(result.to_dict()) == ["engine", "sidecar", "plan", "tensorrt", "build_seconds", "deepstream"]
     assert (bundle / "model.int8.engine").read_bytes() == b"ENGINE-BYTES"  # raw: nothing added
@@ -525,7 +522,8 @@ def test_finish_builds_here_when_this_host_is_the_target(bundle, on_an_orin):
 
     # a second build starts from the saved timing cache
     on_an_orin.clear()
-    finish_for_target(bundle, load_target("jetson-orin-nano"), "int8", log=lines.append)
+    with captured("edgeseg.engine", lines.append):
+        finish_for_target(bundle, load_target("jetson-orin-nano"), "int8")
     assert ("create_timing_cache", b"TIMINGS:") in on_an_orin
     assert json.loads((bundle / "model.int8.engine.json").read_text())["timing_cache"]["loaded"] is True
 
@@ -533,12 +531,13 @@ def test_finish_builds_here_when_this_host_is_the_target(bundle, on_an_orin):
 def test_engine_build_on_the_device_plans_again_for_its_tensorrt(tmp_path, monkeypatch, no_tensorrt):
     bundle = make_bundle(tmp_path / "bundle")
     target = load_target("jetson-orin-nano")
-    kit = finish_for_target(bundle, target, "fp16", {"tensorrt": "8.6"}, log=quiet([]))  # planned for JetPack 6.0
+    kit = finish_for_target(bundle, target, "fp16", {"tensorrt": "8.6"})  # planned for JetPack 6.0
     assert kit.engine is None and kit.plan.network_flags == ("EXPLICIT_BATCH",)
 
     calls = pretend_orin(monkeypatch)
     lines: list[str] = []
-    result = build_bundle(bundle, log=lines.append)
+    with captured("edgeseg.engine", lines.append):
+        result = build_bundle(bundle)
     assert result.engine == "model.fp16.engine" and (bundle / "model.fp16.engine.json").is_file()
     assert any("planned for TensorRT 8.6; this device has 10.3.0.30" in line for line in lines), lines
     assert any(line.startswith("plan change: network_flags") for line in lines), lines
@@ -550,7 +549,7 @@ def test_engine_build_on_the_device_plans_again_for_its_tensorrt(tmp_path, monke
 
 def test_engine_build_refuses_another_board(tmp_path, monkeypatch, no_tensorrt):
     bundle = make_bundle(tmp_path / "bundle")
-    finish_for_target(bundle, load_target("jetson-xavier-nx"), "int8", log=quiet([]))
+    finish_for_target(bundle, load_target("jetson-xavier-nx"), "int8")
     pretend_orin(monkeypatch)
     with pytest.raises(UsageError, match="cannot build the jetson-xavier-nx engine here: .*is not a jetson-xavier-nx"):
         build_bundle(bundle)
@@ -561,7 +560,8 @@ def test_parser_errors_are_one_line_each(bundle, monkeypatch):
     pretend_orin(monkeypatch, parse_errors=errors)
     lines: list[str] = []
     with pytest.raises(EngineBuildError, match="cannot parse model.fp16.onnx \\(2 errors\\); first: In node 3"):
-        finish_for_target(bundle, load_target("jetson-orin-nano"), "fp16", log=lines.append)
+        with captured("edgeseg.engine", lines.append):
+            finish_for_target(bundle, load_target("jetson-orin-nano"), "fp16")
     parser_lines = [line for line in lines if line.startswith("ONNX parser:")]
     assert parser_lines == ["ONNX parser: In node 3 (parseGraph): INVALID_NODE: Unsupported op 'Foo'",
                             "ONNX parser: second problem"]
@@ -572,5 +572,5 @@ def test_a_failed_build_says_why_and_writes_nothing(bundle, monkeypatch):
     pretend_orin(monkeypatch, engine_bytes=None)
     (bundle / "model.int8.engine.json").write_text('{"stale": true}\n')
     with pytest.raises(EngineBuildError, match="could not build the int8 engine for jetson-orin-nano: no impl"):
-        finish_for_target(bundle, load_target("jetson-orin-nano"), "int8", log=quiet([]))
+        finish_for_target(bundle, load_target("jetson-orin-nano"), "int8")
     assert not (bundle / "model.int8.engine").exists() and not (bundle / "model.int8.engine.json").exists()

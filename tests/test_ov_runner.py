@@ -136,7 +136,7 @@ def test_demo_runs_on_openvino_and_bench_cli_accepts_ov_cpu(tiny_onnx, tmp_path,
         cv2.imwrite(str(frames / f"{index:03d}.png"), rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
     out = tmp_path / "demo.mp4"
     summary = run_demo(DemoConfig(model=str(tiny_onnx()), source=str(frames), show=False, save=str(out),
-                                  backend="ov-cpu", threads=1), log=lambda line: None)
+                                  backend="ov-cpu", threads=1))
     assert summary["backend"] == "ov-cpu" and summary["frames"] == 3 and out.stat().st_size > 0
     code, _, err = run_cli(["demo", "-m", str(tiny_onnx()), "--source", str(frames), "--no-show",
                             "--backend", "openvino"], capsys)

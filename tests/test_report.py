@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeseg.data.palettes import CAMVID
 from edgeseg.report import measure_precisions, write_reports
 from edgeseg.zoo.contract import Preprocessing
+from tests.log_lines import captured
 
 SKY, ROAD, VOID = 0, 3, 11
 SIZE = (8, 8)
@@ -57,9 +58,9 @@ def two_frames(tmp_path):
 
 def test_measure_precisions_scores_each_model_and_compares_with_fp32(tmp_path, two_frames):
     paths = {"fp32": constant_model(tmp_path / "road.onnx", ROAD), "int8": constant_model(tmp_path / "sky.onnx", SKY)}
-    lines = []
-    measured = measure_precisions(paths, "camvid", "test", two_frames, limit=None, threads=1, latency_rounds=2,
-                                  log=lines.append)
+    with captured("edgeseg.report") as said:
+        measured = measure_precisions(paths, "camvid", "test", two_frames, limit=None, threads=1, latency_rounds=2)
+    lines = said.lines
     assert measured["images"] == 2 and measured["dataset"] == "camvid/test" and measured["threads"] == 1
     fp32, int8 = measured["precisions"]["fp32"], measured["precisions"]["int8"]
     # 120 labelled pixels: 32 sky, 88 road. All-road: road IoU 88/120, sky 0; the 9 absent classes have no IoU.
@@ -78,7 +79,7 @@ def test_measure_precisions_scores_each_model_and_compares_with_fp32(tmp_path, t
     assert "mIoU drop +23.33 points on camvid/test" in lines[3]  # the INT8 result line names its split
     # The first frame alone: road IoU 32/64.
     first = measure_precisions({"fp32": paths["fp32"]}, "camvid", "test", two_frames, limit=1, threads=1,
-                               latency_rounds=1, log=lambda _: None)
+                               latency_rounds=1)
     assert first["images"] == 1 and first["precisions"]["fp32"]["miou"] == pytest.approx(0.25)
 
 

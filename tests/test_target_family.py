@@ -15,7 +15,8 @@ from edgeseg.errors import UsageError
 from edgeseg.target_family import DeviceFacts, read_device_facts, resolve_module
 from edgeseg.target_registry import load_family, load_target
 from tests.engine_helpers import make_bundle
-from tests.test_engine_bundle import fake_trtexec, no_tensorrt, quiet  # noqa: F401 (fixture)
+from tests.log_lines import captured
+from tests.test_engine_bundle import fake_trtexec, no_tensorrt  # noqa: F401 (fixture)
 
 # (model, compatible as the device tree stores it, MemTotal kB) -> rule id, in the form the boards' reference
 # device trees (L4T 35 and 36) report them; written for these tests, not captured on a board.
@@ -100,7 +101,8 @@ def test_the_host_plans_only_what_every_module_shares():
 def family_kit(tmp_path, no_tensorrt) -> tuple[Path, KitWritten]:  # noqa: F811
     bundle = make_bundle(tmp_path / "bundle")
     lines: list[str] = []
-    result = finish_for_target(bundle, load_target("jetson-orin"), "int8", log=quiet(lines))
+    with captured("edgeseg.engine", lines.append):
+        result = finish_for_target(bundle, load_target("jetson-orin"), "int8")
     assert any("resolves the module on the device" in line for line in lines)
     return bundle, result
 
@@ -200,7 +202,8 @@ def test_engine_build_applies_the_resolved_modules_plan(tmp_path, family_kit, mo
     monkeypatch.setenv("EDGESEG_PROC", str(fake_proc(tmp_path / "proc", *DEVICES["orin-nx-8gb"][:3])))
     calls = pretend_orin(monkeypatch)
     lines: list[str] = []
-    result = build_bundle(bundle, log=lines.append)
+    with captured("edgeseg.engine", lines.append):
+        result = build_bundle(bundle)
     assert result.plan.target == "jetson-orin-nx" and result.plan.workspace_mb == 1024
     assert ("set_memory_pool_limit", "WORKSPACE", 1024 << 20) in calls
     assert any("resolved on this device" in line and "as jetson-orin-nx-8gb" in line and "power modes" in line
@@ -208,11 +211,13 @@ def test_engine_build_applies_the_resolved_modules_plan(tmp_path, family_kit, mo
 
     # the Orin NX 8GB has one DLA core: core 1 is refused, core 0 is built
     with pytest.raises(UsageError, match="DLA core 1 does not exist on jetson-orin-nx"):
-        build_bundle(bundle, precision="fp16", dla_core=1, log=lines.append)
+        with captured("edgeseg.engine", lines.append):
+            build_bundle(bundle, precision="fp16", dla_core=1)
 
     monkeypatch.setenv("EDGESEG_PROC", str(fake_proc(tmp_path / "nano", *DEVICES["orin-nano-devkit"][:3])))
     with pytest.raises(UsageError, match="target jetson-orin-nano has no DLA"):
-        build_bundle(bundle, precision="fp16", dla_core=0, log=lines.append)
+        with captured("edgeseg.engine", lines.append):
+            build_bundle(bundle, precision="fp16", dla_core=0)
 
 
 def test_edgeseg_build_on_the_device_itself_resolves_the_module(tmp_path, monkeypatch):
@@ -222,7 +227,8 @@ def test_edgeseg_build_on_the_device_itself_resolves_the_module(tmp_path, monkey
     monkeypatch.setenv("EDGESEG_PROC", str(fake_proc(tmp_path / "proc", *DEVICES["agx-orin-64gb"][:3])))
     pretend_orin(monkeypatch)
     lines: list[str] = []
-    result = finish_for_target(bundle, load_target("jetson-orin"), "int8", log=lines.append)
+    with captured("edgeseg.engine", lines.append):
+        result = finish_for_target(bundle, load_target("jetson-orin"), "int8")
     assert result.engine == "model.int8.engine" and result.plan.target == "jetson-agx-orin"
     assert result.plan.workspace_mb == 4096 and "as jetson-agx-orin" in result.plan.resolved_from
     assert not (bundle / "modules.json").exists()  # built here: no kit
@@ -239,7 +245,8 @@ def test_dla_build_reports_the_placement(tmp_path, family_kit, monkeypatch):
     monkeypatch.setenv("EDGESEG_PROC", str(fake_proc(tmp_path / "proc", *DEVICES["orin-nx-8gb"][:3])))
     calls = pretend_orin(monkeypatch, build_messages=messages)
     lines: list[str] = []
-    build_bundle(bundle, precision="fp16", dla_core=0, log=lines.append)
+    with captured("edgeseg.engine", lines.append):
+        build_bundle(bundle, precision="fp16", dla_core=0)
     assert ("config.DLA_core", 0) in calls
     assert "DLA placement: 2 subgraph(s) on DLA core 0, 4 layer(s) on the GPU" in lines
     assert "  GPU: SOFTMAX /segformer/encoder/block.0.0/attention/self/Softmax" in lines

@@ -74,7 +74,7 @@ def test_a_mismatched_engine_is_refused_with_a_rebuild_message(changes, reason):
 
 def test_sidecar_carries_the_contract_and_passes_its_own_check(tmp_path):
     bundle = make_bundle(tmp_path / "bundle")
-    plan = finish_for_target(bundle, load_target("jetson-orin-nano"), "int8", log=lambda line: None).plan
+    plan = finish_for_target(bundle, load_target("jetson-orin-nano"), "int8").plan
     engine = bundle / "model.int8.engine"
     engine.write_bytes(b"serialized engine")
     sidecar = compose_sidecar(plan, bundle / plan.onnx_path, engine, bundle, ORIN_LIVE, built_by="test",
@@ -164,7 +164,7 @@ def test_engine_built_here_matches_onnx_runtime(tmp_path, precision, tolerance):
     from edgeseg.runners.ort import OrtRunner
 
     bundle = make_bundle(tmp_path / "bundle")
-    result = finish_for_target(bundle, load_target("cuda"), precision, log=lambda line: None)
+    result = finish_for_target(bundle, load_target("cuda"), precision)
     assert result.engine == f"model.{precision}.engine"
     engine = bundle / result.engine
     sidecar = read_sidecar(engine)
@@ -179,7 +179,7 @@ def test_engine_built_here_matches_onnx_runtime(tmp_path, precision, tolerance):
             for _ in range(2):  # the second call replays the captured graph
                 np.testing.assert_allclose(runner.infer(batch), expected, atol=tolerance, rtol=tolerance)
     # a second build reuses the timing cache it saved
-    again = finish_for_target(bundle, load_target("cuda"), precision, log=lambda line: None)
+    again = finish_for_target(bundle, load_target("cuda"), precision)
     assert read_sidecar(bundle / again.engine)["timing_cache"]["loaded"]
 
 

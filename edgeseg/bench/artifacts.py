@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from edgeseg.bench.suite import ModelSpec, Suite
 from edgeseg.bundle_layout import CALIBRATION_MANIFEST, ONNX_FILES, OV_INT8_FILE, engine_name, onnx_name
 from edgeseg.errors import UsageError
+from edgeseg.logs import nested
 from edgeseg.manifest import sha256_file, write_json
 
 if TYPE_CHECKING:
@@ -31,9 +32,13 @@ RANDOM_SEED = 0
 log = logging.getLogger(__name__)
 
 
+DETAIL = " " * 4  # a stage's own lines (quantization, NNCF, the engine build) under the cache's line for it
+
+
 def _detail(line: str) -> None:
-    """A stage's own lines (quantization, NNCF, the engine build), indented under the cache's line for it."""
-    log.info("    %s", line)
+    """The `log` of the stages that still take one (quantize, quantize_ov: until they log through their module
+    loggers, then their calls go into nested(DETAIL) like the engine build's)."""
+    log.info("%s%s", DETAIL, line)
 
 
 @dataclass(frozen=True)
@@ -198,7 +203,8 @@ class ArtifactCache:
         if calibration.is_file():
             _link_or_copy(calibration, folder / CALIBRATION_MANIFEST)
         log.info(f"  TensorRT {precision} engine for {host.device.name} in {folder}")
-        result = finish_for_target(folder, load_target("cuda"), precision, log=_detail)
+        with nested(DETAIL):
+            result = finish_for_target(folder, load_target("cuda"), precision)
         if not result.engine:
             raise UsageError(f"no engine was built: {result.reason}")
         return folder / result.engine

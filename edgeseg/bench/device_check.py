@@ -349,7 +349,7 @@ def build_engine_for(bundle: Path, target: Target, precision: str, route: str, d
     from edgeseg.engine.bundle import finish_for_target
     from edgeseg.engine.sidecar import read_sidecar
 
-    result = finish_for_target(bundle, target, precision, engine_options(precision, route, data_root), log=log.info)
+    result = finish_for_target(bundle, target, precision, engine_options(precision, route, data_root))
     if result.engine is None:  # this host is not the target: a kit was written instead of an engine
         raise UsageError(f"the {precision} engine was not built here: {result.reason}")
     engine = bundle / result.engine
@@ -406,7 +406,7 @@ def run_demo_check(engine: Path | None, cfg: DeviceCheckConfig, dataset: Segment
         source = Path(cfg.clip) if cfg.clip else make_clip(cfg.demo_frames, dataset, work)
         saved = work / "demo.mp4"
         summary = run_demo(DemoConfig(model=str(engine), source=str(source), show=False, save=str(saved),
-                                      max_frames=cfg.demo_frames), log=log.info)
+                                      max_frames=cfg.demo_frames))
     except Exception as exc:  # the demo's failure is the check's result, not the end of the run
         return {"status": "error", "engine": f"{engine.parent.name}/{engine.name}", "reason": _reason(exc)}
     keep = ("frames", "mean_fps", "latency_ms", "stage_ms", "dropped_frames", "captured", "stopped_by", "backend",

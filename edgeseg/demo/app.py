@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 import time
@@ -16,7 +17,7 @@ from edgeseg.demo.outputs import AtomicVideoWriter, Window
 from edgeseg.fit import is_dynamic
 from edgeseg.demo.pipeline import Pipeline
 from edgeseg.demo.render import (EFFECTS, MODES, compose, draw_hud, draw_legend, hud_lines, make_style)
-from edgeseg.demo.sources import Backoff, CaptureFactory, log_to_stderr, open_source, parse_source
+from edgeseg.demo.sources import Backoff, CaptureFactory, open_source, parse_source
 from edgeseg.demo.stats import DemoStats
 from edgeseg.errors import UsageError
 from edgeseg.zoo.contract import FITS
@@ -92,22 +93,25 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+log = logging.getLogger(__name__)
+
 FrameHook = Callable[[int, np.ndarray], None]  # (frames rendered so far, rendered BGR image)
 
 
-def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = log_to_stderr,
-             capture_factory: CaptureFactory | None = None, on_frame: FrameHook | None = None) -> dict:
+def run_demo(cfg: DemoConfig, *, capture_factory: CaptureFactory | None = None,
+             on_frame: FrameHook | None = None) -> dict:
     """Run the demo until the source ends, --max-frames, q/Esc, Ctrl-C or a live source that cannot be reconnected;
     returns the summary, whose stopped_by is end-of-source, max-frames, interrupt, window-closed or
     source-lost. `capture_factory` replaces cv2.VideoCapture and `on_frame` is called after each frame is
-    written and shown (both for tests)."""
+    written and shown (both for tests). Its start line and the source's reconnects go to the module loggers
+    (edgeseg.demo.app, edgeseg.demo.sources)."""
     spec = parse_source(cfg.source)
     if not Path(cfg.model).exists():
         raise UsageError(f"model {cfg.model} does not exist; give an .onnx, .engine or build bundle folder")
     stop_event = threading.Event()
     window = Window() if cfg.show else None  # before the model loads: a missing display fails fast
     try:
-        source = open_source(spec, cfg.backoff, capture_factory=capture_factory, log=log, stop_event=stop_event)
+        source = open_source(spec, cfg.backoff, capture_factory=capture_factory, stop_event=stop_event)
     except BaseException:
         if window:
             window.close()
@@ -146,10 +150,10 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = log_to_stderr,
         saved = None
         try:
             via = f" (capture: {source.capture_note})" if getattr(source, "capture_note", None) else ""
-            log(f"demo: {spec.describe()}{via} -> {runner.backend} at {size_note}, fit {fit}; "
-                + ("q, Esc or Ctrl-C stops" if window else "Ctrl-C stops"))
+            log.info(f"demo: {spec.describe()}{via} -> {runner.backend} at {size_note}, fit {fit}; "
+                     + ("q, Esc or Ctrl-C stops" if window else "Ctrl-C stops"))
             if server:
-                log(f"demo: serving the live view on {server.url}")
+                log.info(f"demo: serving the live view on {server.url}")
             with _sigterm_as_interrupt():
                 pipeline.start()
                 for prediction in pipeline.predictions():
@@ -187,7 +191,8 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = log_to_stderr,
         finally:
             try:
                 if not pipeline.stop():
-                    log("demo: a worker thread did not stop in time (blocked in a stream read?); exiting anyway")
+                    log.warning("demo: a worker thread did not stop in time (blocked in a stream read?); "
+                                "exiting anyway")
             finally:  # even if a second Ctrl-C lands while the threads stop, the video is finalised
                 if writer:
                     saved = writer.close()

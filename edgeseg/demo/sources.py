@@ -13,9 +13,9 @@ Wi-Fi cameras drop; files and folders simply end.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +34,7 @@ SOURCE_HINT = ("give a camera index (0), /dev/videoN, v4l2:///dev/videoN, csi://
                "image folder")
 
 
-def log_to_stderr(message: str) -> None:
-    print(f"edgeseg: {message}", file=sys.stderr)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -185,11 +184,10 @@ class VideoSource:
     """A camera, stream or video file read through OpenCV (or an injected capture factory)."""
 
     def __init__(self, spec: SourceSpec, backoff: Backoff = Backoff(), capture_factory: CaptureFactory | None = None,
-                 log: Callable[[str], None] = log_to_stderr, stop_event: threading.Event | None = None) -> None:
+                 stop_event: threading.Event | None = None) -> None:
         self.spec = spec
         self.backoff = backoff
         self._factory = capture_factory or opencv_capture
-        self._log = log
         self._stop_event = stop_event or threading.Event()
         self.reconnects = 0  # reconnect attempts made
         self.capture_backend = "injected" if capture_factory else "opencv"  # open_source says gstreamer
@@ -231,7 +229,7 @@ class VideoSource:
         self._capture.release()
         delays = self.backoff.delays()
         for attempt, delay in enumerate(delays, start=1):
-            self._log(f"{self.spec.describe()} dropped; reconnect attempt {attempt}/{len(delays)} in {delay:.2f} s")
+            log.warning(f"{self.spec.describe()} dropped; reconnect attempt {attempt}/{len(delays)} in {delay:.2f} s")
             if self._stop_event.wait(delay):  # a stop request (Ctrl-C) must not sit out the backoff
                 return None
             self.reconnects += 1
@@ -240,11 +238,11 @@ class VideoSource:
                 ok, frame = capture.read()
                 if ok and frame is not None:
                     self._capture = capture
-                    self._log(f"{self.spec.describe()} reconnected")
+                    log.info(f"{self.spec.describe()} reconnected")
                     return frame
             capture.release()
         self.lost = True
-        self._log(f"{self.spec.describe()} lost: gave up after {len(delays)} reconnect attempts")
+        log.warning(f"{self.spec.describe()} lost: gave up after {len(delays)} reconnect attempts")
         return None
 
     def close(self) -> None:
@@ -258,9 +256,8 @@ class ImageFolderSource:
     reconnects = 0
     lost = False
 
-    def __init__(self, spec: SourceSpec, log: Callable[[str], None] = log_to_stderr) -> None:
+    def __init__(self, spec: SourceSpec) -> None:
         self.spec = spec
-        self._log = log
         self.paths = sorted(path for path in Path(spec.target).iterdir()
                             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
         if not self.paths:
@@ -275,7 +272,7 @@ class ImageFolderSource:
             frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if frame is not None:
                 return frame
-            self._log(f"skipping {path.name}: not a readable image")
+            log.warning(f"skipping {path.name}: not a readable image")
         return None
 
     def close(self) -> None:
@@ -366,20 +363,20 @@ def gstreamer_capture(pipeline: str) -> Capture:
 
 
 def open_source(spec: SourceSpec, backoff: Backoff = Backoff(), capture_factory: CaptureFactory | None = None,
-                log: Callable[[str], None] = log_to_stderr, stop_event: threading.Event | None = None) -> FrameSource:
+                stop_event: threading.Event | None = None) -> FrameSource:
     """Open `spec`; without an injected capture_factory, through GStreamer or OpenCV as capture_plan_here decides,
     saying which in the log."""
     if spec.kind == "folder":
-        return ImageFolderSource(spec, log=log)
+        return ImageFolderSource(spec)
     if capture_factory is not None:  # tests: the injected capture stands for the camera, whatever the backend
-        return VideoSource(spec, backoff=backoff, capture_factory=capture_factory, log=log, stop_event=stop_event)
+        return VideoSource(spec, backoff=backoff, capture_factory=capture_factory, stop_event=stop_event)
     plan = capture_plan_here(spec)
     if plan.backend == "unavailable":
         raise UsageError(plan.note)
     if plan.backend == "gstreamer":
         pipeline = plan.pipeline
         capture_factory = lambda _target: gstreamer_capture(pipeline)  # noqa: E731 (reopened on reconnect)
-    source = VideoSource(spec, backoff=backoff, capture_factory=capture_factory, log=log, stop_event=stop_event)
+    source = VideoSource(spec, backoff=backoff, capture_factory=capture_factory, stop_event=stop_event)
     source.capture_backend = plan.backend
     # Said by the demo's start line (not here, so that a later error stays the only line of a failed start).
     source.capture_note = plan.note + (f": {gst.mask_credentials(plan.pipeline)}" if plan.backend == "gstreamer"
@@ -387,11 +384,10 @@ def open_source(spec: SourceSpec, backoff: Backoff = Backoff(), capture_factory:
     return source
 
 
-def print_pipeline(text: str, out: Callable[[str], None] = print, note: Callable[[str], None] = log_to_stderr) -> int:
-    """`edgeseg demo --source SRC --print-pipeline`: the pipeline (stdout, credentials masked) and, on stderr,
-    which backend this machine would use; 0 whether or not this machine could open it."""
+def pipeline_for(text: str) -> str:
+    """`edgeseg demo --source SRC --print-pipeline`: the pipeline (credentials masked; the command prints it on
+    stdout), whether or not this machine could open it; which backend this machine would use goes to the log."""
     spec = parse_source(text, check_device=False)
     plan = capture_plan_here(spec)
-    out(gst.mask_credentials(plan.pipeline) if plan.pipeline else f"# no GStreamer pipeline for {spec.describe()}")
-    note(f"capture here: {plan.backend}: {plan.note}")
-    return 0
+    log.info(f"capture here: {plan.backend}: {plan.note}")
+    return gst.mask_credentials(plan.pipeline) if plan.pipeline else f"# no GStreamer pipeline for {spec.describe()}"

@@ -14,7 +14,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable  # Any: TensorRT objects (tensorrt is imported lazily, maybe absent)
+from typing import Any  # Any: TensorRT objects (tensorrt is imported lazily, maybe absent)
 
 from edgeseg.engine.calibrator import CalibrationFeed, make_trt_calibrator
 from edgeseg.engine.host import live_environment, primary_context
@@ -34,13 +34,12 @@ class EngineBuildError(EdgesegError):
 
 
 def build_engine(plan: BuildPlan, onnx_path: str | os.PathLike, engine_path: str | os.PathLike,
-                 calibration: CalibrationFeed | None = None, log: Callable[[str], None] | None = None, *,
+                 calibration: CalibrationFeed | None = None, *,
                  calibration_manifest: str | os.PathLike | None = None,
                  base_dir: str | os.PathLike | None = None) -> dict:
     """Build the engine `plan` describes from `onnx_path`, write it to `engine_path` plus its sidecar, and return
     the sidecar. `calibration` feeds the legacy INT8 calibrator when the plan has one; `calibration_manifest` is
     the calibration set behind the build (recorded by sha256); `base_dir` defaults to the engine's folder."""
-    log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
     trt = lazy_import("tensorrt")
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     base = Path(base_dir) if base_dir is not None else engine_path.parent
@@ -61,24 +60,22 @@ def build_engine(plan: BuildPlan, onnx_path: str | os.PathLike, engine_path: str
     # pycuda allocates the calibration batches; it must use the context TensorRT uses (the primary one).
     context = primary_context() if plan.calibrator else contextlib.nullcontext()
     with context:
-        result = _build(trt, plan, onnx_path, engine_path, base, calibration, log)
+        result = _build(trt, plan, onnx_path, engine_path, base, calibration)
     sidecar = compose_sidecar(plan, onnx_path, engine_path, base, live, built_by="edgeseg engine build",
                               layers=result["layers"], timing_cache=result["timing_cache"],
                               build_seconds=result["seconds"], calibration_manifest=calibration_manifest,
                               calibration_summary=result["calibration"])
     write_json(sidecar_path(engine_path), sidecar)
-    log(f"built {engine_path.name} in {result['seconds']:.0f} s: {plan.engine_precision} for {plan.target} "
-        f"with TensorRT {live['tensorrt']} on {live['gpu']['name']}")
+    _log.info(f"built {engine_path.name} in {result['seconds']:.0f} s: {plan.engine_precision} for {plan.target} "
+              f"with TensorRT {live['tensorrt']} on {live['gpu']['name']}")
     return sidecar
 
 
 def record_trtexec_engine(plan: BuildPlan, onnx_path: str | os.PathLike, engine_path: str | os.PathLike,
-                          log: Callable[[str], None] | None = None, *,
-                          calibration_manifest: str | os.PathLike | None = None,
+                          *, calibration_manifest: str | os.PathLike | None = None,
                           base_dir: str | os.PathLike | None = None) -> dict:
     """Write the sidecar of an engine trtexec built from `plan` (build_engine.sh) on this machine: the engine
     must load in this TensorRT, and the live GPU and TensorRT are what the sidecar records."""
-    log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
     trt = lazy_import("tensorrt")
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     base = Path(base_dir) if base_dir is not None else engine_path.parent
@@ -88,7 +85,7 @@ def record_trtexec_engine(plan: BuildPlan, onnx_path: str | os.PathLike, engine_
     if facts.preprocessing is None:
         raise UsageError(f"{onnx_path.name} carries no edgeseg preprocessing metadata; export it with 'edgeseg export'")
     live = live_environment()
-    logger = _logger(trt, log)
+    logger = _logger(trt)
     engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
         raise EngineBuildError(f"{engine_path.name} does not load in TensorRT {trt.__version__} on this GPU; "
@@ -137,8 +134,8 @@ def compose_sidecar(plan: BuildPlan, onnx_path: Path, engine_path: Path, base: P
 
 
 def _build(trt: Any, plan: BuildPlan, onnx_path: Path, engine_path: Path, base: Path,
-           calibration: CalibrationFeed | None, log: Callable[[str], None]) -> dict:
-    logger = _logger(trt, log)
+           calibration: CalibrationFeed | None) -> dict:
+    logger = _logger(trt)
     builder = trt.Builder(logger)
     flags = 0
     for name in plan.network_flags:
@@ -148,7 +145,7 @@ def _build(trt: Any, plan: BuildPlan, onnx_path: Path, engine_path: Path, base: 
     if not parser.parse_from_file(str(onnx_path)):
         errors = [_one_line(parser.get_error(index)) for index in range(parser.num_errors)]
         for error in errors:
-            log(f"ONNX parser: {error}")
+            _log.info(f"ONNX parser: {error}")
         raise EngineBuildError(f"TensorRT {trt.__version__} cannot parse {onnx_path.name} "
                                f"({len(errors)} error{'s' * (len(errors) != 1)}); first: "
                                f"{errors[0] if errors else 'no message'}")
@@ -170,13 +167,13 @@ def _build(trt: Any, plan: BuildPlan, onnx_path: Path, engine_path: Path, base: 
         dla_capable = sum(bool(config.can_run_on_DLA(network.get_layer(i))) for i in range(network.num_layers))
     if profile is not None:
         config.add_optimization_profile(profile)
-    timing_record = _load_timing_cache(config, _resolve(plan.timing_cache, base), log)
+    timing_record = _load_timing_cache(config, _resolve(plan.timing_cache, base))
     if plan.calibrator:
         config.int8_calibrator = make_trt_calibrator(calibration)
         if profile is not None:
             config.set_calibration_profile(profile)
 
-    log(f"building {engine_path.name} ({plan.engine_precision}, TensorRT {trt.__version__}); this takes minutes")
+    _log.info(f"building {engine_path.name} ({plan.engine_precision}, TensorRT {trt.__version__}); this takes minutes")
     started = time.monotonic()
     serialized = builder.build_serialized_network(network, config)
     seconds = round(time.monotonic() - started, 1)
@@ -203,12 +200,13 @@ def _build(trt: Any, plan: BuildPlan, onnx_path: Path, engine_path: Path, base: 
         placement = parse_layer_placement(logger.placement)
         layers["placement"] = placement
         for line in placement_summary(placement, plan.dla_core):
-            log(line)
+            _log.info(line)
     return {"seconds": seconds, "layers": layers, "timing_cache": timing_record, "calibration": calibration_summary}
 
 
-def _logger(trt: Any, log: Callable[[str], None]) -> Any:
-    """A trt.ILogger that passes warnings and errors to `log` and keeps the errors for the failure message."""
+def _logger(trt: Any) -> Any:
+    """A trt.ILogger that passes warnings and errors to this module's logger and keeps the errors for the failure
+    message."""
 
     class Logger(trt.ILogger):
         def __init__(self) -> None:
@@ -222,7 +220,7 @@ def _logger(trt: Any, log: Callable[[str], None]) -> Any:
             if "Layers Running on" in message or "[DlaLayer]" in message or "[GpuLayer]" in message:
                 self.placement.append(_one_line(message))
             if int(severity) <= int(trt.ILogger.Severity.WARNING):  # lower is more severe
-                log(f"TensorRT {severity.name.lower()}: {_one_line(message)}")
+                _log.info(f"TensorRT {severity.name.lower()}: {_one_line(message)}")
 
     return Logger()
 
@@ -245,7 +243,7 @@ def _check_input(builder: Any, network: Any, plan: BuildPlan) -> Any:
     return profile
 
 
-def _load_timing_cache(config: Any, path: Path | None, log: Callable[[str], None]) -> dict | None:
+def _load_timing_cache(config: Any, path: Path | None) -> dict | None:
     """Start the build from the saved timing cache (tactic timings) when there is one; it is saved again after."""
     if path is None:
         return None
@@ -253,11 +251,11 @@ def _load_timing_cache(config: Any, path: Path | None, log: Callable[[str], None
     cache = config.create_timing_cache(blob)
     loaded = bool(blob)
     if not config.set_timing_cache(cache, ignore_mismatch=False):
-        log(f"timing cache {path.name} comes from another GPU or TensorRT; starting a new one")
+        _log.info(f"timing cache {path.name} comes from another GPU or TensorRT; starting a new one")
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
         loaded = False
     elif loaded:
-        log(f"reusing timing cache {path.name}")
+        _log.info(f"reusing timing cache {path.name}")
     return {"path": path.name, "loaded": loaded, "saved": False}
 
 

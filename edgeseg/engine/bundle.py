@@ -23,7 +23,7 @@ import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgeseg.bundle_layout import (CALIBRATION_MANIFEST, FAMILY_TARGETS_DIR, KIT_FILES, MODULES_FILE,  # noqa: F401
                                    ONNX_FILES, PLAN_FILE, README_FILE, SCRIPT_FILE, TARGET_FILE,
@@ -217,13 +217,11 @@ def options_from_plan(plan: BuildPlan) -> BuildOptions:
 # Host side: build here, or write the kit
 
 def finish_for_target(bundle_dir: str | os.PathLike, target: Target, precision: str,
-                      options: EngineOptions | dict | None = None,
-                      log: Callable[[str], None] | None = None) -> EngineBuilt | KitWritten:
+                      options: EngineOptions | dict | None = None) -> EngineBuilt | KitWritten:
     """Build `bundle_dir`'s engine for `target` when this host is that target, else write the cross-build kit.
 
     options: EngineOptions (a dict is read with EngineOptions.from_dict, so an unknown name is refused).
     """
-    log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
     bundle = Path(bundle_dir)
     if not bundle.is_dir():
         raise UsageError(f"bundle {bundle} does not exist or is not a folder")
@@ -238,7 +236,7 @@ def finish_for_target(bundle_dir: str | os.PathLike, target: Target, precision: 
         from edgeseg.target_family import resolve_family_here
 
         target = resolve_family_here(target.family)
-        log(f"{target.resolved_from}")
+        _log.info(f"{target.resolved_from}")
     if reason is None:
         if asked_tensorrt and parse_tensorrt_version(asked_tensorrt)[:2] != parse_tensorrt_version(host.tensorrt)[:2]:
             raise UsageError(f"asked to plan for TensorRT {asked_tensorrt}, but this host builds the engine itself "
@@ -248,11 +246,11 @@ def finish_for_target(bundle_dir: str | os.PathLike, target: Target, precision: 
         version = asked_tensorrt or target.default_tensorrt
     plan = plan_build(target, choice.name, build_options(precision, choice, target, options), version)
     for warning in plan.warnings:
-        log(f"warning: {warning}")
+        _log.info(f"warning: {warning}")
 
-    deepstream = _write_deepstream(bundle, choice, precision, log)
+    deepstream = _write_deepstream(bundle, choice, precision)
     if reason is None:
-        sidecar = build_in_bundle(bundle, plan, options.data_root, log)
+        sidecar = build_in_bundle(bundle, plan, options.data_root)
         if deepstream.get("config"):
             with atomic_path(bundle / README_FILE) as tmp:
                 tmp.write_text(render_built_readme(choice.facts.metadata.get("edgeseg.model", "model"), target,
@@ -262,11 +260,11 @@ def finish_for_target(bundle_dir: str | os.PathLike, target: Target, precision: 
 
     modules = module_plans(target, choice, precision, options, version) if target.family else None
     written = write_kit(bundle, target, plan, precision, modules)
-    log(f"engine not built here: {reason}; wrote {', '.join(written)} into the bundle: finish on the {target.name} "
-        "with 'edgeseg engine build .' (or ./build_engine.sh)")
+    _log.info(f"engine not built here: {reason}; wrote {', '.join(written)} into the bundle: finish on the "
+              f"{target.name} with 'edgeseg engine build .' (or ./build_engine.sh)")
     if modules:
-        log(f"{target.name} is a family: the kit resolves the module on the device ({', '.join(modules)}) and "
-            "applies its plan (workspace, DLA cores, power modes)")
+        _log.info(f"{target.name} is a family: the kit resolves the module on the device ({', '.join(modules)}) and "
+                  "applies its plan (workspace, DLA cores, power modes)")
     family = None
     if modules:
         family = {"name": target.family, "resolved": "on the device", "modules": {
@@ -290,7 +288,7 @@ def module_plans(target: Target, choice: OnnxChoice, precision: str, options: En
     return plans
 
 
-def _write_deepstream(bundle: Path, choice: OnnxChoice, precision: str, log: Callable[[str], None]) -> dict:
+def _write_deepstream(bundle: Path, choice: OnnxChoice, precision: str) -> dict:
     """The DeepStream nvinfer config (engine.deepstream); a model DeepStream cannot run is noted, not fatal."""
     from edgeseg.engine.deepstream import write_deepstream
     from edgeseg.zoo.contract import Preprocessing
@@ -300,9 +298,9 @@ def _write_deepstream(bundle: Path, choice: OnnxChoice, precision: str, log: Cal
         written = write_deepstream(bundle, preprocessing, precision, choice.facts.metadata.get("edgeseg.model",
                                                                                               "the model"))
     except UsageError as exc:
-        log(f"warning: no DeepStream config: {exc}")
+        _log.info(f"warning: no DeepStream config: {exc}")
         return {"config": None, "reason": str(exc)}
-    log(f"wrote the DeepStream nvinfer config {written['config']} ({written['normalisation']})")
+    _log.info(f"wrote the DeepStream nvinfer config {written['config']} ({written['normalisation']})")
     return written
 
 
@@ -314,8 +312,7 @@ def _relative_option(value: str | os.PathLike, key: str) -> str:
     return str(path)
 
 
-def build_in_bundle(bundle: Path, plan: BuildPlan, data_root: str | os.PathLike | None,
-                    log: Callable[[str], None]) -> dict:
+def build_in_bundle(bundle: Path, plan: BuildPlan, data_root: str | os.PathLike | None) -> dict:
     """Build the plan's engine into the bundle (this host is the target); returns the sidecar."""
     from edgeseg.engine.build import build_engine
 
@@ -330,8 +327,8 @@ def build_in_bundle(bundle: Path, plan: BuildPlan, data_root: str | os.PathLike 
                              "make one with 'edgeseg calib'")
         preprocessing = Preprocessing.from_dict(read_onnx_facts(bundle / plan.onnx_path).preprocessing)
         feed = feed_from_manifest(manifest, data_root, preprocessing, plan.opt_shape,
-                                  bundle / plan.calibration_cache if plan.calibration_cache else None, log)
-    return build_engine(plan, bundle / plan.onnx_path, bundle / engine_name(plan.requested_precision), feed, log,
+                                  bundle / plan.calibration_cache if plan.calibration_cache else None)
+    return build_engine(plan, bundle / plan.onnx_path, bundle / engine_name(plan.requested_precision), feed,
                         calibration_manifest=manifest if manifest.is_file() else None, base_dir=bundle)
 
 
@@ -379,10 +376,8 @@ def read_kit_plan(bundle: Path) -> BuildPlan:
 
 
 def build_bundle(bundle_dir: str | os.PathLike, precision: str | None = None, dla_core: int | None = None,
-                 workspace_mb: int | None = None, data_root: str | os.PathLike | None = None,
-                 log: Callable[[str], None] | None = None) -> EngineBuilt:
+                 workspace_mb: int | None = None, data_root: str | os.PathLike | None = None) -> EngineBuilt:
     """On the device: plan the kit again for the installed TensorRT (and any changed option), then build."""
-    log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
     bundle = Path(bundle_dir)
     if not bundle.is_dir():
         raise UsageError(f"bundle {bundle} does not exist or is not a folder")
@@ -404,21 +399,21 @@ def build_bundle(bundle_dir: str | os.PathLike, precision: str | None = None, dl
     if target.name != planned.target:  # a family kit resolved to its module: the module's workspace applies
         options = dataclasses.replace(options, workspace_mb=None)
         mode = current_power_mode()
-        log(f"{target.resolved_from}; its power modes: {', '.join(m.name for m in target.power_modes) or '-'}"
-            + (f"; now {mode} (nvpmodel -q)" if mode else ""))
+        _log.info(f"{target.resolved_from}; its power modes: {', '.join(m.name for m in target.power_modes) or '-'}"
+                  + (f"; now {mode} (nvpmodel -q)" if mode else ""))
     if dla_core is not None:
         options = dataclasses.replace(options, dla_core=dla_core, gpu_fallback=True)
     if workspace_mb is not None:
         options = dataclasses.replace(options, workspace_mb=workspace_mb)
     plan = plan_build(target, choice.name, options, host.tensorrt)
     if parse_tensorrt_version(plan.tensorrt_version) != parse_tensorrt_version(planned.tensorrt_version):
-        log(f"the kit was planned for TensorRT {planned.tensorrt_version}; this device has {plan.tensorrt_version}, "
-            "so the plan was made again for it")
+        _log.info(f"the kit was planned for TensorRT {planned.tensorrt_version}; this device has "
+                  f"{plan.tensorrt_version}, so the plan was made again for it")
     for field, before, after in plan_changes(planned, plan):
-        log(f"plan change: {field}: {before} -> {after}")
+        _log.info(f"plan change: {field}: {before} -> {after}")
     for warning in plan.warnings:
-        log(f"warning: {warning}")
-    sidecar = build_in_bundle(bundle, plan, data_root, log)
+        _log.info(f"warning: {warning}")
+    sidecar = build_in_bundle(bundle, plan, data_root)
     return EngineBuilt(engine_name(precision), sidecar_name(engine_name(precision)), plan, sidecar["tensorrt"],
                        sidecar["build_seconds"])
 
@@ -440,9 +435,8 @@ def current_power_mode() -> str | None:
     return parsed["name"] if parsed else None
 
 
-def record_kit_engine(engine_path: str | os.PathLike, log: Callable[[str], None] | None = None) -> dict:
+def record_kit_engine(engine_path: str | os.PathLike) -> dict:
     """`edgeseg engine sidecar ENGINE`: the sidecar of an engine build_engine.sh (trtexec) built in a kit."""
-    log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
     from edgeseg.engine.build import record_trtexec_engine
 
     engine_path = Path(engine_path)
@@ -453,7 +447,7 @@ def record_kit_engine(engine_path: str | os.PathLike, log: Callable[[str], None]
         rule_id = module.resolved_from.rsplit(" as ", 1)[-1]
         plan = BuildPlan.from_dict(read_json(bundle / MODULES_FILE)[rule_id]["plan"])
     manifest = bundle / CALIBRATION_MANIFEST
-    return record_trtexec_engine(plan, bundle / plan.onnx_path, engine_path, log,
+    return record_trtexec_engine(plan, bundle / plan.onnx_path, engine_path,
                                  calibration_manifest=manifest if manifest.is_file() else None, base_dir=bundle)
 
 

@@ -42,12 +42,11 @@ class CalibrationFeed:
     """
 
     def __init__(self, batches: Callable[[], Iterable[np.ndarray]], shape: tuple[int, ...],
-                 cache_path: str | os.PathLike | None = None, log: Callable[[str], None] | None = None) -> None:
+                 cache_path: str | os.PathLike | None = None) -> None:
         if len(shape) != 4 or min(shape) < 1:
             raise ValueError(f"calibration shape must be four positive numbers NCHW, got {shape}")
         self.shape = tuple(int(dim) for dim in shape)
         self.cache_path = Path(cache_path) if cache_path else None
-        self.log = log or _log.info  # a caller's callable (build indents its stages), else this module's logger
         self._open_batches = batches
         self._images: Iterator[np.ndarray] | None = None
         self.batches_served = 0
@@ -91,7 +90,7 @@ class CalibrationFeed:
         if not data:
             return None
         self.cache_read = True
-        self.log(f"reading the INT8 calibration cache {self.cache_path.name}; delete it to calibrate again")
+        _log.info(f"reading the INT8 calibration cache {self.cache_path.name}; delete it to calibrate again")
         return data
 
     def write_cache(self, data: bytes) -> None:
@@ -100,7 +99,7 @@ class CalibrationFeed:
         with atomic_path(self.cache_path) as tmp:
             tmp.write_bytes(bytes(data))
         self.cache_written = True
-        self.log(f"wrote the INT8 calibration cache {self.cache_path.name} ({self.batches_served} batches)")
+        _log.info(f"wrote the INT8 calibration cache {self.cache_path.name} ({self.batches_served} batches)")
 
     # --- TensorRT's callbacks, one to one (the trt subclass only adds the copy to the GPU) ------------------
 
@@ -160,11 +159,9 @@ def _single_images(batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
 
 def feed_from_manifest(manifest_path: str | os.PathLike, data_root: str | os.PathLike | None,
                        preprocessing: Preprocessing,
-                       shape: tuple[int, ...], cache_path: str | os.PathLike | None,
-                       log: Callable[[str], None] | None = None) -> CalibrationFeed:
+                       shape: tuple[int, ...], cache_path: str | os.PathLike | None) -> CalibrationFeed:
     """A feed over the images of an edgeseg calibration manifest, preprocessed by the model's contract.
     The manifest and images are read only when TensorRT asks for the first batch (not at all with a cache)."""
-    log = log or _log.info
     from edgeseg.calibration import calibration_batches, load_calibration_set
 
     height, width = shape[2], shape[3]
@@ -175,10 +172,10 @@ def feed_from_manifest(manifest_path: str | os.PathLike, data_root: str | os.Pat
 
     def batches() -> Iterable[np.ndarray]:
         manifest, paths = load_calibration_set(manifest_path, data_root)
-        log(f"calibrating on {len(paths)} images from {Path(manifest_path).name} ({manifest.get('strategy')})")
+        _log.info(f"calibrating on {len(paths)} images from {Path(manifest_path).name} ({manifest.get('strategy')})")
         return calibration_batches(paths, preprocessing)
 
-    return CalibrationFeed(batches, shape, cache_path, log)
+    return CalibrationFeed(batches, shape, cache_path)
 
 
 def make_trt_calibrator(feed: CalibrationFeed) -> Any:

@@ -10,11 +10,12 @@ classifier is found from the graph (the last layer with num_classes outputs) or 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,10 +29,13 @@ if TYPE_CHECKING:
     from edgeseg.zoo.contract import Preprocessing
     from edgeseg.zoo.weights import LoadedModel
 
+log = logging.getLogger(__name__)
 
-def prune(cfg: PruneConfig, out_path: str | Path, log: Callable[[str], None] | None = None) -> Artifact:
+
+def prune(cfg: PruneConfig, out_path: str | Path) -> Artifact:
     """Prune cfg.model, write the checkpoint + sidecar (spec, settings, report) to `out_path`: a .safetensors
-    file (zoo and module:factory models) or a directory (Hugging Face models)."""
+    file (zoo and module:factory models) or a directory (Hugging Face models). Its findings (GFLOPs, latency,
+    mIoU before and after) go to this module's logger."""
     import torch
 
     from edgeseg.checkpoint import save_checkpoint
@@ -41,7 +45,6 @@ def prune(cfg: PruneConfig, out_path: str | Path, log: Callable[[str], None] | N
     from edgeseg.sparsity import apply_2to4, check_2to4
     from edgeseg.zoo.weights import LoadedModel, load_model
 
-    log = log or (lambda message: None)
     out_path = Path(out_path)
     source = prunable_source(cfg.model, out_path)
     zoo = source.kind == "zoo"
@@ -69,9 +72,9 @@ def prune(cfg: PruneConfig, out_path: str | Path, log: Callable[[str], None] | N
     model, spec, report = prune_model(original, cfg.model, cfg, size, gradient_batches, classifier=classifier,
                                       reference=None if zoo else unpruned_model(source))
     report = dataclasses.replace(report, prune_seconds=round(time.monotonic() - started, 1))
-    log(f"pruned {cfg.model}: {report.gflops_before:.2f} -> {report.gflops_after:.2f} GFLOPs "
-        f"(-{report.gflops_reduction:.0%}), {report.params_before / 1e6:.2f}M -> "
-        f"{report.params_after / 1e6:.2f}M parameters")
+    log.info(f"pruned {cfg.model}: {report.gflops_before:.2f} -> {report.gflops_after:.2f} GFLOPs "
+             f"(-{report.gflops_reduction:.0%}), {report.params_before / 1e6:.2f}M -> "
+             f"{report.params_after / 1e6:.2f}M parameters")
     if cfg.sparsity:
         apply_2to4(model, skip=report.classifier_layers)
         spec["sparsity"] = cfg.sparsity  # travels with the checkpoint: train.py keeps the pattern when fine-tuning
@@ -80,15 +83,15 @@ def prune(cfg: PruneConfig, out_path: str | Path, log: Callable[[str], None] | N
 
     if cfg.measure_latency:
         report = dataclasses.replace(report, latency=measure_latency_side_by_side(original, pruned, cfg, size))
-        log(f"ONNX Runtime CPU p50: {report.latency['latency_before_ms']:.2f} ms -> "
-            f"{report.latency['latency_after_ms']:.2f} ms (-{report.latency['latency_reduction']:.0%})")
+        log.info(f"ONNX Runtime CPU p50: {report.latency['latency_before_ms']:.2f} ms -> "
+                 f"{report.latency['latency_after_ms']:.2f} ms (-{report.latency['latency_reduction']:.0%})")
     evaluation, skip_reason = _evaluation_set(cfg, num_classes, None if zoo else original.preprocessing)
     if evaluation is not None:
         report = dataclasses.replace(report, miou_before=_miou(original.model, evaluation, original.preprocessing,
                                                                size, cfg),
                                      miou_pruned=_miou(model, evaluation, original.preprocessing, size, cfg))
-        log(f"mIoU ({cfg.dataset}/{cfg.eval_split}): {report.miou_before:.4f} before, "
-            f"{report.miou_pruned:.4f} pruned")
+        log.info(f"mIoU ({cfg.dataset}/{cfg.eval_split}): {report.miou_before:.4f} before, "
+                 f"{report.miou_pruned:.4f} pruned")
     else:
         report = dataclasses.replace(report, miou_skipped=skip_reason)
 
@@ -108,7 +111,7 @@ def prune(cfg: PruneConfig, out_path: str | Path, log: Callable[[str], None] | N
 
     write(model, report)
     if cfg.finetune_epochs:
-        finetuned, finetune_fields = _finetune(cfg, out_path, evaluation, original, size, log, source, card)
+        finetuned, finetune_fields = _finetune(cfg, out_path, evaluation, original, size, source, card)
         if cfg.sparsity:
             finetune_fields["sparsity_2to4_fraction"] = check_2to4(finetuned, skip=report.classifier_layers)
         write(finetuned, dataclasses.replace(report, **finetune_fields))
@@ -211,7 +214,7 @@ def _label_set_name(preprocessing: Any) -> str:
 
 
 def _finetune(cfg: PruneConfig, pruned_path: Path, evaluation: Any, original: LoadedModel, size: tuple[int, int],
-              log: Callable[[str], None], source: ModelSource, card: Any) -> tuple[Any, dict]:
+              source: ModelSource, card: Any) -> tuple[Any, dict]:
     """Recovery fine-tune of the pruned checkpoint through edgeseg.train (optionally distilled from the
     unpruned model); returns the best fine-tuned model and the report's fine-tune fields. A pruned Hugging Face
     directory is trained as the model itself; a zoo or factory checkpoint as its --weights."""
@@ -228,8 +231,8 @@ def _finetune(cfg: PruneConfig, pruned_path: Path, evaluation: Any, original: Lo
         data_root=cfg.data_root, weights=None if hf else str(pruned_path), epochs=cfg.finetune_epochs,
         batch_size=cfg.finetune_batch_size, lr=cfg.finetune_lr, eval_limit=cfg.eval_limit, threads=cfg.threads,
         device=cfg.device, seed=cfg.seed, distill_from=teacher if cfg.distill else None, card=cfg.card)
-    log(f"fine-tuning the pruned model for {cfg.finetune_epochs} epochs in {run_dir}"
-        + (" with distillation from the unpruned model" if cfg.distill else ""))
+    log.info(f"fine-tuning the pruned model for {cfg.finetune_epochs} epochs in {run_dir}"
+             + (" with distillation from the unpruned model" if cfg.distill else ""))
     best = train(train_cfg)
     if source.kind == "zoo":
         finetuned = load_model(cfg.model, str(best)).model
@@ -241,5 +244,5 @@ def _finetune(cfg: PruneConfig, pruned_path: Path, evaluation: Any, original: Lo
                           "distill": cfg.distill, "lr": cfg.finetune_lr}}
     if evaluation is not None:
         extra["miou_finetuned"] = _miou(finetuned, evaluation, original.preprocessing, size, cfg)
-        log(f"mIoU after fine-tuning: {extra['miou_finetuned']:.4f}")
+        log.info(f"mIoU after fine-tuning: {extra['miou_finetuned']:.4f}")
     return finetuned, extra
