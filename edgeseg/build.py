@@ -352,7 +352,7 @@ def _cpu_variants_stage(work_dir: Path, cfg: BuildConfig, calibration: Path, ste
 
         steps.say("INT8 for OpenVINO (NNCF, same calibration set)")
         quantize_nncf(work_dir / ONNX_FILES["fp32"], calibration, work_dir / OV_INT8_FILE,
-                      data_root=cfg.data_root, log=_detail)
+                      data_root=cfg.data_root, log=_detail)  # quantize_ov still takes log= (another branch)
         openvino_note = None
     else:
         steps.say("INT8 for OpenVINO: skipped, openvino is not installed")
@@ -361,7 +361,7 @@ def _cpu_variants_stage(work_dir: Path, cfg: BuildConfig, calibration: Path, ste
     variants = plan_variants(work_dir)
     steps.say(f"evaluate and time {len(variants)} CPU variants side by side ({cfg.eval_split} split)")
     measured = measure_variants(work_dir, variants, cfg.dataset, cfg.eval_split, cfg.data_root, cfg.eval_limit,
-                                cfg.threads, cfg.latency_rounds, log=_detail)
+                                cfg.threads, cfg.latency_rounds, log=_detail)  # cpu_variants: likewise
     default = choose_default(measured["rows"], cfg.max_miou_drop)
     _detail(f"default CPU variant: {default['name']} ({default['latency_ratio']:.2f}x ORT fp32, "
         f"drop {default['miou_drop']:+.2f} points"

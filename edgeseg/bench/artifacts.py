@@ -145,7 +145,7 @@ class ArtifactCache:
             settings = QuantizeConfig(profile=profile, method=self.suite.quant_method,
                                       max_miou_drop=self.suite.quant_max_miou_drop, eval_dataset=self.suite.dataset,
                                       data_root=self.suite.data_root, threads=self.suite.threads)
-            quantize_int8(fp32, calibration, settings, out, log=_detail)
+            quantize_int8(fp32, calibration, settings, out, log=_detail)  # still takes log= (another branch)
         return out
 
     def ov_int8_for(self, model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int]) -> Path:
@@ -160,7 +160,7 @@ class ArtifactCache:
 
             log.info(f"  NNCF int8 OpenVINO IR of {model.label} at {size[0]}x{size[1]}")
             quantize_nncf(fp32, calibration, out, data_root=self.suite.data_root,
-                          log=_detail)
+                          log=_detail)  # still takes log= (another branch)
         return out
 
     def _export(self, model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int], folder: Path) -> None:
