@@ -779,8 +779,14 @@ def prune_command(
     domain.one_of("--device", device, domain.TORCH_DEVICES)
     if out.suffix or not out.is_dir():  # a pruned Hugging Face model is a directory (the stage checks which)
         check_output_file(out, force=force)
-    elif not force:
-        raise UsageError(f"--out {out} already exists; add --force to replace it")
+    else:
+        from edgeseg.foreign_checkpoint import PREPROCESSING_FILE
+
+        if any(out.iterdir()) and not (out / PREPROCESSING_FILE).is_file():
+            raise UsageError(f"--out {out} is a folder that edgeseg did not write; give a new file (a zoo or "
+                             f"module:factory model) or directory (a Hugging Face model) name")
+        if not force:
+            raise UsageError(f"--out {out} already exists; add --force to replace it")
     check_output_file(Path(f"{out}.json"), force=force)
     from edgeseg.prune import PruneConfig
     from edgeseg.prune import prune as run_prune
