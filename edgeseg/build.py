@@ -16,12 +16,12 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeseg.bundle_layout import (CALIBRATION_MANIFEST, MANIFEST_FILE, ONNX_FILES, OV_INT8_FILE, PARTIAL_MARKER,
-                                   PRUNED_WEIGHTS)
+                                   PRUNED_HF_DIR, PRUNED_WEIGHTS)
 from edgeseg.calibration import CalibConfig, make_calibration_set
 from edgeseg.cpu_variants import choose_default, measure_variants, openvino_available, plan_variants
 from edgeseg.errors import UsageError
@@ -143,8 +143,9 @@ def build(cfg: BuildConfig) -> BuildResult:
     if source.kind in ("bundle", "engine"):
         raise UsageError(f"{cfg.model} is already built (a {source.kind}); build takes a zoo name, an .onnx, a "
                          f"Hugging Face directory or module:factory")
-    if cfg.prune_ratio and source.kind != "zoo":
-        raise UsageError("--prune works on zoo models only")
+    if cfg.prune_ratio and not source.is_torch:
+        raise UsageError(f"--prune needs a PyTorch model (a zoo name, Hugging Face directory or module:factory); "
+                         f"{cfg.model} is a graph: prune the model it was exported from")
     card = load_card_option(cfg.card, source)
     if source.kind == "onnx" and card is None:
         _check_adoptable(source.path)  # a foreign graph without its card fails in one line, before any work
@@ -166,7 +167,11 @@ def build(cfg: BuildConfig) -> BuildResult:
         if cfg.prune_ratio:
             steps.say(f"prune {cfg.model} (ratio {cfg.prune_ratio}, {cfg.prune_importance})"
                       + (f", {cfg.finetune_epochs}-epoch distilled recovery fine-tune" if cfg.finetune_epochs else ""))
-            weights = str(_prune_stage(cfg, work_dir))
+            pruned = _prune_stage(cfg, work_dir, source)
+            if source.kind == "hf":  # a pruned Hugging Face model is its own directory, loaded as one
+                source = replace(source, spec=str(pruned), path=pruned)
+            else:  # zoo and module:factory: the pruned weights (with the new layer sizes in their sidecar)
+                weights = str(pruned)
         if source.kind == "onnx":
             steps.say(f"model card into {source.path.name}'s metadata (no torch model: ONNX Runtime FP32 is the "
                       f"reference)")
@@ -394,16 +399,18 @@ def _relative_record(path: Path) -> dict:
     return record
 
 
-def _prune_stage(cfg: BuildConfig, work_dir: Path) -> Path:
+def _prune_stage(cfg: BuildConfig, work_dir: Path, source: ModelSource) -> Path:
     from edgeseg.prune import PruneConfig, prune
 
+    out = work_dir / (PRUNED_HF_DIR if source.kind == "hf" else PRUNED_WEIGHTS)
     with nested(DETAIL):
-        pruned = prune(PruneConfig(model=cfg.model, weights=cfg.weights, ratio=cfg.prune_ratio,
-                                   importance=cfg.prune_importance, size=cfg.size, dataset=cfg.dataset,
-                                   data_root=cfg.data_root, eval_split=cfg.budget_split, eval_limit=cfg.eval_limit,
-                                   threads=cfg.threads, finetune_epochs=cfg.finetune_epochs,
-                                   distill=cfg.finetune_epochs > 0),
-                       work_dir / PRUNED_WEIGHTS)
+        pruned = prune(PruneConfig(model=cfg.model, weights=None if source.kind == "hf" else cfg.weights,
+                                   ratio=cfg.prune_ratio, importance=cfg.prune_importance, size=cfg.size,
+                                   dataset=cfg.dataset, data_root=cfg.data_root, eval_split=cfg.budget_split,
+                                   eval_limit=cfg.eval_limit, threads=cfg.threads,
+                                   finetune_epochs=cfg.finetune_epochs, distill=cfg.finetune_epochs > 0,
+                                   card=cfg.card),
+                       out)
     return pruned.path
 
 

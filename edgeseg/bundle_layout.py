@@ -44,6 +44,7 @@ MANIFEST_FILE = "manifest.json"  # the build's manifest (stage "build")
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 PARTIAL_MARKER = ".edgeseg-partial"  # in `<out>.partial` while a build assembles the bundle
 PRUNED_WEIGHTS = "pruned.safetensors"  # build --prune: the pruned checkpoint the bundle is exported from
+PRUNED_HF_DIR = "pruned-hf"  # build --prune of a Hugging Face model: the pruned model directory
 BUILD_FILES = (MANIFEST_FILE, REPORT_JSON, REPORT_MD)
 
 # The cross-build kit (engine.bundle.write_kit)

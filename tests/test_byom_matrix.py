@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeseg.data.palettes import CAMVID
@@ -226,6 +227,30 @@ def test_build(world, kind, tmp_path, capsys):
     assert manifest["model_kind"] == kind and manifest["stage"] == "build"
     report = json.loads((bundle / "report.json").read_text())
     assert report["precisions"]["int8"]["miou"] is not None
+
+
+@pytest.mark.parametrize("kind", TORCH_KINDS)
+def test_build_prune(world, kind, tmp_path, capsys):
+    """build --prune on each PyTorch kind: the pruned model (smaller) is what the bundle's ONNX is exported from."""
+    bundle = tmp_path / "bundle"
+    code, _, err = run_cli(["build", *world.model(kind), *sized(kind), "--prune", "0.5", "--data-root",
+                            str(world.data), "--calib-count", "4", "--calib-strategy", "random", "--max-miou-drop",
+                            "-1", "--limit", "2", "--threads", "1", "--out", str(bundle)], capsys)
+    assert code == 0, err
+    pruned = bundle / ("pruned-hf" if kind == "hf" else "pruned.safetensors")
+    metrics = json.loads(Path(f"{pruned}.json").read_text())["metrics"]
+    assert metrics["params_after"] < metrics["params_before"]
+    import onnx
+
+    graph = onnx.load(str(bundle / "model.onnx"))
+    weights = sum(int(np.prod(t.dims)) for t in graph.graph.initializer if len(t.dims) > 1)
+    assert weights <= metrics["params_after"]  # the graph holds the pruned layers, not the factory's or config's
+
+
+def test_build_prune_of_a_graph_is_one_line(world, tmp_path, capsys):
+    code, _, err = run_cli(["build", *world.model("onnx"), "--prune", "0.5", "--out", str(tmp_path / "b")], capsys)
+    assert_one_line_error(code, err, "--prune needs a PyTorch model")
+    assert not (tmp_path / "b").exists()
 
 
 # ------------------------------------------------------------------------------------------------ demo, bench
