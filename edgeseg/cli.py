@@ -22,7 +22,6 @@ from edgeseg.sizes import parse_size
 from edgeseg.output_paths import check_output_file, check_output_folder
 
 if TYPE_CHECKING:
-    from contextlib import ExitStack
     from types import FrameType
 
     from edgeseg.card import ModelCard
@@ -638,29 +637,27 @@ def bench_command(
     domain.count("--calib-count", calib_count)
     if out:
         check_output_folder(out, "bench", force=force)
-    import contextlib
+    models, exported_size = _exported_models(models, weights, card, size, data, data_root, cache_dir)
+    if card is not None:
+        models = _carded_models(models, card, cache_dir, used=exported_size is not None)
+        if not size:  # a foreign graph is usually static: measure it at the card's size
+            from edgeseg.card import load_card
 
-    with contextlib.ExitStack() as stack:
-        models, exported_size = _exported_models(models, weights, card, size, data, data_root, stack)
-        if card is not None:
-            models = _carded_models(models, card, stack, used=exported_size is not None)
-            if not size:  # a foreign graph is usually static: measure it at the card's size
-                from edgeseg.card import load_card
-
-                size = ["x".join(map(str, load_card(card).input_size))]
-        if not size and exported_size:  # the export is static: measure it at the size it was exported at
-            size = [exported_size]
-        _bench(suite, models, weights, precisions, backends, size, with_optional, data, split, data_root, limit,
-               threads, batch, min_seconds, calib_count, out, machine, cache_dir, max_miou_drop, fail_under_miou,
-               plots, force)
+            size = ["x".join(map(str, load_card(card).input_size))]
+    if not size and exported_size:  # the export is static: measure it at the size it was exported at
+        size = [exported_size]
+    _bench(suite, models, weights, precisions, backends, size, with_optional, data, split, data_root, limit,
+           threads, batch, min_seconds, calib_count, out, machine, cache_dir, max_miou_drop, fail_under_miou,
+           plots, force)
 
 
 def _exported_models(models: list[str], weights: str | None, card: Path | None, size: list[str],
-                    data: str | None, data_root: str | None, stack: ExitStack) -> tuple[list[str], str | None]:
-    """Hugging Face and module:factory items of --models run as their ONNX export (in a temporary folder, with the
-    contract in the metadata); returns (items, "HxW" they were exported at, or None when none was)."""
-    import tempfile
-
+                    data: str | None, data_root: str | None,
+                    cache_dir: Path | None) -> tuple[list[str], str | None]:
+    """Hugging Face and module:factory items of --models run as their ONNX export (with the contract in the
+    metadata, kept in the bench cache so the results' artifact paths stay valid); returns (items, "HxW" they were
+    exported at, or None when none was)."""
+    from edgeseg.export import onnx_preprocessing
     from edgeseg.model_source import export_for_running, load_card_option, torch_source
 
     items = [item.strip() for text in models for item in text.split(",") if item.strip()]
@@ -670,33 +667,55 @@ def _exported_models(models: list[str], weights: str | None, card: Path | None, 
         if source is None or source.kind == "zoo":  # bench exports (and caches) zoo models itself
             exported.append(item)
             continue
-        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeseg-bench-")))
-        path = export_for_running(source, None if source.kind == "hf" else weights, load_card_option(card, source),
-                                  scratch, dataset=data or "camvid",
-                                  data_root=data_root, size=parse_size(size[0]) if size else None)
-        from edgeseg.export import onnx_preprocessing
-
+        used_weights = None if source.kind == "hf" else weights
+        folder = _bench_work_folder(cache_dir, "exported", source.name, source.spec, used_weights, card, size)
+        path = export_for_running(source, used_weights, load_card_option(card, source), folder,
+                                  dataset=data or "camvid", data_root=data_root,
+                                  size=parse_size(size[0]) if size else None)
         exported.append(str(path))
         at = at or "x".join(map(str, onnx_preprocessing(path).input_size))
     return exported, at
 
 
-def _carded_models(models: list[str], card: Path, stack: ExitStack, used: bool = False) -> list[str]:
-    """Foreign .onnx items of --models run from copies carrying the card (the user's files stay untouched)."""
-    from edgeseg.card import has_contract
-    from edgeseg.model_source import load_card_option, resolve_source, runnable_path
+def _carded_models(models: list[str], card: Path, cache_dir: Path | None, used: bool = False) -> list[str]:
+    """Foreign .onnx items of --models run from copies carrying the card, kept in the bench cache (the user's files
+    stay untouched; the results' artifact paths stay valid)."""
+    from edgeseg.card import has_contract, write_carded_onnx
+    from edgeseg.model_source import load_card_option
 
     loaded = load_card_option(card)
     items = [item.strip() for text in models for item in text.split(",") if item.strip()]
     carded = []
     for item in items:
         if item.endswith(".onnx") and Path(item).is_file() and not has_contract(item):
-            item = str(stack.enter_context(runnable_path(resolve_source(item), loaded)))
+            source = Path(item)
+            copy = _bench_work_folder(cache_dir, "carded", source.stem, item, None, card, []) / source.name
+            write_carded_onnx(source, loaded, copy, model_name=loaded.name or source.stem)
+            item = str(copy)
         carded.append(item)
     if carded == items and not used:
         raise UsageError("--card applies to foreign .onnx and module:factory models given with --models; none was "
                          "given")
     return carded
+
+
+def _bench_work_folder(cache_dir: Path | None, kind: str, name: str, spec: str, weights: str | None,
+                       card: Path | None, size: list[str]) -> Path:
+    """<cache>/<kind>/<name>-<key>: one folder per model as given (spec, weights, card and size, by absolute path),
+    rewritten on every run, so a changed file is never served stale."""
+    import hashlib
+
+    from edgeseg.bench.artifacts import default_cache_dir
+
+    def absolute(value: str | Path | None) -> str | None:
+        return str(Path(value).resolve()) if value is not None and Path(value).exists() else value
+
+    import json
+
+    what = json.dumps([kind, absolute(spec), absolute(weights), absolute(card), size])
+    folder = Path(cache_dir or default_cache_dir()) / kind / f"{name}-{hashlib.sha1(what.encode()).hexdigest()[:12]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _bench(suite: str | None, models: list[str], weights: str | None, precisions: list[str], backends: list[str],

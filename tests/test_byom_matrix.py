@@ -278,11 +278,17 @@ def test_bench(world, kind, tmp_path, capsys):
     out = tmp_path / "results"
     code, _, err = run_cli(["bench", *world.model(kind, option="--models"), "--precisions", "fp32", "--backends",
                             "ort-cpu", "--size", SIZE, "--data-root", str(world.data), "--limit", "2", "--threads",
-                            "1", "--min-seconds", "0.02", "--no-plots", "--out", str(out)], capsys)
+                            "1", "--min-seconds", "0.02", "--no-plots", "--cache-dir", str(tmp_path / "cache"),
+                            "--out", str(out)], capsys)
     assert code == 0, err
     rows = [row for row in json.loads((out / "results.json").read_text())["rows"] if row["backend"] == "ort-cpu"]
     assert len(rows) == 1 and rows[0]["status"] == "ok", rows
     assert rows[0]["accuracy"]["images"] == 2 and rows[0]["accuracy"]["miou"] is not None
+    if kind != "zoo":  # what the row ran is still there after the run (an export or carded copy lives in the cache)
+        artifact = Path(rows[0]["artifact"]["path"]).expanduser()
+        assert artifact.is_file(), rows[0]["artifact"]
+        if kind in ("hf", "factory", "onnx"):
+            assert artifact.is_relative_to(tmp_path / "cache")
 
 
 # ------------------------------------------------------------------------------------------------ train
