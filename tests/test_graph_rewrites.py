@@ -3,7 +3,6 @@ the rewritten graph computes what the original did (run by ONNX Runtime), and lo
 differently are left alone."""
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
@@ -46,7 +45,7 @@ def run(model, x):
     return session.run(None, {"x": x})[0]
 
 
-def test_token_mlp_becomes_a_1x1_conv_and_identity_resize_goes(tmp_path):
+def test_token_mlp_becomes_a_1x1_conv_and_identity_resize_goes():
     x = np.random.default_rng(1).normal(size=(1, 8, 6, 8)).astype(np.float32)
     for gemm in (True, False):
         model = decode_head(gemm=gemm)
