@@ -10,8 +10,13 @@ The default is the fastest row whose mIoU drop vs FP32 is within the accuracy bu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgeseg.runners.base import Runner
 
 # Files a CPU bundle may hold, by role.
 FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx", "int8-nncf": "model.int8.ov.xml"}
@@ -70,7 +75,7 @@ def plan_variants(bundle: Path, openvino: bool | None = None, bf16: bool | None 
     return variants
 
 
-def open_variant(bundle: Path, variant: CpuVariant, threads: int | None = None):
+def open_variant(bundle: Path, variant: CpuVariant, threads: int | None = None) -> Runner:
     if variant.backend == "ov-cpu":
         from edgeseg.runners.ov import OvRunner
 
@@ -87,8 +92,9 @@ def file_size_mb(path: Path) -> float:
     return size / 1e6
 
 
-def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str, split: str, data_root,
-                     limit: int | None, threads: int | None, latency_rounds: int, log=print) -> dict:
+def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str, split: str,
+                     data_root: str | Path | None, limit: int | None, threads: int | None, latency_rounds: int,
+                     log: Callable[[str], None] = print) -> dict:
     """Accuracy of every variant on the split, then latency of all of them in interleaved rounds."""
     import numpy as np
 
@@ -108,6 +114,7 @@ def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str
                "size_mb": file_size_mb(bundle / variant.file)}
         if variant.backend == "ov-cpu":
             row["inference_precision"] = runner.inference_precision  # read back from the compiled model
+            row["openvino_properties"] = runner.compile_properties
         rows.append(row)
         log(f"{variant.name}: mIoU {scores.miou:.4f} on {images} images")
     batch = np.zeros((1, 3, *runners[variants[0].name].preprocessing.input_size), np.float32)
