@@ -37,6 +37,7 @@ class ExportConfig:
     dynamic: tuple[str, ...] = ()  # any of DYNAMIC_AXES; static shapes by default (best for TensorRT)
     opset: int = 17  # 17+ keeps LayerNormalization as one op
     simplify: bool = True
+    rewrite: bool = True  # exact graph rewrites after simplify (edgeseg/graph_rewrites.py)
     fuse_argmax: bool = False  # output a uint8 label map instead of logits
     parity_images: int = 8
     min_agreement: float = 0.999
@@ -157,7 +158,7 @@ def export_model(loaded: LoadedModel, model_name: str, cfg: ExportConfig, out_pa
         simplify_note, rewrites = "off", []
         if cfg.simplify:
             graph, simplify_note = _simplify(graph)
-            # exact rewrites (edgeseg/graph_rewrites.py), checked by the parity check below like the rest
+        if cfg.simplify and cfg.rewrite:  # exact rewrites, checked by the parity check below like the rest
             graph, rewrites = rewrite_exact(graph)
         graph.producer_name = "edgeseg"
         _set_metadata(graph, {METADATA_PREPROCESSING: preprocessing.to_json(), METADATA_OUTPUT: output_name,
