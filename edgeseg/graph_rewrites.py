@@ -16,13 +16,18 @@ one 55 ms INT8 inference spent in layout plumbing, not arithmetic:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 # Resize coordinate modes under which an output of the input's own size samples exactly the input grid.
 _IDENTITY_WHEN_SAME_SIZE = {"half_pixel", "pytorch_half_pixel", "asymmetric", "align_corners", "half_pixel_symmetric"}
 
 
-def rewrite_exact(model):  # noqa: ANN001, ANN201 - onnx.ModelProto in and out; onnx is imported lazily
+def rewrite_exact(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """Apply the exact rewrites; returns (model, list of one-line notes of what was rewritten)."""
     import onnx
 
@@ -45,14 +50,14 @@ def rewrite_exact(model):  # noqa: ANN001, ANN201 - onnx.ModelProto in and out; 
     return inferred, notes
 
 
-def _static_shape(value) -> tuple[int, ...] | None:  # noqa: ANN001
+def _static_shape(value: onnx.ValueInfoProto) -> tuple[int, ...] | None:
     dims = value.type.tensor_type.shape.dim
     if not dims or any(not dim.HasField("dim_value") for dim in dims):
         return None
     return tuple(dim.dim_value for dim in dims)
 
 
-def _consumers(graph) -> dict[str, list]:  # noqa: ANN001
+def _consumers(graph: onnx.GraphProto) -> dict[str, list]:
     found: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
@@ -60,7 +65,7 @@ def _consumers(graph) -> dict[str, list]:  # noqa: ANN001
     return found
 
 
-def _attribute(node, name: str, default=None):  # noqa: ANN001, ANN202
+def _attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     from onnx import helper
 
     for attribute in node.attribute:
@@ -70,7 +75,7 @@ def _attribute(node, name: str, default=None):  # noqa: ANN001, ANN202
     return default
 
 
-def _drop_identity_resizes(graph, shapes: dict) -> list[str]:  # noqa: ANN001
+def _drop_identity_resizes(graph: onnx.GraphProto, shapes: dict) -> list[str]:
     outputs = {value.name for value in graph.output}
     rename, notes = {}, []
     for node in list(graph.node):
@@ -91,7 +96,7 @@ def _drop_identity_resizes(graph, shapes: dict) -> list[str]:  # noqa: ANN001
     return notes
 
 
-def _token_mlps_to_convs(graph, shapes: dict) -> list[str]:  # noqa: ANN001
+def _token_mlps_to_convs(graph: onnx.GraphProto, shapes: dict) -> list[str]:
     from onnx import helper, numpy_helper
 
     constants = {tensor.name: tensor for tensor in graph.initializer}
@@ -151,17 +156,17 @@ def _token_mlps_to_convs(graph, shapes: dict) -> list[str]:  # noqa: ANN001
     return notes
 
 
-def _mlp_chain(node, producers: dict, consumers: dict, outputs: set) -> list | None:  # noqa: ANN001
+def _mlp_chain(node: onnx.NodeProto, producers: dict, consumers: dict, outputs: set) -> list | None:
     """[Reshape, Transpose, (Reshape), node, (Reshape), Transpose, Reshape] around `node`, each intermediate
     tensor used once and not a graph output; None when the pattern does not hold."""
 
-    def only_consumer(current, op_types: tuple[str, ...]):  # noqa: ANN001, ANN202
+    def only_consumer(current: onnx.NodeProto, op_types: tuple[str, ...]) -> onnx.NodeProto | None:
         users = consumers.get(current.output[0], [])
         if current.output[0] in outputs or len(users) != 1 or users[0].op_type not in op_types:
             return None
         return users[0]
 
-    def producer(current, op_types: tuple[str, ...]):  # noqa: ANN001, ANN202
+    def producer(current: onnx.NodeProto, op_types: tuple[str, ...]) -> onnx.NodeProto | None:
         found = producers.get(current.input[0])
         if found is None or found.op_type not in op_types or found.output[0] in outputs \
                 or len(consumers.get(found.output[0], [])) != 1:
