@@ -28,7 +28,7 @@ edgeseg build --model "$model" --target cpu --max-miou-drop "$budget" --out "bun
 keep_reports "bundles/$model-cpu" "$model-cpu"
 cp "bundles/$model-cpu/calibration.json" "calibration/$model-camvid-class-balanced-200.json"
 if python -c "import openvino, nncf" 2>/dev/null; then  # the bundle's default vs OpenVINO + NNCF defaults
-    python benchmarks/cpu_openvino.py "bundles/$model-cpu" --threads 1
+    python benchmarks/cpu_openvino.py "bundles/$model-cpu" --threads 1 --rounds 40
 fi
 if [[ "$model" == segformer-b0 ]]; then
     edgeseg build --model "$model" --target jetson-orin --max-miou-drop "$budget" \

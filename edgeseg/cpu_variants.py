@@ -10,8 +10,13 @@ The default is the fastest row whose mIoU drop vs FP32 is within the accuracy bu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgeseg.runners.base import Runner
 
 from edgeseg.bundle_layout import CPU_FILES as FILES  # files a CPU bundle may hold, by role
 from edgeseg.bundle_layout import REPORT_JSON
@@ -70,7 +75,7 @@ def plan_variants(bundle: Path, openvino: bool | None = None, bf16: bool | None 
     return variants
 
 
-def open_variant(bundle: Path, variant: CpuVariant, threads: int | None = None):
+def open_variant(bundle: Path, variant: CpuVariant, threads: int | None = None) -> Runner:
     if variant.backend == "ov-cpu":
         from edgeseg.runners.ov import OvRunner
 
@@ -87,9 +92,12 @@ def file_size_mb(path: Path) -> float:
     return size / 1e6
 
 
-def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str, split: str, data_root,
-                     limit: int | None, threads: int | None, latency_rounds: int, log=print) -> dict:
+def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str, split: str,
+                     data_root: str | Path | None, limit: int | None, threads: int | None, latency_rounds: int,
+                     log: Callable[[str], None] = print) -> dict:
     """Accuracy of every variant on the split, then latency of all of them in interleaved rounds."""
+    import random
+
     import numpy as np
 
     from edgeseg.bench.latency import measure_interleaved
@@ -108,11 +116,12 @@ def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str
                "size_mb": file_size_mb(bundle / variant.file)}
         if variant.backend == "ov-cpu":
             row["inference_precision"] = runner.inference_precision  # read back from the compiled model
+            row["openvino_properties"] = runner.compile_properties
         rows.append(row)
         log(f"{variant.name}: mIoU {scores.miou:.4f} on {images} images")
     batch = np.zeros((1, 3, *runners[variants[0].name].preprocessing.input_size), np.float32)
     timings = measure_interleaved({name: (lambda r=r: r.infer(batch)) for name, r in runners.items()},
-                                  rounds=latency_rounds, per_round=2)
+                                  rounds=latency_rounds, per_round=2, shuffle=random.Random(0))
     reference = next(row for row in rows if row["backend"] == "ort-cpu" and row["precision"] == "fp32")
     for row in rows:
         row["miou_drop"] = (reference["miou"] - row["miou"]) * 100
@@ -122,7 +131,7 @@ def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str
         log(f"{row['name']}: p50 {row['latency_p50_ms']:.1f} ms ({row['latency_ratio']:.2f}x ORT fp32), "
             f"mIoU drop {row['miou_drop']:+.2f} points, {row['size_mb']:.1f} MB")
     return {"dataset": dataset.name, "images": images, "threads": threads,
-            "latency_method": "interleaved rounds, batch 1, model only", "rows": rows}
+            "latency_method": "interleaved rounds in a new random order each, batch 1, model only", "rows": rows}
 
 
 def choose_default(rows: list[dict], max_miou_drop: float | None) -> dict:

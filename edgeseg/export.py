@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgeseg.errors import DataError, EdgesegError, UsageError
+from edgeseg.graph_rewrites import rewrite_exact
 from edgeseg.manifest import Artifact, atomic_path, portable_path, sha256_file, stage_manifest, write_json
 from edgeseg.runners.ort import METADATA_OUTPUT, METADATA_PREPROCESSING
 from edgeseg.zoo.contract import Preprocessing
@@ -42,6 +43,7 @@ class ExportConfig:
     dynamic: tuple[str, ...] = ()  # any of DYNAMIC_AXES; static shapes by default (best for TensorRT)
     opset: int = 17  # 17+ keeps LayerNormalization as one op
     simplify: bool = True
+    rewrite: bool = True  # exact graph rewrites after simplify (edgeseg/graph_rewrites.py)
     fuse_argmax: bool = False  # output a uint8 label map instead of logits
     parity_images: int = 8
     min_agreement: float = 0.999
@@ -160,9 +162,11 @@ def export_model(loaded: LoadedModel, model_name: str, cfg: ExportConfig, out_pa
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"ONNX export of {model_name} failed: {reason}") from exc
         graph = onnx.load(str(raw_path))
-        simplify_note = "off"
+        simplify_note, rewrites = "off", []
         if cfg.simplify:
             graph, simplify_note = _simplify(graph)
+        if cfg.simplify and cfg.rewrite:  # exact rewrites, checked by the parity check below like the rest
+            graph, rewrites = rewrite_exact(graph)
         graph.producer_name = "edgeseg"
         _set_metadata(graph, {METADATA_PREPROCESSING: preprocessing.to_json(), METADATA_OUTPUT: output_name,
                               "edgeseg.model": model_name, "edgeseg.precision": "fp32"})
@@ -191,7 +195,7 @@ def export_model(loaded: LoadedModel, model_name: str, cfg: ExportConfig, out_pa
                    "segmentation-models-pytorch"))
     manifest.update({"model": model_name, "weights": _weights_source(loaded.source, out_path.parent),
                      "precision": "fp32", "output": output_name,
-                     "simplify": simplify_note, "preprocessing": preprocessing.to_dict(),
+                     "simplify": simplify_note, "rewrites": rewrites, "preprocessing": preprocessing.to_dict(),
                      "artifact": {"path": out_path.name, "sha256": sha256_file(out_path),
                                   "bytes": out_path.stat().st_size},
                      "spec": loaded.spec})

@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -24,6 +24,12 @@ from edgeseg.errors import EdgesegError, UsageError
 from edgeseg.export import onnx_preprocessing, read_onnx_metadata
 from edgeseg.manifest import Artifact, atomic_path, input_record, sha256_file, stage_manifest, write_json
 from edgeseg.progress import ProgressLines
+
+if TYPE_CHECKING:
+    import onnx
+
+    from edgeseg.card import ModelCard
+    from edgeseg.zoo.contract import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +82,7 @@ def _require_edgeseg_onnx(path: Path) -> dict:
     return metadata
 
 
-def _with_card(fp32_path: Path, card, scratch: Path) -> Path:
+def _with_card(fp32_path: Path, card: ModelCard | None, scratch: Path) -> Path:
     """A foreign FP32 graph plus its model card -> a copy carrying the card in its metadata (checked against the
     graph), so the quantized graph carries it on; without a card the graph must carry edgeseg metadata already."""
     if card is None:
@@ -90,11 +96,11 @@ def _with_card(fp32_path: Path, card, scratch: Path) -> Path:
     return carded
 
 
-def _card_record(card) -> dict:
+def _card_record(card: ModelCard | None) -> dict:
     return {"card": {"origin": card.origin, **card.to_dict()}} if card is not None else {}
 
 
-def convert_fp16(fp32_path: str | Path, out_path: str | Path, card=None) -> Artifact:
+def convert_fp16(fp32_path: str | Path, out_path: str | Path, card: ModelCard | None = None) -> Artifact:
     """FP32 ONNX -> FP16 ONNX with float32 inputs/outputs and overflow-prone ops kept in FP32. A foreign graph
     comes with its model card (edgeseg.card.ModelCard), which the FP16 graph then carries."""
     import onnx
@@ -117,7 +123,7 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, card=None) -> Arti
     return Artifact(out_path, manifest)
 
 
-def _set_precision(graph, precision: str) -> None:
+def _set_precision(graph: onnx.ModelProto, precision: str) -> None:
     for prop in graph.metadata_props:
         if prop.key == "edgeseg.precision":
             prop.value = precision
@@ -134,7 +140,7 @@ class _ManifestReader:
     """ONNX Runtime CalibrationDataReader over calibration images, supporting strided (chunked) collection so
     histogram calibrators never hold every activation of every image in memory at once."""
 
-    def __init__(self, paths, preprocessing, input_name):
+    def __init__(self, paths: list[Path], preprocessing: Preprocessing, input_name: str) -> None:
         self.paths, self.preprocessing, self.input_name = paths, preprocessing, input_name
         self.set_range(0, len(paths))
 
@@ -160,7 +166,7 @@ class _ManifestReader:
         return {self.input_name: batch}
 
 
-def _quantize_once(prepared: Path, out_path: Path, reader, cfg: QuantizeConfig, exclude: list[str],
+def _quantize_once(prepared: Path, out_path: Path, reader: _ManifestReader, cfg: QuantizeConfig, exclude: list[str],
                    cache: Path) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -206,7 +212,7 @@ def _ort_quantizer_warnings_silenced():
         root.removeFilter(keep)
 
 
-def float_softmax_inputs(graph) -> int:
+def float_softmax_inputs(graph: onnx.ModelProto) -> int:
     """Remove the QuantizeLinear -> DequantizeLinear pair in front of each Softmax; returns how many.
 
     quantize_static quantizes the attention MatMuls on both sides of Softmax, so Softmax ends up between a DQ and
@@ -247,7 +253,8 @@ def _stride(count: int) -> int:
 
 
 def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: QuantizeConfig,
-                  out_path: str | Path, log: Callable[[str], None] | None = None, card=None) -> Artifact:
+                  out_path: str | Path, log: Callable[[str], None] | None = None,
+                  card: ModelCard | None = None) -> Artifact:
     """FP32 ONNX + calibration manifest -> INT8 Q/DQ ONNX (+ manifest with the accuracy loop's record). A foreign
     graph comes with its model card, which the INT8 graph then carries; its FP32 reference is ONNX Runtime's.
     Result lines go to `log` when given (a pipeline indenting its stages' lines), else to this module's logger."""
@@ -307,7 +314,9 @@ def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: Quan
     return Artifact(out_path, manifest)
 
 
-def _fit_accuracy_budget(fp32_path, prepared, candidate, reader, cfg, excluded, cache, calib_paths, say) -> dict:
+def _fit_accuracy_budget(fp32_path: Path, prepared: Path, candidate: Path, reader: _ManifestReader,
+                         cfg: QuantizeConfig, excluded: list[str], cache: dict, calib_paths: list[Path],
+                         say: Callable[[str], None]) -> dict:
     """Evaluate INT8 vs FP32; while the drop exceeds the budget, keep the most sensitive layers in float."""
     from edgeseg.quant_sensitivity import evaluate_onnx, rank_sensitivity
 
@@ -350,7 +359,7 @@ def log_info(line: str) -> None:
     log.info(line)
 
 
-def _budget_split(cfg) -> str:
+def _budget_split(cfg: QuantizeConfig) -> str:
     """Where the budget's mIoU was measured, as its result lines name it: "camvid/val (first 20 images)"."""
     return f"{cfg.eval_dataset}/{cfg.eval_split}" + (f" (first {cfg.eval_limit} images)" if cfg.eval_limit else "")
 

@@ -14,8 +14,11 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from edgeseg.calibration import calibration_batches, load_calibration_set
 from edgeseg.errors import UsageError
@@ -44,7 +47,8 @@ class NncfConfig:
 
 
 def quantize_nncf(fp32_path: str | Path, calibration_path: str | Path, out_path: str | Path,
-                  cfg: NncfConfig = NncfConfig(), data_root: str | None = None, log=print) -> Artifact:
+                  cfg: NncfConfig = NncfConfig(), data_root: str | None = None,
+                  log: Callable[[str], None] = print) -> Artifact:
     """FP32 ONNX + calibration manifest -> NNCF INT8 OpenVINO IR (out_path .xml, its .bin beside it)."""
     ov = lazy_import("openvino", extra="openvino")
     nncf = lazy_import("nncf", extra="openvino")
@@ -88,7 +92,7 @@ def quantize_nncf(fp32_path: str | Path, calibration_path: str | Path, out_path:
     return Artifact(out_path, manifest)
 
 
-def _save_ir_atomically(ov, model, out_path: Path) -> None:
+def _save_ir_atomically(ov: ModuleType, model: Any, out_path: Path) -> None:  # model: an openvino.Model
     """An IR is two files: write both in a scratch folder beside the target, then move the .bin before the .xml,
     so an interrupted save never leaves an .xml whose weights are missing or stale."""
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -58,3 +58,14 @@ def test_interleaved_timing_alternates_the_models_round_by_round(clock):
     assert clock.calls == ["a", "b", "a", "a", "b", "b", "a", "a", "b", "b"]
     assert stats["a"].runs == stats["b"].runs == 4  # the warm-up calls are not samples
     assert stats["a"].p50_ms == 125.0 and stats["b"].p50_ms == 250.0
+
+
+def test_shuffled_interleaving_changes_the_order_but_times_every_model_alike(clock):
+    import random
+
+    calls = {name: clock.call(name, 0.125 * (index + 1)) for index, name in enumerate("abc")}
+    stats = measure_interleaved(calls, warmup=0, rounds=6, per_round=1, shuffle=random.Random(0))
+    rounds = [clock.calls[start:start + 3] for start in range(0, 18, 3)]
+    assert all(sorted(order) == ["a", "b", "c"] for order in rounds)  # every model once per round
+    assert len({tuple(order) for order in rounds}) > 1  # in more than one order
+    assert [stats[name].p50_ms for name in "abc"] == [125.0, 250.0, 375.0]

@@ -36,6 +36,10 @@ def test_openvino_matches_onnx_runtime_on_the_same_file(tiny_onnx, precision):
     path = tiny_onnx(precision)
     with OvRunner(path, threads=1) as ov_runner, OrtRunner(path, device="cpu", threads=1) as ort_runner:
         assert ov_runner.backend == "ov-cpu" and ov_runner.inference_precision == "f32"
+        # what ran, read back from the compiled model
+        assert ov_runner.compile_properties["INFERENCE_PRECISION_HINT"] == "f32"
+        assert ov_runner.compile_properties["PERFORMANCE_HINT"] == "LATENCY"
+        assert ov_runner.compile_properties["INFERENCE_NUM_THREADS"] == "1"
         assert ov_runner.input_spec.shape == (1, 3, 32, 32) and ov_runner.input_spec.dtype == "float32"
         assert ov_runner.preprocessing == ort_runner.preprocessing and ov_runner.output_kind == "logits"
         for seed in range(3):

@@ -7,6 +7,7 @@ on shared, noisy machines.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -56,16 +57,20 @@ def measure(call: Callable[[], object], warmup: int = 3, min_runs: int = 10, min
 
 
 def measure_interleaved(calls: dict[str, Callable[[], object]], warmup: int = 3, rounds: int = 10,
-                        per_round: int = 3) -> dict[str, LatencyStats]:
+                        per_round: int = 3, shuffle: random.Random | None = None) -> dict[str, LatencyStats]:
     """Time several models side by side: round-robin A B C A B C ..., so machine drift hits all alike and
-    their ratios stay meaningful on a noisy machine."""
+    their ratios stay meaningful on a noisy machine (`shuffle`: a new order every round, so no model always
+    runs right after the same other one)."""
     for call in calls.values():
         for _ in range(warmup):
             call()
     samples: dict[str, list[float]] = {name: [] for name in calls}
     progress = ProgressLines(f"latency rounds of {', '.join(calls)}", rounds, log)
     for _ in range(rounds):
-        for name, call in calls.items():
+        order = list(calls.items())
+        if shuffle is not None:
+            shuffle.shuffle(order)
+        for name, call in order:
             for _ in range(per_round):
                 begin = time.perf_counter()
                 call()

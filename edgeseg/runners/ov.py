@@ -4,14 +4,16 @@
 OpenVINO picks the precision of float layers itself: on a CPU with AVX512-BF16 or AMX it runs them in bf16
 unless told otherwise. That would silently make an "fp32" row a bf16 one, so this runner always sets
 `inference_precision` explicitly (f32 unless bf16 is asked for), refuses bf16 where the CPU lacks it, and reads
-the hint back from the compiled model so what ran is what is recorded. In an INT8 (Q/DQ) model the quantized
-layers run in int8 whatever the hint; the hint decides the layers left in float.
+the hint back from the compiled model so what ran is what is recorded (with the other compile properties that
+decide speed: latency hint, one stream, threads, pinning; see RECORDED_PROPERTIES). In an INT8 (Q/DQ) model
+the quantized layers run in int8 whatever the hint; the hint decides the layers left in float.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +24,10 @@ from edgeseg.runners.ort import METADATA_OUTPUT, METADATA_PREPROCESSING
 from edgeseg.zoo.contract import Preprocessing
 
 PRECISION_HINTS = ("f32", "bf16")
+# Compile properties read back from the compiled model and recorded with every measured row: what really ran.
+RECORDED_PROPERTIES = ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS", "INFERENCE_PRECISION_HINT",
+                       "ENABLE_CPU_PINNING", "ENABLE_HYPER_THREADING", "SCHEDULING_CORE_TYPE",
+                       "CPU_DENORMALS_OPTIMIZATION", "EXECUTION_MODE_HINT")
 _OV_TYPES = {"f32": "float32", "f16": "float16", "u8": "uint8", "i64": "int64"}
 
 
@@ -38,7 +44,7 @@ def bf16_available() -> bool:
     return "BF16" in cpu_capabilities()
 
 
-def _metadata(model) -> dict[str, str]:
+def _metadata(model: Any) -> dict[str, str]:  # an openvino.Model
     """ONNX metadata_props (OpenVINO keeps them under rt_info 'framework'), or what edgeseg saved into an IR."""
     found = {}
     for key in (METADATA_PREPROCESSING, METADATA_OUTPUT):
@@ -81,6 +87,7 @@ class OvRunner:
             raise UsageError(f"OpenVINO compiled {self.path.name} with inference precision "
                              f"{self.inference_precision}, not the {precision_hint} asked for")
         self.threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
+        self.compile_properties = _read_properties(self._compiled)
         model_input = self._compiled.inputs[0]
         shape = model_input.get_partial_shape()
         self.input_spec = TensorSpec(model_input.get_any_name(),
@@ -101,7 +108,17 @@ class OvRunner:
         return self._request.get_output_tensor(0).data.copy()
 
 
-def _hint_name(value) -> str:
+def _read_properties(compiled: Any) -> dict[str, str]:  # an openvino.CompiledModel
+    found = {}
+    supported = set(compiled.get_property("SUPPORTED_PROPERTIES"))
+    for name in RECORDED_PROPERTIES:
+        if name in supported:
+            value = compiled.get_property(name)
+            found[name] = _hint_name(value) if name == "INFERENCE_PRECISION_HINT" else str(value).split(".")[-1]
+    return found
+
+
+def _hint_name(value: Any) -> str:  # an openvino.Type or a string
     text = str(value).lower()
     return {"float32": "f32", "f32": "f32", "bfloat16": "bf16", "bf16": "bf16", "float16": "f16",
             "f16": "f16"}.get(text, getattr(value, "get_type_name", lambda: text)())
