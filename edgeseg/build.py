@@ -201,12 +201,13 @@ def build(cfg: BuildConfig) -> BuildResult:
         if cfg.max_miou_drop is not None and not labelled:
             log.warning("accuracy budget skipped: no labelled data (%s not found); INT8 is not checked against FP32 "
                         "accuracy", cfg.dataset)
-        quantized = quantize_int8(
-            export.path, calibration.path,
-            QuantizeConfig(profile=profile, method=cfg.quant_method, max_miou_drop=budget,
-                           eval_dataset=cfg.dataset, eval_split=cfg.budget_split, eval_limit=cfg.budget_limit,
-                           data_root=cfg.data_root, threads=cfg.threads),
-            work_dir / ONNX_FILES["int8"], log=_detail)  # quantize still takes log= (converted on another branch)
+        with nested(DETAIL):
+            quantized = quantize_int8(
+                export.path, calibration.path,
+                QuantizeConfig(profile=profile, method=cfg.quant_method, max_miou_drop=budget,
+                               eval_dataset=cfg.dataset, eval_split=cfg.budget_split, eval_limit=cfg.budget_limit,
+                               data_root=cfg.data_root, threads=cfg.threads),
+                work_dir / ONNX_FILES["int8"])
         if target.kind == "cpu" and labelled:
             measured = _cpu_variants_stage(work_dir, cfg, calibration.path, steps)
         else:

@@ -145,7 +145,8 @@ class ArtifactCache:
             settings = QuantizeConfig(profile=profile, method=self.suite.quant_method,
                                       max_miou_drop=self.suite.quant_max_miou_drop, eval_dataset=self.suite.dataset,
                                       data_root=self.suite.data_root, threads=self.suite.threads)
-            quantize_int8(fp32, calibration, settings, out, log=_detail)  # still takes log= (another branch)
+            with nested(DETAIL):
+                quantize_int8(fp32, calibration, settings, out)
         return out
 
     def ov_int8_for(self, model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int]) -> Path:
