@@ -357,8 +357,9 @@ def _cpu_variants_stage(work_dir: Path, cfg: BuildConfig, calibration: Path, ste
         from edgeseg.quantize_ov import quantize_nncf
 
         steps.say("INT8 for OpenVINO (NNCF, same calibration set)")
-        quantize_nncf(work_dir / ONNX_FILES["fp32"], calibration, work_dir / OV_INT8_FILE,
-                      data_root=cfg.data_root, log=_detail)  # quantize_ov still takes log= (another branch)
+        with nested(DETAIL):
+            quantize_nncf(work_dir / ONNX_FILES["fp32"], calibration, work_dir / OV_INT8_FILE,
+                          data_root=cfg.data_root)
         openvino_note = None
     else:
         steps.say("INT8 for OpenVINO: skipped, openvino is not installed")
