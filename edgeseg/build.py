@@ -126,9 +126,7 @@ DETAIL = " " * 6  # a stage's own lines are shown indented by this under the bui
 
 
 def _detail(line: str) -> None:
-    """A line of build's own under the current step; also the `log` of the stages that still take one (quantize,
-    quantize_ov, cpu_variants: until they log through their module loggers, then their calls go into
-    nested(DETAIL) like the others)."""
+    """A line of build's own under the current step, indented like its stages' lines (nested(DETAIL))."""
     log.info("%s%s", DETAIL, line)
 
 
@@ -367,8 +365,9 @@ def _cpu_variants_stage(work_dir: Path, cfg: BuildConfig, calibration: Path, ste
         _detail(openvino_note)
     variants = plan_variants(work_dir)
     steps.say(f"evaluate and time {len(variants)} CPU variants side by side ({cfg.eval_split} split)")
-    measured = measure_variants(work_dir, variants, cfg.dataset, cfg.eval_split, cfg.data_root, cfg.eval_limit,
-                                cfg.threads, cfg.latency_rounds, log=_detail)  # cpu_variants: likewise
+    with nested(DETAIL):
+        measured = measure_variants(work_dir, variants, cfg.dataset, cfg.eval_split, cfg.data_root, cfg.eval_limit,
+                                    cfg.threads, cfg.latency_rounds)
     default = choose_default(measured["rows"], cfg.max_miou_drop)
     _detail(f"default CPU variant: {default['name']} ({default['latency_ratio']:.2f}x ORT fp32, "
         f"drop {default['miou_drop']:+.2f} points"

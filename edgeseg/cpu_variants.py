@@ -10,7 +10,7 @@ The default is the fastest row whose mIoU drop vs FP32 is within the accuracy bu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 from edgeseg.bundle_layout import CPU_FILES as FILES  # files a CPU bundle may hold, by role
 from edgeseg.bundle_layout import REPORT_JSON
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,9 +95,10 @@ def file_size_mb(path: Path) -> float:
 
 
 def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str, split: str,
-                     data_root: str | Path | None, limit: int | None, threads: int | None, latency_rounds: int,
-                     log: Callable[[str], None] = print) -> dict:
-    """Accuracy of every variant on the split, then latency of all of them in interleaved rounds."""
+                     data_root: str | Path | None, limit: int | None, threads: int | None,
+                     latency_rounds: int) -> dict:
+    """Accuracy of every variant on the split, then latency of all of them in interleaved rounds; result lines
+    go to this module's logger."""
     import random
 
     import numpy as np
@@ -118,7 +121,7 @@ def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str
             row["inference_precision"] = runner.inference_precision  # read back from the compiled model
             row["openvino_properties"] = runner.compile_properties
         rows.append(row)
-        log(f"{variant.name}: mIoU {scores.miou:.4f} on {images} images")
+        log.info(f"{variant.name}: mIoU {scores.miou:.4f} on {images} images")
     batch = np.zeros((1, 3, *runners[variants[0].name].preprocessing.input_size), np.float32)
     timings = measure_interleaved({name: (lambda r=r: r.infer(batch)) for name, r in runners.items()},
                                   rounds=latency_rounds, per_round=2, shuffle=random.Random(0))
@@ -128,8 +131,8 @@ def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str
         row["latency_p50_ms"] = timings[row["name"]].p50_ms
         row["latency_ratio"] = row["latency_p50_ms"] / timings[reference["name"]].p50_ms
         row["latency"] = timings[row["name"]].to_dict()
-        log(f"{row['name']}: p50 {row['latency_p50_ms']:.1f} ms ({row['latency_ratio']:.2f}x ORT fp32), "
-            f"mIoU drop {row['miou_drop']:+.2f} points, {row['size_mb']:.1f} MB")
+        log.info(f"{row['name']}: p50 {row['latency_p50_ms']:.1f} ms ({row['latency_ratio']:.2f}x ORT fp32), "
+                 f"mIoU drop {row['miou_drop']:+.2f} points, {row['size_mb']:.1f} MB")
     return {"dataset": dataset.name, "images": images, "threads": threads,
             "latency_method": "interleaved rounds in a new random order each, batch 1, model only", "rows": rows}
 
