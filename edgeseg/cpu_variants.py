@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from edgeseg.runners.base import Runner
 
 from edgeseg.bundle_layout import CPU_FILES as FILES  # files a CPU bundle may hold, by role
-from edgeseg.bundle_layout import REPORT_JSON
+from edgeseg.bundle_layout import REPORT_JSON, artifact_bytes
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,7 @@ def open_variant(bundle: Path, variant: CpuVariant, threads: int | None = None) 
 
 
 def file_size_mb(path: Path) -> float:
-    size = path.stat().st_size
-    if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
-        size += path.with_suffix(".bin").stat().st_size
-    return size / 1e6
+    return artifact_bytes(path) / 1e6
 
 
 def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str, split: str,

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from edgeseg.bundle_layout import artifact_bytes
 from edgeseg.calibration import calibration_batches, load_calibration_set
 from edgeseg.errors import UsageError
 from edgeseg.export import onnx_preprocessing
@@ -91,7 +92,7 @@ def quantize_nncf(fp32_path: str | Path, calibration_path: str | Path, out_path:
                                                           "strategy": calibration["strategy"]},
                      "seconds": round(time.monotonic() - started, 1),
                      "artifact": {"path": out_path.name, "sha256": sha256_file(out_path),
-                                  "bytes": out_path.stat().st_size + out_path.with_suffix(".bin").stat().st_size}})
+                                  "bytes": artifact_bytes(out_path)}})
     write_json(out_path.with_name(out_path.name + ".json"), manifest)
     log.info(f"NNCF INT8 ({cfg.preset} preset, {model_type} scheme, {len(paths)} calibration images): "
              f"{out_path.name} in {manifest['seconds']:.0f} s")
