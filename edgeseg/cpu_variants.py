@@ -4,7 +4,8 @@ measured side by side, and the choice of the default one `demo` and `bench` run.
 A variant is a file of the bundle plus how to run it: ONNX Runtime on the FP32/FP16/INT8 ONNX models, and
 OpenVINO on the same ONNX files and on the NNCF INT8 IR, with the precision OpenVINO runs float layers in
 (`f32`, or `bf16` where the CPU has it) set explicitly and recorded. Rows are measured in one run with
-interleaved latency rounds (machine drift hits all alike, so ratios to ONNX Runtime FP32 stay meaningful).
+interleaved latency rounds (machine drift hits all alike, so ratios to ONNX Runtime FP32 stay meaningful), each
+round in a new seeded random order (no row always runs right after the same other one).
 The default is the fastest row whose mIoU drop vs FP32 is within the accuracy budget.
 """
 
@@ -94,13 +95,11 @@ def file_size_mb(path: Path) -> float:
 def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str, split: str,
                      data_root: str | Path | None, limit: int | None, threads: int | None,
                      latency_rounds: int) -> dict:
-    """Accuracy of every variant on the split, then latency of all of them in interleaved rounds; result lines
-    go to this module's logger."""
-    import random
-
+    """Accuracy of every variant on the split, then latency of all of them in interleaved rounds, each in a new
+    seeded random order; result lines go to this module's logger."""
     import numpy as np
 
-    from edgeseg.bench.latency import measure_interleaved
+    from edgeseg.bench.latency import SIDE_BY_SIDE_METHOD, measure_interleaved, shuffled_rounds
     from edgeseg.data.datasets import open_dataset
     from edgeseg.evaluate import evaluate
 
@@ -121,7 +120,7 @@ def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str
         log.info(f"{variant.name}: mIoU {scores.miou:.4f} on {images} images")
     batch = np.zeros((1, 3, *runners[variants[0].name].preprocessing.input_size), np.float32)
     timings = measure_interleaved({name: (lambda r=r: r.infer(batch)) for name, r in runners.items()},
-                                  rounds=latency_rounds, per_round=2, shuffle=random.Random(0))
+                                  rounds=latency_rounds, per_round=2, shuffle=shuffled_rounds())
     reference = next(row for row in rows if row["backend"] == "ort-cpu" and row["precision"] == "fp32")
     for row in rows:
         row["miou_drop"] = (reference["miou"] - row["miou"]) * 100
@@ -131,7 +130,7 @@ def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str
         log.info(f"{row['name']}: p50 {row['latency_p50_ms']:.1f} ms ({row['latency_ratio']:.2f}x ORT fp32), "
                  f"mIoU drop {row['miou_drop']:+.2f} points, {row['size_mb']:.1f} MB")
     return {"dataset": dataset.name, "images": images, "threads": threads,
-            "latency_method": "interleaved rounds in a new random order each, batch 1, model only", "rows": rows}
+            "latency_method": SIDE_BY_SIDE_METHOD, "rows": rows}
 
 
 def choose_default(rows: list[dict], max_miou_drop: float | None) -> dict:
