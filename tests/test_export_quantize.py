@@ -231,3 +231,24 @@ def test_corrupt_onnx_is_refused(tmp_path):
         convert_fp16(broken, tmp_path / "out.onnx")
     with pytest.raises(UsageError, match="cannot be loaded by ONNX Runtime"):
         open_runner(broken, device="cpu")
+
+
+def test_cli_quantize_says_the_budget_on_stderr_and_nothing_under_quiet(exported, tmp_path, capsys):
+    """The budget's result line is progress (stderr, gone under -q); stdout has the result alone."""
+    from tests.test_cli import run_cli
+
+    artifact, data = exported
+    calibration = make_calibration_set(onnx_preprocessing(artifact.path),
+                                       CalibConfig(data_root=str(data), count=4, strategy="random"),
+                                       tmp_path / "calib.json")
+    common = ["quantize", str(artifact.path), "--calibration", str(calibration.path), "--max-miou-drop", "100",
+              "--data-root", str(data), "--budget-limit", "2", "--threads", "1"]
+    code, out, err = run_cli([*common, "--out", str(tmp_path / "said.onnx")], capsys)
+    assert code == 0, err
+    budget = [line for line in err.splitlines() if "INT8 mIoU" in line]
+    assert len(budget) == 1 and budget[0].startswith("INT8 mIoU ") and " on camvid/val (first 2 images): " in budget[0]
+    assert out.splitlines() == [f"wrote {tmp_path / 'said.onnx'}; layers kept in float: none"]
+    code, out, err = run_cli(["-q", *common, "--out", str(tmp_path / "quiet.onnx")], capsys)
+    assert code == 0, err
+    assert "INT8 mIoU" not in err and "INT8 calibration" not in err
+    assert out.splitlines() == [f"wrote {tmp_path / 'quiet.onnx'}; layers kept in float: none"]
