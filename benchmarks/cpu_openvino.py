@@ -35,6 +35,7 @@ from pathlib import Path
 CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))  # runs from a checkout without installing edgeseg
 
+from edgeseg import logs  # noqa: E402
 from edgeseg.bundle_layout import (CALIBRATION_MANIFEST, FP32_ONNX, ONNX_FILES, REPORT_JSON,  # noqa: E402
                                    sidecar_name)
 from edgeseg.cpu_variants import CpuVariant, best_variant, measure_variants  # noqa: E402
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-plain-peer", dest="plain_peer", action="store_false",
                         help="skip the peer on a plain export (needs torch and the weights) for rewritten bundles")
     args = parser.parse_args(argv)
+    logs.configure()  # the rows' result lines and progress on stderr, as the CLI says them
     hint = openvino_default_hint()
     for bundle in args.bundles:
         report = json.loads((bundle / REPORT_JSON).read_text())
@@ -136,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         peer = nncf_defaults_peer(bundle, args.work, args.data_root)
         plain = plain_export_peer(bundle, report["model"], args.work, args.data_root) if args.plain_peer else None
         variants = variants_for(bundle, peer, hint, plain)
-        measured = measure_variants(bundle, variants, "camvid", "test", args.data_root, args.eval_limit,
-                                    args.threads, args.rounds, log=lambda line: print("  " + line, flush=True))
+        with logs.nested("  "):
+            measured = measure_variants(bundle, variants, "camvid", "test", args.data_root, args.eval_limit,
+                                        args.threads, args.rounds)
         ours = best_variant(bundle)
         for row in measured["rows"]:
             row["ours"] = row["name"] == ours.name

@@ -126,9 +126,7 @@ DETAIL = " " * 6  # a stage's own lines are shown indented by this under the bui
 
 
 def _detail(line: str) -> None:
-    """A line of build's own under the current step; also the `log` of the stages that still take one (quantize,
-    quantize_ov, cpu_variants: until they log through their module loggers, then their calls go into
-    nested(DETAIL) like the others)."""
+    """A line of build's own under the current step, indented like its stages' lines (nested(DETAIL))."""
     log.info("%s%s", DETAIL, line)
 
 
@@ -201,12 +199,13 @@ def build(cfg: BuildConfig) -> BuildResult:
         if cfg.max_miou_drop is not None and not labelled:
             log.warning("accuracy budget skipped: no labelled data (%s not found); INT8 is not checked against FP32 "
                         "accuracy", cfg.dataset)
-        quantized = quantize_int8(
-            export.path, calibration.path,
-            QuantizeConfig(profile=profile, method=cfg.quant_method, max_miou_drop=budget,
-                           eval_dataset=cfg.dataset, eval_split=cfg.budget_split, eval_limit=cfg.budget_limit,
-                           data_root=cfg.data_root, threads=cfg.threads),
-            work_dir / ONNX_FILES["int8"], log=_detail)  # quantize still takes log= (converted on another branch)
+        with nested(DETAIL):
+            quantized = quantize_int8(
+                export.path, calibration.path,
+                QuantizeConfig(profile=profile, method=cfg.quant_method, max_miou_drop=budget,
+                               eval_dataset=cfg.dataset, eval_split=cfg.budget_split, eval_limit=cfg.budget_limit,
+                               data_root=cfg.data_root, threads=cfg.threads),
+                work_dir / ONNX_FILES["int8"])
         if target.kind == "cpu" and labelled:
             measured = _cpu_variants_stage(work_dir, cfg, calibration.path, steps)
         else:
@@ -356,8 +355,9 @@ def _cpu_variants_stage(work_dir: Path, cfg: BuildConfig, calibration: Path, ste
         from edgeseg.quantize_ov import quantize_nncf
 
         steps.say("INT8 for OpenVINO (NNCF, same calibration set)")
-        quantize_nncf(work_dir / ONNX_FILES["fp32"], calibration, work_dir / OV_INT8_FILE,
-                      data_root=cfg.data_root, log=_detail)  # quantize_ov still takes log= (another branch)
+        with nested(DETAIL):
+            quantize_nncf(work_dir / ONNX_FILES["fp32"], calibration, work_dir / OV_INT8_FILE,
+                          data_root=cfg.data_root)
         openvino_note = None
     else:
         steps.say("INT8 for OpenVINO: skipped, openvino is not installed")
@@ -365,8 +365,9 @@ def _cpu_variants_stage(work_dir: Path, cfg: BuildConfig, calibration: Path, ste
         _detail(openvino_note)
     variants = plan_variants(work_dir)
     steps.say(f"evaluate and time {len(variants)} CPU variants side by side ({cfg.eval_split} split)")
-    measured = measure_variants(work_dir, variants, cfg.dataset, cfg.eval_split, cfg.data_root, cfg.eval_limit,
-                                cfg.threads, cfg.latency_rounds, log=_detail)  # cpu_variants: likewise
+    with nested(DETAIL):
+        measured = measure_variants(work_dir, variants, cfg.dataset, cfg.eval_split, cfg.data_root, cfg.eval_limit,
+                                    cfg.threads, cfg.latency_rounds)
     default = choose_default(measured["rows"], cfg.max_miou_drop)
     _detail(f"default CPU variant: {default['name']} ({default['latency_ratio']:.2f}x ORT fp32, "
         f"drop {default['miou_drop']:+.2f} points"

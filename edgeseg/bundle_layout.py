@@ -72,6 +72,16 @@ def onnx_name(precision: str, profile: str | None = None) -> str:
     return f"model.int8-{profile}.onnx"
 
 
+def artifact_bytes(path: Path) -> int:
+    """The size of the model an artifact path names: an OpenVINO IR is its .xml (the graph) and the .bin beside
+    it (the weights, nearly all of it); anything else is its one file."""
+    size = path.stat().st_size
+    weights = path.with_suffix(".bin")
+    if path.suffix == ".xml" and weights.is_file():
+        size += weights.stat().st_size
+    return size
+
+
 def sidecar_name(artifact: str) -> str:
     """An artifact's manifest, or an engine's sidecar: the file name with .json added (model.int8.engine.json)."""
     return artifact + ".json"

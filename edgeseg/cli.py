@@ -39,15 +39,6 @@ DIST_BACKEND_HELP = "under torchrun: gloo (CPU), nccl (CUDA GPUs) or auto (nccl 
 DIST_TIMEOUT_HELP = "under torchrun: seconds a process waits for the others before giving up with an error"
 
 
-def _quiet(line: str) -> None:
-    """The log of torchrun ranks other than 0: they repeat what rank 0 says."""
-
-
-def _plain_log(line: str) -> None:
-    # The `log` of quantize_int8, which still takes one (it is converted to its module logger on another branch).
-    console.print(line, markup=False, highlight=False)
-
-
 def with_classes(data: str, classes: Path | None) -> str:
     """--classes FILE is the folder dataset's classes=FILE option."""
     if classes is None:
@@ -395,8 +386,7 @@ def quantize(
 
     # Under torchrun (CPU processes, gloo) the accuracy budget's evaluations are shared out; rank 0 writes.
     with process_group("cpu", "gloo"):
-        artifact = quantize_int8(onnx_model, calibration, cfg, out, log=_plain_log if is_main_process() else _quiet,
-                                 card=loaded_card)
+        artifact = quantize_int8(onnx_model, calibration, cfg, out, card=loaded_card)
     if is_main_process():
         kept = artifact.manifest["layers_kept_float"]
         console.print(f"wrote {artifact.path}; layers kept in float: {', '.join(kept) if kept else 'none'}")

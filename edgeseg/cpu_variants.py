@@ -4,13 +4,14 @@ measured side by side, and the choice of the default one `demo` and `bench` run.
 A variant is a file of the bundle plus how to run it: ONNX Runtime on the FP32/FP16/INT8 ONNX models, and
 OpenVINO on the same ONNX files and on the NNCF INT8 IR, with the precision OpenVINO runs float layers in
 (`f32`, or `bf16` where the CPU has it) set explicitly and recorded. Rows are measured in one run with
-interleaved latency rounds (machine drift hits all alike, so ratios to ONNX Runtime FP32 stay meaningful).
+interleaved latency rounds (machine drift hits all alike, so ratios to ONNX Runtime FP32 stay meaningful), each
+round in a new seeded random order (no row always runs right after the same other one).
 The default is the fastest row whose mIoU drop vs FP32 is within the accuracy budget.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +20,9 @@ if TYPE_CHECKING:
     from edgeseg.runners.base import Runner
 
 from edgeseg.bundle_layout import CPU_FILES as FILES  # files a CPU bundle may hold, by role
-from edgeseg.bundle_layout import REPORT_JSON
+from edgeseg.bundle_layout import REPORT_JSON, artifact_bytes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,21 +89,17 @@ def open_variant(bundle: Path, variant: CpuVariant, threads: int | None = None) 
 
 
 def file_size_mb(path: Path) -> float:
-    size = path.stat().st_size
-    if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
-        size += path.with_suffix(".bin").stat().st_size
-    return size / 1e6
+    return artifact_bytes(path) / 1e6
 
 
 def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str, split: str,
-                     data_root: str | Path | None, limit: int | None, threads: int | None, latency_rounds: int,
-                     log: Callable[[str], None] = print) -> dict:
-    """Accuracy of every variant on the split, then latency of all of them in interleaved rounds."""
-    import random
-
+                     data_root: str | Path | None, limit: int | None, threads: int | None,
+                     latency_rounds: int) -> dict:
+    """Accuracy of every variant on the split, then latency of all of them in interleaved rounds, each in a new
+    seeded random order; result lines go to this module's logger."""
     import numpy as np
 
-    from edgeseg.bench.latency import measure_interleaved
+    from edgeseg.bench.latency import SIDE_BY_SIDE_METHOD, measure_interleaved, shuffled_rounds
     from edgeseg.data.datasets import open_dataset
     from edgeseg.evaluate import evaluate
 
@@ -118,20 +117,20 @@ def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str
             row["inference_precision"] = runner.inference_precision  # read back from the compiled model
             row["openvino_properties"] = runner.compile_properties
         rows.append(row)
-        log(f"{variant.name}: mIoU {scores.miou:.4f} on {images} images")
+        log.info(f"{variant.name}: mIoU {scores.miou:.4f} on {images} images")
     batch = np.zeros((1, 3, *runners[variants[0].name].preprocessing.input_size), np.float32)
     timings = measure_interleaved({name: (lambda r=r: r.infer(batch)) for name, r in runners.items()},
-                                  rounds=latency_rounds, per_round=2, shuffle=random.Random(0))
+                                  rounds=latency_rounds, per_round=2, shuffle=shuffled_rounds())
     reference = next(row for row in rows if row["backend"] == "ort-cpu" and row["precision"] == "fp32")
     for row in rows:
         row["miou_drop"] = (reference["miou"] - row["miou"]) * 100
         row["latency_p50_ms"] = timings[row["name"]].p50_ms
         row["latency_ratio"] = row["latency_p50_ms"] / timings[reference["name"]].p50_ms
         row["latency"] = timings[row["name"]].to_dict()
-        log(f"{row['name']}: p50 {row['latency_p50_ms']:.1f} ms ({row['latency_ratio']:.2f}x ORT fp32), "
-            f"mIoU drop {row['miou_drop']:+.2f} points, {row['size_mb']:.1f} MB")
+        log.info(f"{row['name']}: p50 {row['latency_p50_ms']:.1f} ms ({row['latency_ratio']:.2f}x ORT fp32), "
+                 f"mIoU drop {row['miou_drop']:+.2f} points, {row['size_mb']:.1f} MB")
     return {"dataset": dataset.name, "images": images, "threads": threads,
-            "latency_method": "interleaved rounds in a new random order each, batch 1, model only", "rows": rows}
+            "latency_method": SIDE_BY_SIDE_METHOD, "rows": rows}
 
 
 def choose_default(rows: list[dict], max_miou_drop: float | None) -> dict:

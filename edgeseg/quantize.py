@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -64,7 +65,7 @@ class QuantizeConfig:
     max_fallback_rounds: int = 8
     threads: int | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise UsageError(f"unknown quantization profile {self.profile!r}; choose {', '.join(PROFILES)}")
         if self.method not in METHODS:
@@ -144,12 +145,12 @@ class _ManifestReader:
         self.paths, self.preprocessing, self.input_name = paths, preprocessing, input_name
         self.set_range(0, len(paths))
 
-    def __len__(self):
-        return len(self.paths)
-
         self.progress: ProgressLines | None = None
 
-    def set_range(self, start_index: int, end_index: int):
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
         self._batches = calibration_batches(self.paths[start_index:end_index], self.preprocessing)
 
     def start_pass(self) -> None:
@@ -157,7 +158,7 @@ class _ManifestReader:
         self.set_range(0, len(self.paths))
         self.progress = ProgressLines("INT8 calibration", len(self.paths), log)
 
-    def get_next(self):
+    def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
         if batch is None:
             return None
@@ -195,7 +196,7 @@ def _quantize_once(prepared: Path, out_path: Path, reader: _ManifestReader, cfg:
 
 
 @contextmanager
-def _ort_quantizer_warnings_silenced():
+def _ort_quantizer_warnings_silenced() -> Iterator[None]:
     """ORT logs a root-logger warning per 1-D weight (LayerNorm) it cannot quantize per channel: expected, noise.
     Drop exactly those records (warnings logged on the root logger from onnxruntime's quantization package) while
     quantizing, instead of disabling logging for everyone, edgeseg's own progress lines included."""
@@ -253,15 +254,13 @@ def _stride(count: int) -> int:
 
 
 def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: QuantizeConfig,
-                  out_path: str | Path, log: Callable[[str], None] | None = None,
-                  card: ModelCard | None = None) -> Artifact:
+                  out_path: str | Path, card: ModelCard | None = None) -> Artifact:
     """FP32 ONNX + calibration manifest -> INT8 Q/DQ ONNX (+ manifest with the accuracy loop's record). A foreign
     graph comes with its model card, which the INT8 graph then carries; its FP32 reference is ONNX Runtime's.
-    Result lines go to `log` when given (a pipeline indenting its stages' lines), else to this module's logger."""
+    Result lines go to this module's logger (under torchrun from rank 0 only: the others repeat what it says)."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    say = log or log_info
     original, out_path = Path(fp32_path), Path(out_path)
     started = time.monotonic()
 
@@ -279,7 +278,7 @@ def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: Quan
         try:  # symbolic shape inference + ORT graph clean-up, as ORT recommends before quantizing
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
         except Exception as exc:  # fall back to the exported graph, which is already simplified
-            say(f"quantization pre-processing skipped ({type(exc).__name__}); quantizing the exported graph")
+            _say(f"quantization pre-processing skipped ({type(exc).__name__}); quantizing the exported graph")
             prepared.write_bytes(fp32_path.read_bytes())
         cache = scratch / "ranges.json"
         candidate = scratch / "int8.onnx"
@@ -288,7 +287,7 @@ def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: Quan
         _quantize_once(prepared, candidate, reader, cfg, excluded, cache)
         accuracy = None
         if cfg.max_miou_drop is not None:
-            accuracy = _fit_accuracy_budget(fp32_path, prepared, candidate, reader, cfg, excluded, cache, paths, say)
+            accuracy = _fit_accuracy_budget(fp32_path, prepared, candidate, reader, cfg, excluded, cache, paths)
         if not is_main_process():  # under torchrun the other ranks only shared the budget's evaluation
             return Artifact(out_path, {"layers_kept_float": accuracy["kept_float"] if accuracy else excluded})
         graph = onnx.load(str(candidate))
@@ -315,22 +314,20 @@ def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: Quan
 
 
 def _fit_accuracy_budget(fp32_path: Path, prepared: Path, candidate: Path, reader: _ManifestReader,
-                         cfg: QuantizeConfig, excluded: list[str], cache: dict, calib_paths: list[Path],
-                         say: Callable[[str], None]) -> dict:
+                         cfg: QuantizeConfig, excluded: list[str], cache: Path, calib_paths: list[Path]) -> dict:
     """Evaluate INT8 vs FP32; while the drop exceeds the budget, keep the most sensitive layers in float."""
     from edgeseg.quant_sensitivity import evaluate_onnx, rank_sensitivity
 
     fp32_miou = evaluate_onnx(fp32_path, cfg)
     int8_miou = evaluate_onnx(candidate, cfg)
     rounds = [{"kept_float": len(excluded), "miou": int8_miou, "drop": (fp32_miou - int8_miou) * 100}]
-    say(f"INT8 mIoU {int8_miou:.4f} vs FP32 {fp32_miou:.4f} on {_budget_split(cfg)}: drop {rounds[-1]['drop']:.2f} "
+    _say(f"INT8 mIoU {int8_miou:.4f} vs FP32 {fp32_miou:.4f} on {_budget_split(cfg)}: drop {rounds[-1]['drop']:.2f} "
         f"points (budget {cfg.max_miou_drop})")
     ranking = None
     step = 1
     while rounds[-1]["drop"] > cfg.max_miou_drop and len(rounds) <= cfg.max_fallback_rounds:
         if ranking is None:
-            log.info("ranking the quantized layers by the error each adds, on %d calibration images",
-                     len(calib_paths[:4]))
+            _say(f"ranking the quantized layers by the error each adds, on {len(calib_paths[:4])} calibration images")
             ranking = [name for name, _ in rank_sensitivity(prepared, candidate, calib_paths[:4], reader.preprocessing,
                                                             reader.input_name) if name not in excluded]
         if not ranking:
@@ -343,7 +340,7 @@ def _fit_accuracy_budget(fp32_path: Path, prepared: Path, candidate: Path, reade
         int8_miou = evaluate_onnx(candidate, cfg)
         rounds.append({"kept_float": len(excluded), "added": newly, "miou": int8_miou,
                        "drop": (fp32_miou - int8_miou) * 100})
-        say(f"kept {len(excluded)} layers in float: INT8 mIoU {int8_miou:.4f} on {_budget_split(cfg)}, "
+        _say(f"kept {len(excluded)} layers in float: INT8 mIoU {int8_miou:.4f} on {_budget_split(cfg)}, "
             f"drop {rounds[-1]['drop']:.2f} points")
     met = rounds[-1]["drop"] <= cfg.max_miou_drop
     if not met:
@@ -355,8 +352,11 @@ def _fit_accuracy_budget(fp32_path: Path, prepared: Path, candidate: Path, reade
             "rounds": rounds, "kept_float": list(excluded), "met": met}
 
 
-def log_info(line: str) -> None:
-    log.info(line)
+def _say(line: str) -> None:
+    """A result line, from one process: under torchrun every rank runs the budget loop and reaches the same
+    numbers, so only rank 0 says them."""
+    if is_main_process():
+        log.info(line)
 
 
 def _budget_split(cfg: QuantizeConfig) -> str:

@@ -27,7 +27,7 @@ def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, da
     size only, mIoU recorded as None. Result lines go to this module's logger."""
     import numpy as np
 
-    from edgeseg.bench.latency import measure_interleaved
+    from edgeseg.bench.latency import SIDE_BY_SIDE_METHOD, measure_interleaved, shuffled_rounds
     from edgeseg.data.datasets import open_dataset
     from edgeseg.evaluate import evaluate
     from edgeseg.runners.ort import OrtRunner
@@ -46,7 +46,7 @@ def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, da
         log.info(f"{precision}: mIoU {scores.miou:.4f} on {dataset.name} ({images} images)")
     batch = np.zeros((1, 3, *next(iter(runners.values())).preprocessing.input_size), np.float32)
     timings = measure_interleaved({p: (lambda r=r: r.infer(batch)) for p, r in runners.items()},
-                                  rounds=latency_rounds, per_round=2)
+                                  rounds=latency_rounds, per_round=2, shuffle=shuffled_rounds())
     reference_miou, reference_ms = results["fp32"]["miou"], timings["fp32"].p50_ms
     for precision, result in results.items():
         result["miou_drop"] = (reference_miou - result["miou"]) * 100
@@ -56,7 +56,7 @@ def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, da
         log.info(f"{precision}: p50 {result['latency_p50_ms']:.1f} ms ({result['latency_ratio']:.2f}x fp32), "
                  f"mIoU drop {result['miou_drop']:+.2f} points on {dataset.name}, {result['size_mb']:.1f} MB")
     return {"dataset": dataset.name, "images": min(len(dataset), limit or len(dataset)), "backend": "ort-cpu",
-            "threads": threads, "latency_method": "interleaved rounds, batch 1, model only",
+            "threads": threads, "latency_method": SIDE_BY_SIDE_METHOD,
             "precisions": results}
 
 
@@ -64,11 +64,11 @@ def _latency_only(paths: dict[str, Path], runners: dict[str, OrtRunner], latency
                   threads: int | None) -> dict:
     import numpy as np
 
-    from edgeseg.bench.latency import measure_interleaved
+    from edgeseg.bench.latency import SIDE_BY_SIDE_METHOD, measure_interleaved, shuffled_rounds
 
     batch = np.zeros((1, 3, *next(iter(runners.values())).preprocessing.input_size), np.float32)
     timings = measure_interleaved({p: (lambda r=r: r.infer(batch)) for p, r in runners.items()},
-                                  rounds=latency_rounds, per_round=2)
+                                  rounds=latency_rounds, per_round=2, shuffle=shuffled_rounds())
     results = {}
     for precision, path in paths.items():
         results[precision] = {"miou": None, "miou_drop": None, "pixel_accuracy": None, "per_class_iou": None,
@@ -79,7 +79,7 @@ def _latency_only(paths: dict[str, Path], runners: dict[str, OrtRunner], latency
                  f"({results[precision]['latency_ratio']:.2f}x fp32), {results[precision]['size_mb']:.1f} MB "
                  f"(no labelled data: accuracy not measured)")
     return {"dataset": None, "images": 0, "backend": "ort-cpu", "threads": threads,
-            "latency_method": "interleaved rounds, batch 1, model only", "precisions": results}
+            "latency_method": SIDE_BY_SIDE_METHOD, "precisions": results}
 
 
 def write_reports(bundle: Path, model: str, target: str, measured: dict, manifest: dict) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -134,8 +135,10 @@ def test_openvino_rows_run_the_onnx_and_the_nncf_int8_with_f32_set(bench_run):
         assert row["artifact"]["path"].endswith(suffix) and row["accuracy"]["reference"] == reference_id
         assert row["latency_ms"]["p50_ms"] > 0
     assert bench_run.rows[f"{MODEL}/fp32/ov-cpu/48x64"]["accuracy"]["pixel_agreement"] > 0.99
-    assert (bench_run.rows[f"{MODEL}/int8/ov-cpu/48x64"]["artifact"]["path"]
-            .endswith("model.int8.ov.xml"))
+    artifact = bench_run.rows[f"{MODEL}/int8/ov-cpu/48x64"]["artifact"]
+    assert artifact["path"].endswith("model.int8.ov.xml")
+    ir = Path(artifact["path"]).expanduser()  # an IR's size is its graph and its weights
+    assert artifact["mb"] == (ir.stat().st_size + ir.with_suffix(".bin").stat().st_size) / 1e6
 
 
 @pytest.mark.slow

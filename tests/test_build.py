@@ -27,8 +27,13 @@ def tiny_build_config(data_root, out_dir, **overrides):
 
 
 @pytest.mark.slow
-def test_cpu_build_writes_a_complete_bundle(tmp_path, tiny_camvid, build_lines):
+def test_cpu_build_writes_a_complete_bundle(tmp_path, tiny_camvid, build_lines, capsys):
+    from edgeseg import logs
+
+    logs.configure()  # as the CLI does: the stages' lines on stderr, indented under the build's steps
     result = build(tiny_build_config(tiny_camvid, tmp_path / "bundle"))
+    out, err = capsys.readouterr()
+    assert out == ""  # stdout is for the CLI's result line: no stage (nor NNCF) writes there
     bundle = result.bundle
     lines = build_lines.lines
     for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "calibration.json", "manifest.json",
@@ -59,6 +64,10 @@ def test_cpu_build_writes_a_complete_bundle(tmp_path, tiny_camvid, build_lines):
         assert {"ov-cpu/fp32", "ov-cpu/int8-nncf+f32", "ov-cpu/int8-edgeseg+f32"} <= set(rows)
         assert all(row["inference_precision"] == row["hint"] for row in rows.values() if row["backend"] == "ov-cpu")
         assert manifest["artifacts"]["int8-nncf"]["sha256"]
+        assert "\n      NNCF INT8 (performance preset, default scheme, 4 calibration images): model.int8.ov.xml" in err
+    # the variants' result lines, from cpu_variants' logger, indented under step 6
+    step = err.index("[6/7] evaluate and time")
+    assert err.index("\n      ort-cpu/fp32: mIoU ") > step and err.index("\n      ort-cpu/int8-edgeseg: p50 ") > step
     assert "**default**" in (bundle / "report.md").read_text()
     # the result is what manifest.json records, and names the variant a device runs
     assert isinstance(result, BuildResult) and bundle == tmp_path / "bundle"

@@ -13,9 +13,9 @@ import logging
 import onnx
 import pytest
 
-from edgeseg.bundle_layout import (ENGINE_PRECEDENCE, ONNX_FILES, artifact_to_run, bundle_engine, choose_engine,
-                                   deepstream_onnx_name, engine_name, engine_precision, nvinfer_engine_name,
-                                   onnx_name, recorded_engine_precision, sidecar_name)
+from edgeseg.bundle_layout import (ENGINE_PRECEDENCE, ONNX_FILES, OV_INT8_FILE, artifact_bytes, artifact_to_run,
+                                   bundle_engine, choose_engine, deepstream_onnx_name, engine_name, engine_precision,
+                                   nvinfer_engine_name, onnx_name, recorded_engine_precision, sidecar_name)
 from edgeseg.engine.sidecar import read_sidecar, sidecar_path
 from edgeseg.errors import UsageError
 from tests.engine_helpers import make_model
@@ -139,3 +139,17 @@ def test_the_contract_of_a_bundle_comes_from_its_fp32_graph(tmp_path):
     preprocessing, output, origin = contract_of(resolve_source(str(bundle)))
     assert preprocessing.input_size == (32, 32) and output == "logits"
     assert origin == f"the metadata of {bundle / 'model.onnx'}"
+
+
+def test_an_openvino_ir_is_sized_with_its_weights(tmp_path):
+    """The size column of bench and of a CPU bundle's rows: an IR's .xml is the graph, its .bin the weights."""
+    from edgeseg.cpu_variants import file_size_mb
+
+    graph, weights, onnx_file = tmp_path / OV_INT8_FILE, tmp_path / "model.int8.ov.bin", tmp_path / ONNX_FILES["int8"]
+    graph.write_bytes(b"x" * 1_000)
+    assert artifact_bytes(graph) == 1_000  # weights not (yet) there: the graph alone
+    weights.write_bytes(b"w" * 2_500_000)
+    onnx_file.write_bytes(b"o" * 300)
+    (tmp_path / "model.int8.bin").write_bytes(b"not the ONNX model's")
+    assert artifact_bytes(graph) == 2_501_000 and file_size_mb(graph) == 2.501
+    assert artifact_bytes(onnx_file) == 300

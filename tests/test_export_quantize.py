@@ -16,6 +16,8 @@ from edgeseg.quantize import QuantizeConfig, convert_fp16, quantize_int8
 from edgeseg.runners import open_runner
 from edgeseg.zoo.weights import LoadedModel, load_model
 
+from tests.log_lines import captured
+
 SIZE = (48, 64)
 
 
@@ -146,7 +148,7 @@ def test_int8_graph_has_qdq_and_agrees_with_fp32(exported, tmp_path, profile):
     calibration = make_calibration_set(preprocessing, CalibConfig(data_root=str(data), count=4, strategy="random"),
                                        tmp_path / "calib.json")
     int8 = quantize_int8(artifact.path, calibration.path, QuantizeConfig(profile=profile, data_root=str(data)),
-                         tmp_path / f"model.{profile}.int8.onnx", log=lambda _: None)
+                         tmp_path / f"model.{profile}.int8.onnx")
     graph = onnx.load(str(int8.path))
     ops = {node.op_type for node in graph.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -180,12 +182,13 @@ def test_accuracy_budget_rescues_a_bad_calibration_or_fails_clearly(toy_checkpoi
     with pytest.raises(QuantizeError, match="still exceeds --max-miou-drop 0.0 with 1 layers in float"):
         quantize_int8(fp32.path, calibration.path,
                       QuantizeConfig(max_miou_drop=0.0, data_root=str(data), max_fallback_rounds=1),
-                      tmp_path / "never.onnx", log=lambda _: None)
+                      tmp_path / "never.onnx")
     assert not (tmp_path / "never.onnx").exists()
-    lines = []
-    rescued = quantize_int8(fp32.path, calibration.path,
-                            QuantizeConfig(max_miou_drop=2.0, data_root=str(data), max_fallback_rounds=8),
-                            tmp_path / "rescued.onnx", log=lines.append)
+    with captured("edgeseg.quantize") as said:
+        rescued = quantize_int8(fp32.path, calibration.path,
+                                QuantizeConfig(max_miou_drop=2.0, data_root=str(data), max_fallback_rounds=8),
+                                tmp_path / "rescued.onnx")
+    lines = said.lines
     accuracy = rescued.manifest["checks"]["accuracy"]
     # Every result line of the budget loop names the split it was measured on.
     budget_lines = [line for line in lines if "INT8 mIoU" in line]
@@ -212,7 +215,7 @@ def test_sensitivity_ranking_names_quantized_layers(exported, tmp_path):
     calibration = make_calibration_set(preprocessing, CalibConfig(data_root=str(data), count=4, strategy="random"),
                                        tmp_path / "calib.json")
     int8 = quantize_int8(artifact.path, calibration.path, QuantizeConfig(data_root=str(data)),
-                         tmp_path / "m.int8.onnx", log=lambda _: None)
+                         tmp_path / "m.int8.onnx")
     _, paths = load_calibration_set(calibration.path, data)
     ranking = rank_sensitivity(artifact.path, int8.path, paths[:2], preprocessing, "pixel_values")
     conv_names = {n.name for n in onnx.load(str(artifact.path)).graph.node if n.op_type == "Conv"}
@@ -228,3 +231,24 @@ def test_corrupt_onnx_is_refused(tmp_path):
         convert_fp16(broken, tmp_path / "out.onnx")
     with pytest.raises(UsageError, match="cannot be loaded by ONNX Runtime"):
         open_runner(broken, device="cpu")
+
+
+def test_cli_quantize_says_the_budget_on_stderr_and_nothing_under_quiet(exported, tmp_path, capsys):
+    """The budget's result line is progress (stderr, gone under -q); stdout has the result alone."""
+    from tests.test_cli import run_cli
+
+    artifact, data = exported
+    calibration = make_calibration_set(onnx_preprocessing(artifact.path),
+                                       CalibConfig(data_root=str(data), count=4, strategy="random"),
+                                       tmp_path / "calib.json")
+    common = ["quantize", str(artifact.path), "--calibration", str(calibration.path), "--max-miou-drop", "100",
+              "--data-root", str(data), "--budget-limit", "2", "--threads", "1"]
+    code, out, err = run_cli([*common, "--out", str(tmp_path / "said.onnx")], capsys)
+    assert code == 0, err
+    budget = [line for line in err.splitlines() if "INT8 mIoU" in line]
+    assert len(budget) == 1 and budget[0].startswith("INT8 mIoU ") and " on camvid/val (first 2 images): " in budget[0]
+    assert out.splitlines() == [f"wrote {tmp_path / 'said.onnx'}; layers kept in float: none"]
+    code, out, err = run_cli(["-q", *common, "--out", str(tmp_path / "quiet.onnx")], capsys)
+    assert code == 0, err
+    assert "INT8 mIoU" not in err and "INT8 calibration" not in err
+    assert out.splitlines() == [f"wrote {tmp_path / 'quiet.onnx'}; layers kept in float: none"]

@@ -9,6 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeseg.bench.latency import SIDE_BY_SIDE_METHOD
 from edgeseg.data.palettes import CAMVID
 from edgeseg.report import measure_precisions, write_reports
 from edgeseg.zoo.contract import Preprocessing
@@ -62,6 +63,7 @@ def test_measure_precisions_scores_each_model_and_compares_with_fp32(tmp_path, t
         measured = measure_precisions(paths, "camvid", "test", two_frames, limit=None, threads=1, latency_rounds=2)
     lines = said.lines
     assert measured["images"] == 2 and measured["dataset"] == "camvid/test" and measured["threads"] == 1
+    assert measured["latency_method"] == SIDE_BY_SIDE_METHOD  # what was done: shuffled_rounds() each round
     fp32, int8 = measured["precisions"]["fp32"], measured["precisions"]["int8"]
     # 120 labelled pixels: 32 sky, 88 road. All-road: road IoU 88/120, sky 0; the 9 absent classes have no IoU.
     assert fp32["miou"] == pytest.approx(88 / 120 / 2) and fp32["pixel_accuracy"] == pytest.approx(88 / 120)
@@ -85,7 +87,7 @@ def test_measure_precisions_scores_each_model_and_compares_with_fp32(tmp_path, t
 
 def test_reports_hold_every_precision_and_say_what_stayed_float(tmp_path):
     measured = {"dataset": "camvid/test", "images": 233, "backend": "ort-cpu", "threads": 2,
-                "latency_method": "interleaved rounds, batch 1, model only",
+                "latency_method": SIDE_BY_SIDE_METHOD,
                 "precisions": {"fp32": {"miou": 0.4384, "miou_drop": 0.0, "latency_p50_ms": 89.11,
                                         "latency_ratio": 1.0, "size_mb": 15.06},
                                "int8": {"miou": 0.4377, "miou_drop": 0.07, "latency_p50_ms": 55.35,
@@ -100,6 +102,8 @@ def test_reports_hold_every_precision_and_say_what_stayed_float(tmp_path):
     assert report["layers_kept_float"] == ["/decode_head/classifier/Conv"]
     lines = (tmp_path / "report.md").read_text().splitlines()
     assert lines[0] == "# segformer-b0 for cpu"
+    assert lines[2] == ("Accuracy on camvid/test (233 images); latency on ONNX Runtime CPU, interleaved rounds in a "
+                        "new seeded random order each, batch 1, model only, measured side by side in one run.")
     assert "| fp32 | 0.4384 | +0.00 | 89.1 | 1.00x | 15.1 |" in lines
     assert "| int8 | 0.4377 | +0.07 | 55.4 | 0.62x | 4.7 |" in lines
     assert "INT8 layers kept in float: /decode_head/classifier/Conv." in lines

@@ -35,12 +35,6 @@ log = logging.getLogger(__name__)
 DETAIL = " " * 4  # a stage's own lines (quantization, NNCF, the engine build) under the cache's line for it
 
 
-def _detail(line: str) -> None:
-    """The `log` of the stages that still take one (quantize, quantize_ov: until they log through their module
-    loggers, then their calls go into nested(DETAIL) like the engine build's)."""
-    log.info("%s%s", DETAIL, line)
-
-
 @dataclass(frozen=True)
 class ResolvedWeights:
     spec: str  # what every process passes to load_model: a file path, or a hub id / named weight
@@ -145,7 +139,8 @@ class ArtifactCache:
             settings = QuantizeConfig(profile=profile, method=self.suite.quant_method,
                                       max_miou_drop=self.suite.quant_max_miou_drop, eval_dataset=self.suite.dataset,
                                       data_root=self.suite.data_root, threads=self.suite.threads)
-            quantize_int8(fp32, calibration, settings, out, log=_detail)  # still takes log= (another branch)
+            with nested(DETAIL):
+                quantize_int8(fp32, calibration, settings, out)
         return out
 
     def ov_int8_for(self, model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int]) -> Path:
@@ -159,8 +154,8 @@ class ArtifactCache:
             from edgeseg.quantize_ov import quantize_nncf
 
             log.info(f"  NNCF int8 OpenVINO IR of {model.label} at {size[0]}x{size[1]}")
-            quantize_nncf(fp32, calibration, out, data_root=self.suite.data_root,
-                          log=_detail)  # still takes log= (another branch)
+            with nested(DETAIL):
+                quantize_nncf(fp32, calibration, out, data_root=self.suite.data_root)
         return out
 
     def _export(self, model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int], folder: Path) -> None:

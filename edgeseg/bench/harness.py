@@ -25,7 +25,7 @@ from edgeseg.bench.artifacts import (ArtifactCache, ResolvedWeights, backend_una
                                      resolve_weights)
 from edgeseg.bench.suite import BACKENDS, PRECISIONS, ModelSpec, Suite
 from edgeseg.bench.worker import RESULT_MARKER, WorkerJob
-from edgeseg.bundle_layout import FP32_ONNX
+from edgeseg.bundle_layout import FP32_ONNX, artifact_bytes
 from edgeseg.errors import EdgesegError, UsageError
 from edgeseg.output_paths import check_output_folder
 
@@ -472,7 +472,7 @@ def _file_record(path: Path) -> dict:
     # The artifact cache lives under the user's home: record it as ~/..., not as this machine's home folder.
     home = Path.home()
     shown = f"~/{path.relative_to(home).as_posix()}" if path.is_absolute() and path.is_relative_to(home) else str(path)
-    return {"path": shown, "mb": path.stat().st_size / 1e6}
+    return {"path": shown, "mb": artifact_bytes(path) / 1e6}  # an OpenVINO IR: its .xml and .bin
 
 
 def _load_average() -> float | None:

@@ -18,6 +18,15 @@ from edgeseg.progress import ProgressLines
 
 log = logging.getLogger(__name__)
 
+# How a build times its models side by side (report.py, cpu_variants.py), as its reports name it: measure_interleaved
+# with shuffle=shuffled_rounds().
+SIDE_BY_SIDE_METHOD = "interleaved rounds in a new seeded random order each, batch 1, model only"
+
+
+def shuffled_rounds() -> random.Random:
+    """The round order a build's side-by-side timing uses: new each round, the same sequence every run (seed 0)."""
+    return random.Random(0)
+
 
 @dataclass(frozen=True)
 class LatencyStats:

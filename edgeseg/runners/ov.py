@@ -58,7 +58,7 @@ def _metadata(model: Any) -> dict[str, str]:  # an openvino.Model
 class OvRunner:
     backend = "ov-cpu"
 
-    def __init__(self, path: str | Path, threads: int | None = None, precision_hint: str = "f32"):
+    def __init__(self, path: str | Path, threads: int | None = None, precision_hint: str = "f32") -> None:
         if precision_hint not in PRECISION_HINTS:
             raise UsageError(f"OpenVINO precision hint {precision_hint!r}: choose {', '.join(PRECISION_HINTS)}")
         ov = lazy_import("openvino", extra="openvino")
@@ -98,7 +98,7 @@ class OvRunner:
     def __enter__(self) -> "OvRunner":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._request = self._compiled = None
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
