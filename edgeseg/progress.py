@@ -21,10 +21,14 @@ now = time.monotonic  # the clock progress lines read (a test drives a fake one)
 
 
 def make_progress(transient: bool = False) -> Progress:
+    """A rich bar on stderr (stdout is for results: `edgeseg eval ... > table.txt` must not catch a bar), shown only
+    when stderr is a terminal, on rank 0."""
+    from rich.console import Console
+
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        transient=transient, disable=not sys.stderr.isatty() or not _main_rank(), console=None,
+        transient=transient, disable=not sys.stderr.isatty() or not _main_rank(), console=Console(stderr=True),
     )
 
 

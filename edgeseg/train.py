@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import queue
 import threading
 import time
@@ -35,6 +36,8 @@ from edgeseg.errors import DataError, UsageError
 from edgeseg.evaluate import evaluate, torch_predictor
 from edgeseg.manifest import atomic_path
 from edgeseg.progress import make_progress
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,7 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
     if cfg.sync_bn and ctx.distributed and not device.startswith("cuda"):
         raise UsageError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only; on CPU use "
                          "--freeze-bn or per-process BatchNorm (neither option)")
-    say = print if ctx.is_main else (lambda *args, **kwargs: None)  # one voice per run, not one per rank
+    say = log.info if ctx.is_main else (lambda *args, **kwargs: None)  # one voice per run, not one per rank
     out_dir = Path(cfg.out_dir)
     # Zoo and module:factory models: last/best.safetensors; Hugging Face models: last/ and best/ directories.
     last_path, best_path = checkpoint_path(source.kind, out_dir, "last"), checkpoint_path(source.kind, out_dir, "best")
@@ -362,9 +365,13 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> Path:
                 with atomic_path(state_path) as tmp:
                     torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
                                 "iteration": iteration, "best_miou": best_miou, "world_size": ctx.world_size}, tmp)
-                with open(out_dir / "log.jsonl", "a") as log:
-                    log.write(json.dumps(record) + "\n")
-                progress.console.print(_describe(record, best_miou))
+                with open(out_dir / "log.jsonl", "a") as journal:
+                    journal.write(json.dumps(record) + "\n")
+                if progress.live.is_started:  # above the bar (both on stderr), else a log line (-q quiets it)
+                    if log.isEnabledFor(logging.INFO):
+                        progress.console.print(_describe(record, best_miou))
+                else:
+                    log.info(_describe(record, best_miou))
             out_of_time = cfg.max_minutes is not None and (time.monotonic() - started) / 60 > cfg.max_minutes
             if distributed.from_main(out_of_time and not last_epoch, "agreeing to stop"):  # all ranks stop together
                 say(f"stopping after {cfg.max_minutes} minutes at epoch {epoch + 1}; continue with --resume")

@@ -332,6 +332,17 @@ def test_train(world, kind, tmp_path, capsys):
     assert json.loads(report.read_text())["miou"] == pytest.approx(recorded["val"]["miou"], abs=1e-6)
 
 
+def test_train_says_progress_on_stderr_and_only_its_result_on_stdout(world, tmp_path, capsys):
+    code, out, err = run_cli(_train(world, "zoo", tmp_path / "run"), capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("best checkpoint: "), out
+    assert "epoch 1: loss" in err and "val mIoU" in err
+    code, out, err = run_cli(["-q", *_train(world, "zoo", tmp_path / "quiet")], capsys)
+    assert code == 0, err
+    assert out.strip().startswith("best checkpoint: ") and "epoch" not in err, err
+
+
 def test_train_refuses_a_model_with_other_classes_than_the_data(world, tmp_path, capsys):
     from tests.test_byom_data import make_cityscapes
 
