@@ -300,6 +300,11 @@ _MASK_CLASSIFIERS = ("maskformer", "mask2former", "oneformer", "eomt", "eomt_din
 _HF_EXPORT_LIMITS = {
     "mobilevitv2": "its unfold/fold attention becomes aten::col2im, which torch's ONNX exporter cannot write "
                    "(opset 17 has no Col2Im; at opset 18 torch fails on the traced output size)",
+    "sapiens2": "its head's InstanceNorm follows a layer whose channel count torch's ONNX exporter cannot infer "
+                "('ONNX export of instance_norm for unknown channel size', at any opset)",
+    "tipsv2_dpt": "when traced its ViT always resizes the position embeddings with antialiased bilinear "
+                  "interpolation (aten::_upsample_bilinear2d_aa), which torch's ONNX exporter cannot write at "
+                  "any opset",
 }
 
 
