@@ -317,11 +317,10 @@ def check_hf_architecture(config: dict, spec: str) -> None:
         return
     if model_type in names:
         return
-    why = ("a mask-classification (universal segmentation) model: it outputs class queries and mask logits, "
-           "not per-pixel logits" if model_type in _MASK_CLASSIFIERS
-           else "not an architecture AutoModelForSemanticSegmentation loads")
-    raise WeightsError(f"{spec} is {model_type}, {why}; edgeseg takes Hugging Face models of type "
-                       f"{', '.join(sorted(names))}")
+    why = ("a mask-classification (universal segmentation) model outputs class queries and mask logits, not "
+           "per-pixel logits; " if model_type in _MASK_CLASSIFIERS else "")
+    raise WeightsError(f"{spec} ({model_type}) is not loadable as AutoModelForSemanticSegmentation: {why}edgeseg "
+                       f"takes Hugging Face models of type {', '.join(sorted(names))}")
 
 
 def _hf_spec(directory: Path) -> dict | None:
