@@ -295,16 +295,14 @@ def load_hf(source_spec: str, card: ModelCard | None = None) -> LoadedModel:
 
 # Mask-classification ("universal") segmenters: per-query classes and masks, not per-pixel logits.
 _MASK_CLASSIFIERS = ("maskformer", "mask2former", "oneformer", "eomt", "eomt_dinov3", "videomt")
-# What an architecture that AutoModelForSemanticSegmentation loads cannot do, found by exporting tiny random
-# models of each (tests/test_byom_hf_architectures.py); the wrapper refuses these in one line.
-_HF_EXPORT_LIMITS = {
-    "mobilevitv2": "its unfold/fold attention becomes aten::col2im, which torch's ONNX exporter cannot write "
-                   "(opset 17 has no Col2Im; at opset 18 torch fails on the traced output size)",
-    "sapiens2": "its head's InstanceNorm follows a layer whose channel count torch's ONNX exporter cannot infer "
-                "('ONNX export of instance_norm for unknown channel size', at any opset)",
-    "tipsv2_dpt": "when traced its ViT always resizes the position embeddings with antialiased bilinear "
-                  "interpolation (aten::_upsample_bilinear2d_aa), which torch's ONNX exporter cannot write at "
-                  "any opset",
+# Architectures torch's TorchScript ONNX exporter cannot write (found by exporting tiny random models of each,
+# tests/test_byom_hf_architectures.py); export_model takes them through torch.export instead (opset 18+).
+HF_TORCHSCRIPT_FAILURES = {
+    "mobilevitv2": "its unfold/fold attention becomes aten::col2im, which the TorchScript exporter cannot write "
+                   "(no Col2Im before opset 18; at 18 it fails on the traced output size)",
+    "sapiens2": "the TorchScript exporter cannot infer the channels before its head's InstanceNorm",
+    "tipsv2_dpt": "traced, its ViT resizes the position embeddings with antialiased bilinear interpolation "
+                  "(aten::_upsample_bilinear2d_aa), which the TorchScript exporter cannot write",
 }
 
 
@@ -357,6 +355,8 @@ class _SegmentationOutput:
             def __init__(self, inner: Any) -> None:
                 super().__init__()
                 self.model = inner
+                # read by export_model: why this architecture goes through torch.export (None: TorchScript)
+                self.dynamo_export_reason = (HF_TORCHSCRIPT_FAILURES.get(inner.config.model_type) if hf else None)
 
             def forward(self, pixel_values: Any) -> Any:
                 if hf:
@@ -378,8 +378,6 @@ class _SegmentationOutput:
 def _check_hf_input(config: Any, size: tuple[int, int]) -> None:
     """What a Hugging Face architecture cannot run or export, as one line before torch fails deep inside it.
     Plain ints at trace time too (static export shapes)."""
-    import torch
-
     model_type, (height, width) = config.model_type, (int(size[0]), int(size[1]))
     name = f"{model_type} ({type(config).__name__.removesuffix('Config')})"
     if model_type == "dpt" and height != width:
@@ -390,8 +388,6 @@ def _check_hf_input(config: Any, size: tuple[int, int]) -> None:
         if (height, width) != (side, side):
             raise UsageError(f"{name} runs only at its config's image_size {side}x{side} (its head reshapes the "
                              f"patch grid with that size); {height}x{width} asked: give --size {side}x{side}")
-    if model_type in _HF_EXPORT_LIMITS and torch.onnx.is_in_onnx_export():
-        raise UsageError(f"{name} does not export to ONNX: {_HF_EXPORT_LIMITS[model_type]}")
 
 
 def load_factory(spec: str, weights: str | None, card: ModelCard | None) -> LoadedModel:

@@ -1,7 +1,8 @@
 """Every architecture the installed transformers loads as AutoModelForSemanticSegmentation, through edgeseg as a
 local Hugging Face directory: `card show`, `export`, `eval` and `build --target cpu`. Each model is a tiny config
 with random weights written with save_pretrained (nothing is downloaded), 11 CamVid classes, 64x64 generated
-scenes. An architecture that cannot work is refused in one line naming it (README "Your own model" has the table).
+scenes. Where torch's TorchScript exporter fails, export goes through torch.export; what cannot work is refused
+in one line naming the architecture (README "Your own model" has the table).
 """
 
 from __future__ import annotations
@@ -72,17 +73,13 @@ def _config(arch: str):  # a transformers PretrainedConfig
     raise AssertionError(arch)
 
 
-# architecture -> None where it works end to end, else the words of its one-line refusal by export (and build)
-EXPORTS = {"segformer": None, "beit": None, "data2vec-vision": None, "dpt": None, "mobilenet_v2": None,
-           "mobilevit": None, "upernet-convnext": None, "upernet-swin": None,
-           "mobilevitv2": "mobilevitv2 (MobileViTV2) does not export to ONNX: its unfold/fold attention becomes "
-                          "aten::col2im",
-           "sapiens2": "sapiens2 (Sapiens2) does not export to ONNX: its head's InstanceNorm",
-           "tipsv2_dpt": "tipsv2_dpt (Tipsv2Dpt) does not export to ONNX: when traced its ViT always resizes the "
-                         "position embeddings"}
+ARCHS = ("segformer", "beit", "data2vec-vision", "dpt", "mobilenet_v2", "mobilevit", "mobilevitv2", "sapiens2",
+         "tipsv2_dpt", "upernet-convnext", "upernet-swin")
+# torch's TorchScript exporter cannot write these (model_source.HF_TORCHSCRIPT_FAILURES): export uses torch.export
+TORCH_EXPORT = {"mobilevitv2": "aten::col2im", "sapiens2": "InstanceNorm", "tipsv2_dpt": "_upsample_bilinear2d_aa"}
 MODEL_TYPES = {"upernet-convnext": "upernet", "upernet-swin": "upernet"}
-# A build that works runs FP16, INT8 calibration, the accuracy check and the CPU variants: 5-17 s each, so all
-# but one are marked slow (SegFormer's build is in test_byom_matrix). A refused build takes well under a second.
+# A build runs FP16, INT8 calibration, the accuracy check and the CPU variants: 5-17 s each, so all but one are
+# marked slow (SegFormer's build is in test_byom_matrix).
 FAST_BUILDS = ("upernet-convnext",)
 
 
@@ -90,7 +87,7 @@ def test_every_installed_architecture_has_a_case():
     """A transformers upgrade that adds an architecture fails here until it has a row (and a README table line)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES as names
 
-    assert set(names) == {MODEL_TYPES.get(arch, arch) for arch in EXPORTS}
+    assert set(names) == {MODEL_TYPES.get(arch, arch) for arch in ARCHS}
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +126,7 @@ def _quiet_transformers():
         logging.enable_progress_bar()
 
 
-@pytest.mark.parametrize("arch", sorted(EXPORTS))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_card_export_eval(arch, models, data, tmp_path, capsys):
     import onnxruntime as ort
 
@@ -141,17 +138,17 @@ def test_card_export_eval(arch, models, data, tmp_path, capsys):
     onnx_path = tmp_path / "model.onnx"
     code, _, err = run_cli(["export", "--model", model, "--data-root", str(data), "--threads", "1", "--out",
                             str(onnx_path)], capsys)
-    if EXPORTS[arch]:
-        assert_one_line_error(code, err, EXPORTS[arch])
-        assert not onnx_path.exists() and list(tmp_path.iterdir()) == []
-    else:
-        assert code == 0, err
-        assert json.loads(Path(f"{onnx_path}.json").read_text())["checks"]["parity"]["passed"]
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        logits = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, SIDE, SIDE), np.float32)})[0]
-        assert logits.shape == (1, len(CAMVID.classes), SIDE, SIDE)  # at the input size, whatever the head's stride
+    assert code == 0, err
+    manifest = json.loads(Path(f"{onnx_path}.json").read_text())
+    assert manifest["checks"]["parity"]["passed"]
+    exporter = "torch.export" if arch in TORCH_EXPORT else "torchscript"
+    assert manifest["exporter"] == {"name": exporter, "opset": 18 if arch in TORCH_EXPORT else 17}
+    assert (f"exporting {arch} with torch.export at opset 18: " in err) == (arch in TORCH_EXPORT)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, SIDE, SIDE), np.float32)})[0]
+    assert logits.shape == (1, len(CAMVID.classes), SIDE, SIDE)  # at the input size, whatever the head's stride
 
-    report = tmp_path / "eval.json"  # eval runs the torch model: it works even where the export does not
+    report = tmp_path / "eval.json"
     code, _, err = run_cli(["eval", "--model", model, "--data-root", str(data), "--split", "val", "--threads", "1",
                             "--json", str(report)], capsys)
     assert code == 0, err
@@ -159,19 +156,13 @@ def test_card_export_eval(arch, models, data, tmp_path, capsys):
     assert scores["images"] == 4 and 0.0 <= scores["miou"] <= 1.0 and np.isfinite(scores["miou"])
 
 
-@pytest.mark.parametrize("arch", [arch if arch in FAST_BUILDS or EXPORTS[arch]
-                                  else pytest.param(arch, marks=pytest.mark.slow)
-                                  for arch in sorted(EXPORTS) if arch != "segformer"])
+@pytest.mark.parametrize("arch", [arch if arch in FAST_BUILDS else pytest.param(arch, marks=pytest.mark.slow)
+                                  for arch in ARCHS if arch != "segformer"])
 def test_build_cpu(arch, models, data, tmp_path, capsys):
     bundle = tmp_path / "bundle"
     code, _, err = run_cli(["build", "--model", str(models(arch)), "--target", "cpu", "--data-root", str(data),
                             "--calib-count", "4", "--calib-strategy", "random", "--max-miou-drop", "-1", "--limit",
                             "2", "--threads", "1", "--out", str(bundle)], capsys)
-    if EXPORTS[arch]:
-        lines = [line for line in err.splitlines() if line.strip()]  # progress lines, then the one error line
-        assert code != 0 and lines[-1].startswith("edgeseg: error:") and EXPORTS[arch] in lines[-1], err
-        assert "Traceback" not in err and not bundle.exists()
-        return
     assert code == 0, err
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["model_kind"] == "hf" and manifest["stage"] == "build"
@@ -209,19 +200,16 @@ def test_data2vec_at_another_size_is_one_line(models, data, tmp_path, capsys):
     assert not out.exists()
 
 
-# what torch says when it tries (at opset 18 col2im exists, but its export fails on the traced output size)
-TORCH_FAILURES = {"mobilevitv2": "col2im|'NoneType' object is not subscriptable", "sapiens2": "instance_norm",
-                  "tipsv2_dpt": "_upsample_bilinear2d_aa"}
-
-
-@pytest.mark.parametrize("arch", sorted(arch for arch, refusal in EXPORTS.items() if refusal))
-def test_refused_exports_still_fail_in_torch(arch, models):
-    """edgeseg refuses these before torch tries: this export without edgeseg's check must still fail, so that a
-    torch or transformers release that fixes one fails here (then drop it from model_source._HF_EXPORT_LIMITS)."""
+@pytest.mark.parametrize("arch", sorted(TORCH_EXPORT))
+def test_torchscript_still_fails_where_torch_export_is_used(arch, models):
+    """edgeseg sends these through torch.export because TorchScript's export fails: it must still fail, so that a
+    torch or transformers release that fixes one shows here (then drop it from HF_TORCHSCRIPT_FAILURES)."""
     import io
     import warnings
 
     import torch
+
+    from edgeseg.model_source import HF_TORCHSCRIPT_FAILURES
 
     class Logits(torch.nn.Module):
         def __init__(self, inner) -> None:
@@ -231,9 +219,12 @@ def test_refused_exports_still_fail_in_torch(arch, models):
         def forward(self, pixel_values):
             return self.inner(pixel_values=pixel_values).logits
 
+    assert TORCH_EXPORT[arch] in HF_TORCHSCRIPT_FAILURES[arch]
     model = transformers.AutoModelForSemanticSegmentation.from_pretrained(str(models(arch))).eval()
+    failures = {"mobilevitv2": "col2im|'NoneType' object is not subscriptable", "sapiens2": "instance_norm",
+                "tipsv2_dpt": "_upsample_bilinear2d_aa"}  # at opset 18 col2im exists; its export fails on the size
     for opset in (17, 18):
-        with warnings.catch_warnings(), pytest.raises(Exception, match=TORCH_FAILURES[arch]):
+        with warnings.catch_warnings(), pytest.raises(Exception, match=failures[arch]):
             warnings.simplefilter("ignore")
             torch.onnx.export(Logits(model), (torch.zeros(1, 3, SIDE, SIDE),), io.BytesIO(), dynamo=False,
                               opset_version=opset)
