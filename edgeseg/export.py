@@ -8,6 +8,7 @@ so a broken ONNX file never reaches quantization or an engine build.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     import onnx
     import torch
     from torch import nn
+
+log = logging.getLogger(__name__)
 
 DYNAMIC_AXES = ("batch", "height", "width")
 INPUT_NAME = "pixel_values"
@@ -150,14 +153,24 @@ def export_model(loaded: LoadedModel, model_name: str, cfg: ExportConfig, out_pa
         if picked:
             dynamic_axes[name] = picked
 
+    # A model torch's TorchScript exporter cannot write names the reason on its wrapper (model_source's Hugging
+    # Face wrapper): it goes through torch.export (needs onnxscript), whose ONNX starts at opset 18.
+    dynamo_reason = getattr(loaded.model, "dynamo_export_reason", None)
+    opset = max(cfg.opset, 18) if dynamo_reason else cfg.opset
+    if dynamo_reason:
+        from edgeseg.lazy import lazy_import
+
+        lazy_import("onnxscript", "torch")
+        log.info(f"exporting {model_name} with torch.export at opset {opset}: {dynamo_reason}")
     with tempfile.TemporaryDirectory(prefix="edgeseg-export-") as scratch:
         raw_path = Path(scratch) / "raw.onnx"
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(model, (dummy,), str(raw_path), dynamo=False, opset_version=cfg.opset,
+                extra = dict(verbose=False, external_data=False) if dynamo_reason else dict(do_constant_folding=True)
+                torch.onnx.export(model, (dummy,), str(raw_path), dynamo=bool(dynamo_reason), opset_version=opset,
                                   input_names=[INPUT_NAME], output_names=[output_name],
-                                  dynamic_axes=dynamic_axes or None, do_constant_folding=True)
+                                  dynamic_axes=dynamic_axes or None, **extra)
         except Exception as exc:  # torch raises many types here (unsupported op, tracing errors)
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"ONNX export of {model_name} failed: {reason}") from exc
@@ -196,6 +209,7 @@ def export_model(loaded: LoadedModel, model_name: str, cfg: ExportConfig, out_pa
     manifest.update({"model": model_name, "weights": _weights_source(loaded.source, out_path.parent),
                      "precision": "fp32", "output": output_name,
                      "simplify": simplify_note, "rewrites": rewrites, "preprocessing": preprocessing.to_dict(),
+                     "exporter": {"name": "torch.export" if dynamo_reason else "torchscript", "opset": opset},
                      "artifact": {"path": out_path.name, "sha256": sha256_file(out_path),
                                   "bytes": out_path.stat().st_size},
                      "spec": loaded.spec})

@@ -175,7 +175,9 @@ def contract_of(source: ModelSource, card: ModelCard | None = None,
         return (Preprocessing.from_dict(sidecar["preprocessing"]), sidecar.get("output", "logits"),
                 f"the sidecar of {source.path}")
     if source.kind == "hf":
-        return hf_preprocessing(_hf_directory(source.spec), None), "logits", f"{source.spec}"
+        directory = _hf_directory(source.spec)
+        check_hf_architecture(json.loads((directory / "config.json").read_text()), source.spec)
+        return hf_preprocessing(directory, None), "logits", f"{source.spec}"
     raise UsageError(f"{source.spec}: a module:factory model has no contract of its own; give --card CARD.toml")
 
 
@@ -259,6 +261,7 @@ def load_hf(source_spec: str, card: ModelCard | None = None) -> LoadedModel:
     directory = _hf_directory(source_spec)
     transformers = lazy_import("transformers")
     config = json.loads((directory / "config.json").read_text())
+    check_hf_architecture(config, source_spec)
     hf_logging = transformers.utils.logging
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
@@ -288,6 +291,34 @@ def load_hf(source_spec: str, card: ModelCard | None = None) -> LoadedModel:
     if spec is not None:  # a pruned directory (edgeseg prune): resize, then load its weights strictly
         _load_pruned(wrapped, spec, directory / "model.safetensors", str(directory))
     return LoadedModel(wrapped, preprocessing, str(source_spec), checkpoint=weight_file, spec=spec)
+
+
+# Mask-classification ("universal") segmenters: per-query classes and masks, not per-pixel logits.
+_MASK_CLASSIFIERS = ("maskformer", "mask2former", "oneformer", "eomt", "eomt_dinov3", "videomt")
+# Architectures torch's TorchScript ONNX exporter cannot write (found by exporting tiny random models of each,
+# tests/test_byom_hf_architectures.py); export_model takes them through torch.export instead (opset 18+).
+HF_TORCHSCRIPT_FAILURES = {
+    "mobilevitv2": "its unfold/fold attention becomes aten::col2im, which the TorchScript exporter cannot write "
+                   "(no Col2Im before opset 18; at 18 it fails on the traced output size)",
+    "sapiens2": "the TorchScript exporter cannot infer the channels before its head's InstanceNorm",
+    "tipsv2_dpt": "traced, its ViT resizes the position embeddings with antialiased bilinear interpolation "
+                  "(aten::_upsample_bilinear2d_aa), which the TorchScript exporter cannot write",
+}
+
+
+def check_hf_architecture(config: dict, spec: str) -> None:
+    """Refuse, in one line naming the architecture, a Hugging Face model without a per-pixel logits head."""
+    model_type = config.get("model_type", "unknown")
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES as names
+    except ImportError:  # no transformers: load_hf names the extra to install
+        return
+    if model_type in names:
+        return
+    why = ("a mask-classification (universal segmentation) model outputs class queries and mask logits, not "
+           "per-pixel logits; " if model_type in _MASK_CLASSIFIERS else "")
+    raise WeightsError(f"{spec} ({model_type}) is not loadable as AutoModelForSemanticSegmentation: {why}edgeseg "
+                       f"takes Hugging Face models of type {', '.join(sorted(names))}")
 
 
 def _hf_spec(directory: Path) -> dict | None:
@@ -324,8 +355,12 @@ class _SegmentationOutput:
             def __init__(self, inner: Any) -> None:
                 super().__init__()
                 self.model = inner
+                # read by export_model: why this architecture goes through torch.export (None: TorchScript)
+                self.dynamo_export_reason = (HF_TORCHSCRIPT_FAILURES.get(inner.config.model_type) if hf else None)
 
             def forward(self, pixel_values: Any) -> Any:
+                if hf:
+                    _check_hf_input(self.model.config, tuple(pixel_values.shape[-2:]))
                 out = self.model(pixel_values=pixel_values) if hf else self.model(pixel_values)
                 if isinstance(out, dict) and not hasattr(out, "logits"):
                     out = out["out"] if "out" in out else out["logits"]
@@ -338,6 +373,21 @@ class _SegmentationOutput:
                 return out
 
         return SegmentationLogits(model).eval()
+
+
+def _check_hf_input(config: Any, size: tuple[int, int]) -> None:
+    """What a Hugging Face architecture cannot run or export, as one line before torch fails deep inside it.
+    Plain ints at trace time too (static export shapes)."""
+    model_type, (height, width) = config.model_type, (int(size[0]), int(size[1]))
+    name = f"{model_type} ({type(config).__name__.removesuffix('Config')})"
+    if model_type == "dpt" and height != width:
+        raise UsageError(f"{name} runs at square sizes only (its ViT backbone reshapes the patch grid as a "
+                         f"square); {height}x{width} asked: give a square --size")
+    if model_type == "data2vec-vision":
+        side = int(config.image_size)
+        if (height, width) != (side, side):
+            raise UsageError(f"{name} runs only at its config's image_size {side}x{side} (its head reshapes the "
+                             f"patch grid with that size); {height}x{width} asked: give --size {side}x{side}")
 
 
 def load_factory(spec: str, weights: str | None, card: ModelCard | None) -> LoadedModel:

@@ -9,6 +9,7 @@ TensorRT 11 take it from there; the same graphs run on ONNX Runtime.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -253,6 +254,18 @@ def _stride(count: int) -> int:
     return max(d for d in range(1, min(16, count) + 1) if count % d == 0)
 
 
+@contextmanager
+def _working_dir(path: Path):  # noqa: ANN202
+    """ORT's symbolic shape inference saves its partial graph (sym_shape_infer_temp.onnx and a weights file) into
+    the working directory when it cannot finish (e.g. on Col2Im): that litter stays in the scratch folder."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: QuantizeConfig,
                   out_path: str | Path, card: ModelCard | None = None) -> Artifact:
     """FP32 ONNX + calibration manifest -> INT8 Q/DQ ONNX (+ manifest with the accuracy loop's record). A foreign
@@ -276,7 +289,8 @@ def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: Quan
         input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
         prepared = scratch / "prepared.onnx"
         try:  # symbolic shape inference + ORT graph clean-up, as ORT recommends before quantizing
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+            with _working_dir(scratch):
+                quant_pre_process(str(Path(fp32_path).resolve()), str(prepared), skip_symbolic_shape=False)
         except Exception as exc:  # fall back to the exported graph, which is already simplified
             _say(f"quantization pre-processing skipped ({type(exc).__name__}); quantizing the exported graph")
             prepared.write_bytes(fp32_path.read_bytes())
