@@ -11,7 +11,12 @@ The default is the fastest row whose mIoU drop vs FP32 is within the accuracy bu
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -105,6 +110,7 @@ def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str
 
     dataset = open_dataset(dataset_name, split, data_root)
     images = min(len(dataset), limit or len(dataset))
+    variants, left_out = openvino_survivors(bundle, variants, threads)
     runners = {variant.name: open_variant(bundle, variant, threads) for variant in variants}
     rows = []
     for variant in variants:
@@ -130,7 +136,67 @@ def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str
         log.info(f"{row['name']}: p50 {row['latency_p50_ms']:.1f} ms ({row['latency_ratio']:.2f}x ORT fp32), "
                  f"mIoU drop {row['miou_drop']:+.2f} points, {row['size_mb']:.1f} MB")
     return {"dataset": dataset.name, "images": images, "threads": threads,
-            "latency_method": SIDE_BY_SIDE_METHOD, "rows": rows}
+            "latency_method": SIDE_BY_SIDE_METHOD, "rows": rows, "left_out": left_out}
+
+
+# A child process compiles each OpenVINO variant and runs it once, printing "ok NAME" after each; the parent opens
+# only those. OpenVINO can crash the whole process on a graph it mishandles (2026.4 segfaults in compile_model on
+# the INT8 Q/DQ graph of Hugging Face's Sapiens2): in-process, a user's model would kill the build with no message.
+_PROBE = """
+import json, sys
+import numpy as np
+from edgeseg.runners.ov import OvRunner
+bundle, threads, variants = json.loads(sys.argv[1])
+for name, file, hint in variants:
+    print("start", name, flush=True)
+    runner = OvRunner(bundle + "/" + file, threads=threads, precision_hint=hint)
+    runner.infer(np.zeros((1, 3, *runner.preprocessing.input_size), np.float32))
+    print("ok", name, flush=True)
+"""
+PROBE_TIMEOUT_S = 900.0
+
+
+def openvino_survivors(bundle: Path, variants: list[CpuVariant],
+                       threads: int | None) -> tuple[list[CpuVariant], list[dict]]:
+    """`variants` without the OpenVINO ones that crash (or fail) when compiled and run once in a child process,
+    and a record {name, why} of each left out (logged as a warning; the build goes on with the others)."""
+    pending = [variant for variant in variants if variant.backend == "ov-cpu"]
+    left_out: list[dict] = []
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parent.parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    while pending:
+        names = [(variant.name, variant.file, variant.hint or "f32") for variant in pending]
+        try:
+            child = subprocess.run([sys.executable, "-c", _PROBE, json.dumps([str(bundle), threads, names])],
+                                   capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=environment)
+            returncode, stdout, stderr = child.returncode, child.stdout, child.stderr
+        except subprocess.TimeoutExpired as expired:
+            returncode, stderr = None, f"no answer in {PROBE_TIMEOUT_S:.0f} s"
+            stdout = expired.stdout.decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
+        done = {line.split(" ", 1)[1] for line in stdout.splitlines() if line.startswith("ok ")}
+        started = [line.split(" ", 1)[1] for line in stdout.splitlines() if line.startswith("start ")]
+        if returncode == 0:
+            break
+        culprit = started[-1] if started else pending[0].name
+        why = _describe_failure(returncode, stderr)
+        left_out.append({"name": culprit, "why": why})
+        log.warning("left out %s: OpenVINO %s on %s (the other variants are measured)", culprit, why,
+                    next(variant.file for variant in pending if variant.name == culprit))
+        pending = [variant for variant in pending if variant.name not in done and variant.name != culprit]
+    dropped = {record["name"] for record in left_out}
+    return [variant for variant in variants if variant.name not in dropped], left_out
+
+
+def _describe_failure(returncode: int | None, stderr: str) -> str:
+    if returncode is None:
+        return stderr
+    if returncode < 0:
+        try:
+            return f"crashed ({signal.Signals(-returncode).name}) compiling or running it"
+        except ValueError:
+            return f"crashed (signal {-returncode}) compiling or running it"
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return f"failed: {lines[-1] if lines else f'exit status {returncode}'}"
 
 
 def choose_default(rows: list[dict], max_miou_drop: float | None) -> dict:

@@ -91,7 +91,8 @@ def write_reports(bundle: Path, model: str, target: str, measured: dict, manifes
               "parity": manifest["checks"].get("parity"), "engine": manifest.get("engine")}
     if "rows" in measured:  # cpu target: every backend x precision, and the default demo/bench run
         report.update({"rows": measured["rows"], "default": measured["default"],
-                       "max_miou_drop": measured["max_miou_drop"], "openvino_note": measured.get("openvino_note")})
+                       "max_miou_drop": measured["max_miou_drop"], "openvino_note": measured.get("openvino_note"),
+                       "left_out": measured.get("left_out", [])})
     write_json(bundle / REPORT_JSON, report)
     lines = [f"# {model} for {target}", "",
              f"Accuracy on {measured['dataset']} ({measured['images']} images); latency on ONNX Runtime CPU, "
@@ -123,6 +124,8 @@ def write_reports(bundle: Path, model: str, target: str, measured: dict, manifes
         lines += ["", f"Default ({within}, run by demo and bench on this bundle): {measured['default']['name']}."]
         if measured.get("openvino_note"):
             lines.append(f"OpenVINO: {measured['openvino_note']}.")
+        for record in measured.get("left_out", []):
+            lines.append(f"Left out: {record['name']}: OpenVINO {record['why']} (tried in a separate process).")
     kept = manifest.get("layers_kept_float") or []
     lines += ["", f"INT8 layers kept in float: {', '.join(kept) if kept else 'none'}."]
     engine = manifest.get("engine") or {}

@@ -186,3 +186,26 @@ def test_openvino_runner_never_imports_torch(tiny_onnx):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_variant_openvino_cannot_open_is_left_out_in_a_child_process(tiny_onnx, tmp_path, caplog):
+    """Each OpenVINO variant is first compiled and run once in a child process: one that fails (here a broken file;
+    for Hugging Face's Sapiens2 INT8 graph a segfault, tests/test_byom_hf_architectures.py) is left out with why,
+    and the others go on to be measured."""
+    import shutil
+
+    from edgeseg.cpu_variants import CpuVariant, openvino_survivors
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    shutil.copy(tiny_onnx(), bundle / "model.onnx")
+    (bundle / "model.int8.onnx").write_bytes(b"not an onnx graph")
+    variants = [CpuVariant("ort-cpu", "fp32", "model.onnx"), CpuVariant("ov-cpu", "fp32", "model.onnx", hint="f32"),
+                CpuVariant("ov-cpu", "int8", "model.int8.onnx", "edgeseg", "f32"),
+                CpuVariant("ov-cpu", "fp32", "model.onnx", hint="f32", peer=True)]
+    with caplog.at_level("WARNING", logger="edgeseg.cpu_variants"):
+        kept, left_out = openvino_survivors(bundle, variants, threads=1)
+    assert [variant.name for variant in kept] == [variants[0].name, variants[1].name, variants[3].name]
+    assert len(left_out) == 1 and left_out[0]["name"] == variants[2].name
+    assert left_out[0]["why"].startswith("failed: ") and "cannot be loaded by OpenVINO" in left_out[0]["why"]
+    assert f"left out {variants[2].name}: OpenVINO failed" in caplog.text
