@@ -15,15 +15,21 @@ from edgeseg.data.palettes import CAMVID
 REPO = Path(__file__).resolve().parent.parent
 
 
+_PRISTINE_EDGESEG_LOGGER = list(logging.getLogger("edgeseg").handlers), logging.getLogger("edgeseg").level, \
+    logging.getLogger("edgeseg").propagate
+
+
 @pytest.fixture(autouse=True)
 def _edgeseg_logger_as_it_was():
-    """cli.main configures the "edgeseg" logger for the process (a stderr handler, a level); put it back after
-    each test, so a stage a later test calls directly is as quiet as a library and its lines never land in
-    another test's captured stderr."""
+    """cli.main configures the "edgeseg" logger for the process (a stderr handler, a level); start every test with
+    it as it was before any CLI ran (a module- or session-scoped fixture may have run the CLI before this fixture's
+    turn) and put it back after, so a stage a test calls directly is as quiet as a library and its lines never land
+    in another test's captured stderr."""
     logger = logging.getLogger("edgeseg")
-    saved = list(logger.handlers), logger.level, logger.propagate
+    handlers, level, propagate = _PRISTINE_EDGESEG_LOGGER
+    logger.handlers[:], logger.level, logger.propagate = list(handlers), level, propagate
     yield
-    logger.handlers[:], logger.level, logger.propagate = saved
+    logger.handlers[:], logger.level, logger.propagate = list(handlers), level, propagate
 
 
 def camvid_root() -> Path | None:

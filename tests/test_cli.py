@@ -216,7 +216,7 @@ def test_fine_tuning_weights_of_other_classes_needs_new_head(capsys, tiny_camvid
     assert not (tmp_path / "run" / "best.safetensors").exists()
     code, out, err = run_cli([*args, "--new-head"], capsys)
     assert code == 0, err
-    assert "new head for camvid: 19 -> 11 classes, 6 tensors start afresh (head32.4.bias" in out
+    assert "new head for camvid: 19 -> 11 classes, 6 tensors start afresh (head32.4.bias" in err  # progress
     sidecar = read_checkpoint_sidecar(tmp_path / "run" / "best.safetensors")
     assert sidecar["preprocessing"]["classes"][0] == "Sky"
     assert sidecar["recipe"]["weights_resolved"]["new_head"]["from_classes"] == 19
