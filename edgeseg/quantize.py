@@ -255,7 +255,7 @@ def _stride(count: int) -> int:
 
 
 @contextmanager
-def _working_dir(path: Path):  # noqa: ANN202
+def _working_dir(path: Path) -> Iterator[None]:
     """ORT's symbolic shape inference saves its partial graph (sym_shape_infer_temp.onnx and a weights file) into
     the working directory when it cannot finish (e.g. on Col2Im): that litter stays in the scratch folder."""
     before = os.getcwd()
