@@ -143,13 +143,13 @@ def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str
 # only those. OpenVINO can crash the whole process on a graph it mishandles (2026.4 segfaults in compile_model on
 # the INT8 Q/DQ graph of Hugging Face's Sapiens2): in-process, a user's model would kill the build with no message.
 _PROBE = """
-import json, sys
+import json, os, sys
 import numpy as np
 from edgeseg.runners.ov import OvRunner
 bundle, threads, variants = json.loads(sys.argv[1])
 for name, file, hint in variants:
     print("start", name, flush=True)
-    runner = OvRunner(bundle + "/" + file, threads=threads, precision_hint=hint)
+    runner = OvRunner(os.path.join(bundle, file), threads=threads, precision_hint=hint)  # file may be absolute
     runner.infer(np.zeros((1, 3, *runner.preprocessing.input_size), np.float32))
     print("ok", name, flush=True)
 """

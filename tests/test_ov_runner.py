@@ -200,9 +200,12 @@ def test_a_variant_openvino_cannot_open_is_left_out_in_a_child_process(tiny_onnx
     bundle.mkdir()
     shutil.copy(tiny_onnx(), bundle / "model.onnx")
     (bundle / "model.int8.onnx").write_bytes(b"not an onnx graph")
+    elsewhere = tmp_path / "peers" / "peer.onnx"  # a peer's file lives outside the bundle, given by absolute path
+    elsewhere.parent.mkdir()
+    shutil.copy(tiny_onnx(), elsewhere)
     variants = [CpuVariant("ort-cpu", "fp32", "model.onnx"), CpuVariant("ov-cpu", "fp32", "model.onnx", hint="f32"),
                 CpuVariant("ov-cpu", "int8", "model.int8.onnx", "edgeseg", "f32"),
-                CpuVariant("ov-cpu", "fp32", "model.onnx", hint="f32", peer=True)]
+                CpuVariant("ov-cpu", "int8", str(elsewhere.resolve()), "nncf-defaults", "f32", peer=True)]
     with caplog.at_level("WARNING", logger="edgeseg.cpu_variants"):
         kept, left_out = openvino_survivors(bundle, variants, threads=1)
     assert [variant.name for variant in kept] == [variants[0].name, variants[1].name, variants[3].name]
