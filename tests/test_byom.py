@@ -132,14 +132,9 @@ def test_foreign_lraspp_through_every_stage(lraspp_onnx, lraspp_card, real_data,
 def test_foreign_quantize_from_a_plain_image_folder(lraspp_onnx, lraspp_card, tmp_path, capsys):
     """No labelled data: calibration from --calib-images; the INT8 graph carries the card; a build without labels
     says the budget was skipped and reports latency only."""
-    import cv2
-    import numpy as np
+    from tests.conftest import write_noise_images
 
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for index in range(4):
-        cv2.imwrite(str(images / f"{index}.png"), rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    images = write_noise_images(tmp_path / "images", 4, (120, 160, 3))
     out = tmp_path / "lraspp.int8.onnx"
     code, _, err = run_cli(["quantize", str(lraspp_onnx), "--card", str(lraspp_card), "--calib-images", str(images),
                             "--out", str(out)], capsys)

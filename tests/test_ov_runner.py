@@ -128,16 +128,11 @@ def test_bundle_opens_its_default_variant_or_the_fastest_of_a_backend(tmp_path):
 
 
 def test_demo_runs_on_openvino_and_bench_cli_accepts_ov_cpu(tiny_onnx, tmp_path, capsys):
-    import cv2
-
     from edgeseg.demo.app import DemoConfig, run_demo
+    from tests.conftest import write_noise_images
     from tests.test_cli import assert_one_line_error, run_cli
 
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    rng = np.random.default_rng(0)
-    for index in range(3):
-        cv2.imwrite(str(frames / f"{index:03d}.png"), rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    frames = write_noise_images(tmp_path / "frames", 3, (40, 50, 3))
     out = tmp_path / "demo.mp4"
     summary = run_demo(DemoConfig(model=str(tiny_onnx()), source=str(frames), show=False, save=str(out),
                                   backend="ov-cpu", threads=1))
