@@ -87,7 +87,9 @@ def open_variant(bundle: Path, variant: CpuVariant, threads: int | None = None) 
     if variant.backend == "ov-cpu":
         from edgeseg.runners.ov import OvRunner
 
-        return OvRunner(bundle / variant.file, threads=threads, precision_hint=variant.hint or "f32")
+        # A peer runs as OpenVINO alone would: without edgeseg's graph rewrites.
+        return OvRunner(bundle / variant.file, threads=threads, precision_hint=variant.hint or "f32",
+                        rewrite=not variant.peer)
     from edgeseg.runners.ort import OrtRunner
 
     return OrtRunner(bundle / variant.file, device="cpu", threads=threads)
@@ -122,6 +124,7 @@ def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str
         if variant.backend == "ov-cpu":
             row["inference_precision"] = runner.inference_precision  # read back from the compiled model
             row["openvino_properties"] = runner.compile_properties
+            row["openvino_rewrites"] = runner.graph_rewrites
         rows.append(row)
         log.info(f"{variant.name}: mIoU {scores.miou:.4f} on {images} images")
     batch = np.zeros((1, 3, *runners[variants[0].name].preprocessing.input_size), np.float32)
@@ -147,9 +150,10 @@ import json, os, sys
 import numpy as np
 from edgeseg.runners.ov import OvRunner
 bundle, threads, variants = json.loads(sys.argv[1])
-for name, file, hint in variants:
+for name, file, hint, rewrite in variants:
     print("start", name, flush=True)
-    runner = OvRunner(os.path.join(bundle, file), threads=threads, precision_hint=hint)  # file may be absolute
+    runner = OvRunner(os.path.join(bundle, file), threads=threads, precision_hint=hint,  # file may be absolute
+                      rewrite=rewrite)
     runner.infer(np.zeros((1, 3, *runner.preprocessing.input_size), np.float32))
     print("ok", name, flush=True)
 """
@@ -165,7 +169,7 @@ def openvino_survivors(bundle: Path, variants: list[CpuVariant],
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parent.parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
     while pending:
-        names = [(variant.name, variant.file, variant.hint or "f32") for variant in pending]
+        names = [(variant.name, variant.file, variant.hint or "f32", not variant.peer) for variant in pending]
         try:
             child = subprocess.run([sys.executable, "-c", _PROBE, json.dumps([str(bundle), threads, names])],
                                    capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=environment)

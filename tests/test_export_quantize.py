@@ -158,6 +158,11 @@ def test_int8_graph_has_qdq_and_agrees_with_fp32(exported, tmp_path, profile):
                    for zp in scales_zero_points)
     manifest = json.loads(int8.manifest_path.read_text())
     assert manifest["precision"] == "int8" and manifest["inputs"]["calibration"]["sha256"]
+    # The logits' final upsample is left in float, on both profiles (cpu: named in the manifest; trt quantizes
+    # only weighted layers): the output comes from the Resize, not re-quantized after it.
+    producer = next(node for node in graph.graph.node if graph.graph.output[0].name in node.output)
+    assert producer.op_type == "Resize", producer.op_type
+    assert manifest["settings"]["float_logits_tail"] == ([] if profile == "trt" else [producer.name])
     image = np.random.default_rng(0).normal(size=(1, 3, *SIZE)).astype(np.float32)
     with open_runner(artifact.path, device="cpu") as fp32_runner, open_runner(int8.path, device="cpu") as int8_runner:
         reference, quantized = fp32_runner.infer(image), int8_runner.infer(image)
@@ -186,15 +191,15 @@ def test_accuracy_budget_rescues_a_bad_calibration_or_fails_clearly(toy_checkpoi
     assert not (tmp_path / "never.onnx").exists()
     with captured("edgeseg.quantize") as said:
         rescued = quantize_int8(fp32.path, calibration.path,
-                                QuantizeConfig(max_miou_drop=2.0, data_root=str(data), max_fallback_rounds=8),
+                                QuantizeConfig(max_miou_drop=1.0, data_root=str(data), max_fallback_rounds=8),
                                 tmp_path / "rescued.onnx")
     lines = said.lines
     accuracy = rescued.manifest["checks"]["accuracy"]
     # Every result line of the budget loop names the split it was measured on.
     budget_lines = [line for line in lines if "INT8 mIoU" in line]
     assert len(budget_lines) == len(accuracy["rounds"]) and all(" on camvid/val" in line for line in budget_lines)
-    assert accuracy["rounds"][0]["drop"] > 2.0  # black-frame calibration really broke INT8
-    assert accuracy["met"] and accuracy["drop_points"] <= 2.0
+    assert accuracy["rounds"][0]["drop"] > 1.0  # black-frame calibration really broke INT8
+    assert accuracy["met"] and accuracy["drop_points"] <= 1.0
     assert rescued.manifest["layers_kept_float"] == accuracy["kept_float"] and accuracy["kept_float"]
     kept_counts = [r["kept_float"] for r in accuracy["rounds"]]
     assert kept_counts == sorted(kept_counts) and kept_counts[-1] > 0

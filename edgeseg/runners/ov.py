@@ -7,6 +7,9 @@ unless told otherwise. That would silently make an "fp32" row a bf16 one, so thi
 the hint back from the compiled model so what ran is what is recorded (with the other compile properties that
 decide speed: latency hint, one stream, threads, pinning; see RECORDED_PROPERTIES). In an INT8 (Q/DQ) model
 the quantized layers run in int8 whatever the hint; the hint decides the layers left in float.
+
+Before compiling, the runner makes the exact graph rewrites of ov_rewrites (the logits' final resize split per
+axis), listed in `graph_rewrites`; `rewrite=False` runs the model as OpenVINO alone would (the benchmark's peers).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from edgeseg.errors import UsageError, first_line
 from edgeseg.lazy import lazy_import
 from edgeseg.runners.base import TensorSpec
+from edgeseg.runners.ov_rewrites import SPLIT_OUTPUT_RESIZE, split_output_resizes
 from edgeseg.runners.ort import METADATA_OUTPUT, METADATA_PREPROCESSING
 from edgeseg.zoo.contract import Preprocessing
 
@@ -58,7 +62,8 @@ def _metadata(model: Any) -> dict[str, str]:  # an openvino.Model
 class OvRunner:
     backend = "ov-cpu"
 
-    def __init__(self, path: str | Path, threads: int | None = None, precision_hint: str = "f32") -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, precision_hint: str = "f32",
+                 rewrite: bool = True) -> None:
         if precision_hint not in PRECISION_HINTS:
             raise UsageError(f"OpenVINO precision hint {precision_hint!r}: choose {', '.join(PRECISION_HINTS)}")
         ov = lazy_import("openvino", extra="openvino")
@@ -76,6 +81,8 @@ class OvRunner:
             raise UsageError(f"{self.path} carries no edgeseg preprocessing metadata; export it with 'edgeseg export'")
         self.preprocessing = Preprocessing.from_dict(json.loads(metadata[METADATA_PREPROCESSING]))
         self.output_kind = metadata.get(METADATA_OUTPUT, "logits")
+        rewritten = split_output_resizes(model) if rewrite else []
+        self.graph_rewrites = [f"{SPLIT_OUTPUT_RESIZE}: {name}" for name in rewritten]
         config = {"INFERENCE_PRECISION_HINT": precision_hint, "PERFORMANCE_HINT": "LATENCY",
                   "NUM_STREAMS": "1"}
         if threads:
