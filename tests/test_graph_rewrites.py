@@ -3,6 +3,7 @@ the rewritten graph computes what the original did (run by ONNX Runtime), and lo
 differently are left alone."""
 
 import numpy as np
+import pytest
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
@@ -78,3 +79,78 @@ def test_nothing_to_rewrite_returns_the_model_untouched():
                               opset_imports=[helper.make_opsetid("", 17)])
     same, notes = rewrite_exact(model)
     assert same is model and notes == []
+
+
+def mlp_decoder(width=4, fuse_out=4, mode="linear", relu_in_branch=False, fuse_bias=True):
+    """Three branches like SegFormer's decode head: a 1x1 projection (to `width` channels) of a feature map at
+    full, 1/2 and 1/4 size, the smaller two upsampled (sizes / scales), concatenated, fused by a 1x1 conv."""
+    rng = np.random.default_rng(3)
+    inputs, nodes, constants, branches = [], [], [], []
+    for index, (channels, side) in enumerate(((3, 8), (5, 4), (6, 2))):
+        name = f"x{index}"
+        inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, channels, side, side]))
+        constants += [numpy_helper.from_array(rng.normal(size=(width, channels, 1, 1)).astype(np.float32), f"p{index}"),
+                      numpy_helper.from_array(rng.normal(size=(width,)).astype(np.float32), f"pb{index}")]
+        projected = f"projected{index}"
+        nodes.append(helper.make_node("Conv", [name, f"p{index}", f"pb{index}"], [projected], name=f"proj{index}"))
+        if relu_in_branch:
+            nodes.append(helper.make_node("Relu", [projected], [f"{projected}_relu"]))
+            projected = f"{projected}_relu"
+        if side != 8:
+            if index == 1:  # by sizes, as HF SegFormer exports it
+                constants.append(numpy_helper.from_array(np.array([1, width, 8, 8], np.int64), f"size{index}"))
+                resize_inputs = [projected, "", "", f"size{index}"]
+            else:
+                constants.append(numpy_helper.from_array(np.array([1, 1, 4, 4], np.float32), f"scale{index}"))
+                resize_inputs = [projected, "", f"scale{index}"]
+            nodes.append(helper.make_node("Resize", resize_inputs, [f"up{index}"], mode=mode,
+                                          coordinate_transformation_mode="half_pixel"))
+            projected = f"up{index}"
+        branches.append(projected)
+    constants.append(numpy_helper.from_array(rng.normal(size=(fuse_out, 3 * width, 1, 1)).astype(np.float32), "f"))
+    fuse_inputs = ["cat", "f"]
+    if fuse_bias:
+        constants.append(numpy_helper.from_array(rng.normal(size=(fuse_out,)).astype(np.float32), "fb"))
+        fuse_inputs.append("fb")
+    nodes += [helper.make_node("Concat", branches, ["cat"], axis=1),
+              helper.make_node("Conv", fuse_inputs, ["fused"], name="fuse"),
+              helper.make_node("Relu", ["fused"], ["y"])]
+    graph = helper.make_graph(nodes, "decoder", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, fuse_out, 8, 8])], constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def decoder_inputs():
+    rng = np.random.default_rng(4)
+    return {f"x{index}": rng.normal(size=(1, channels, side, side)).astype(np.float32)
+            for index, (channels, side) in enumerate(((3, 8), (5, 4), (6, 2)))}
+
+
+def run_all(model, feeds):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+@pytest.mark.parametrize("mode,fuse_bias", [("linear", True), ("nearest", True), ("linear", False)])
+def test_branch_projections_fold_into_the_fuse_conv(mode, fuse_bias):
+    model = mlp_decoder(mode=mode, fuse_bias=fuse_bias)
+    feeds = decoder_inputs()
+    expected = run_all(model, feeds)
+    rewritten, notes = rewrite_exact(model)
+    ops = [node.op_type for node in rewritten.graph.node]
+    assert "Concat" not in ops and ops.count("Conv") == 3 and ops.count("Add") == 2, ops
+    assert len(notes) == 1 and "3 branch projections folded into fuse (12->4 1x1 on 8x8" in notes[0]
+    np.testing.assert_allclose(run_all(rewritten, feeds), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [dict(relu_in_branch=True), dict(mode="cubic"), dict(fuse_out=6)],
+                         ids=["relu-between", "cubic-resize", "fuse-wider-than-a-branch"])
+def test_branch_folding_leaves_look_alikes_alone(kwargs):
+    """A ReLU between projection and concat does not commute with the fuse conv; only linear and nearest resizes
+    are handled (cubic is left as it is); a fuse conv wider than a branch would make that branch's conv bigger,
+    not the model cheaper."""
+    model = mlp_decoder(**kwargs)
+    rewritten, notes = rewrite_exact(model)
+    assert notes == [] and "Concat" in [node.op_type for node in rewritten.graph.node]
