@@ -13,7 +13,9 @@ rounds (machine drift hits every row alike, so the ratios hold on a busy machine
                           nothing but the dataset, given the bundle's own calibration images, at OpenVINO's
                           default precision. For a bundle whose model.onnx edgeseg rewrote (export_rewrites),
                           also NNCF defaults on a plain export of the same weights (torch.onnx.export + onnxslim,
-                          no rewrites): what a user exporting the model themselves would run.
+                          no rewrites): what a user exporting the model themselves would run, and ONNX
+                          Runtime FP32 on that plain export: the second latency reference (latency_ratio_plain,
+                          the table's last ratio column), since the rewrites speed up the first one too.
 
 mIoU on the whole test split (accuracy is not noisy; --eval-limit to shorten), drop vs ORT FP32 in points.
 Every row but the plain-export peer runs the bundle's own model.onnx (with edgeseg's exact export rewrites,
@@ -75,9 +77,9 @@ def nncf_defaults_peer(bundle: Path, work: Path, data_root: str | None, fp32: Pa
     return out
 
 
-def plain_export_peer(bundle: Path, model: str, work: Path, data_root: str | None) -> Path | None:
-    """NNCF defaults on the model as a user's own export gives it (torch.onnx.export + onnxslim, without edgeseg's
-    exact rewrites), for bundles whose model.onnx was rewritten; None when there was nothing to rewrite."""
+def plain_export(bundle: Path, model: str, work: Path, data_root: str | None) -> Path | None:
+    """The model as a user's own export gives it (torch.onnx.export + onnxslim, without edgeseg's exact rewrites),
+    for bundles whose model.onnx was rewritten; None when there was nothing to rewrite."""
     from edgeseg.export import ExportConfig, export_model, onnx_preprocessing
     from edgeseg.manifest import sha256_file
     from edgeseg.zoo.weights import load_model
@@ -94,10 +96,11 @@ def plain_export_peer(bundle: Path, model: str, work: Path, data_root: str | Non
         work.mkdir(parents=True, exist_ok=True)
         export_model(load_model(model, weights), model, ExportConfig(size=size, rewrite=False, data_root=data_root,
                                                                      threads=1), plain)
-    return nncf_defaults_peer(bundle, work, data_root, fp32=plain)
+    return plain
 
 
-def variants_for(bundle: Path, peer_model: Path, hint: str, plain_peer: Path | None = None) -> list[CpuVariant]:
+def variants_for(bundle: Path, peer_model: Path, hint: str, plain_peer: Path | None = None,
+                 plain_fp32: Path | None = None) -> list[CpuVariant]:
     ours = best_variant(bundle)
     if ours is None:
         raise SystemExit(f"{bundle}: {REPORT_JSON} names no default CPU variant; rebuild with 'edgeseg build "
@@ -115,7 +118,20 @@ def variants_for(bundle: Path, peer_model: Path, hint: str, plain_peer: Path | N
     if plain_peer is not None:
         variants.append(CpuVariant("ov-cpu", "int8", str(plain_peer.resolve()), "nncf-defaults-plain-export", hint,
                                    peer=True))
+    if plain_fp32 is not None:  # the second latency reference: ONNX Runtime FP32 on the user's own export
+        variants.append(CpuVariant("ort-cpu", "fp32", str(plain_fp32.resolve()), "plain-export", peer=True))
     return variants
+
+
+PLAIN_FP32 = "ort-cpu/fp32-plain-export (peer)"
+
+
+def add_plain_ratios(rows: list[dict]) -> None:
+    """latency_ratio_plain: each row's p50 over ONNX Runtime FP32 on the plain export, where that row exists."""
+    plain = next((row for row in rows if row["name"] == PLAIN_FP32), None)
+    for row in rows:
+        if plain is not None:
+            row["latency_ratio_plain"] = row["latency_p50_ms"] / plain["latency_p50_ms"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,12 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads((bundle / REPORT_JSON).read_text())
         started = time.monotonic()
         peer = nncf_defaults_peer(bundle, args.work, args.data_root)
-        plain = plain_export_peer(bundle, report["model"], args.work, args.data_root) if args.plain_peer else None
-        variants = variants_for(bundle, peer, hint, plain)
+        plain = plain_export(bundle, report["model"], args.work, args.data_root) if args.plain_peer else None
+        plain_peer = nncf_defaults_peer(bundle, args.work, args.data_root, fp32=plain) if plain else None
+        variants = variants_for(bundle, peer, hint, plain_peer, plain)
         with logs.nested("  "):
             measured = measure_variants(bundle, variants, "camvid", "test", args.data_root, args.eval_limit,
                                         args.threads, args.rounds)
         ours = best_variant(bundle)
+        add_plain_ratios(measured["rows"])
         for row in measured["rows"]:
             row["ours"] = row["name"] == ours.name
             if not Path(row["file"]).is_absolute():
@@ -177,8 +195,9 @@ def write_markdown(folder: Path) -> Path:
 
 
 def table_lines(result_files: list[Path]) -> list[str]:
-    lines = ["| model | variant | who | float layers | mIoU | drop (points) | p50 ms | vs ORT FP32 | MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| model | variant | who | float layers | mIoU | drop (points) | p50 ms | vs ORT FP32 | "
+             "vs ORT FP32, plain export | MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for path in result_files:
         result = json.loads(path.read_text())
         for row in result["rows"]:
@@ -186,8 +205,12 @@ def table_lines(result_files: list[Path]) -> list[str]:
             lines.append(f"| {result['model']} ({result['images']} img, {result['threads']} thr) | {row['name']} | "
                          f"{who} | {row.get('inference_precision') or '-'} | {row['miou']:.4f} | "
                          f"{row['miou_drop']:+.2f} | {row['latency_p50_ms']:.1f} | {row['latency_ratio']:.2f}x | "
-                         f"{row['size_mb']:.1f} |")
+                         f"{_ratio(row.get('latency_ratio_plain'))} | {row['size_mb']:.1f} |")
     return lines
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 START, END = "<!-- cpu-openvino-table:start -->", "<!-- cpu-openvino-table:end -->"
