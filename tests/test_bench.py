@@ -134,6 +134,8 @@ def test_openvino_rows_run_the_onnx_and_the_nncf_int8_with_f32_set(bench_run):
         assert row["runtime"]["backend"] == "ov-cpu" and row["runtime"]["inference_precision"] == "f32"
         assert row["artifact"]["path"].endswith(suffix) and row["accuracy"]["reference"] == reference_id
         assert row["latency_ms"]["p50_ms"] > 0
+        # FCN ends by upsampling its logits: the runner's exact split of that resize ran, and is recorded
+        assert [rewrite.split(":")[0] for rewrite in row["runtime"]["openvino_rewrites"]] == ["split-output-resize"]
     assert bench_run.rows[f"{MODEL}/fp32/ov-cpu/48x64"]["accuracy"]["pixel_agreement"] > 0.99
     artifact = bench_run.rows[f"{MODEL}/int8/ov-cpu/48x64"]["artifact"]
     assert artifact["path"].endswith("model.int8.ov.xml")
@@ -315,3 +317,17 @@ def test_readme_table_is_generated_between_markers(bench_run, tmp_path):
     readme.write_text("# no markers\n")
     broken = subprocess.run(script, capture_output=True, text=True, timeout=120)
     assert broken.returncode == 2 and "bench-table:start" in broken.stderr
+
+
+def test_artifact_paths_are_recorded_without_this_machines_folders(tmp_path, monkeypatch):
+    """Committed results must not name the folder edgeseg was checked out in, nor the user's home."""
+    import edgeseg
+    from edgeseg.bench.harness import _file_record
+
+    bundled = Path(edgeseg.__file__).resolve().parent / "weights" / "segformer-b0.safetensors"
+    assert _file_record(bundled)["path"] == "edgeseg/weights/segformer-b0.safetensors"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cached = tmp_path / ".cache" / "edgeseg" / "model.onnx"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"0")
+    assert _file_record(cached)["path"] == "~/.cache/edgeseg/model.onnx"

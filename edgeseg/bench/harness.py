@@ -468,10 +468,19 @@ def _check_writable(out_dir: Path) -> None:
         raise UsageError(f"results folder {out_dir} is not writable; choose another with --out")
 
 
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the checkout, or site-packages of an installed edgeseg
+
+
 def _file_record(path: Path) -> dict:
-    # The artifact cache lives under the user's home: record it as ~/..., not as this machine's home folder.
+    # Bundled weights are recorded as edgeseg/weights/..., the artifact cache under the user's home as ~/...: never
+    # as this machine's folders.
     home = Path.home()
-    shown = f"~/{path.relative_to(home).as_posix()}" if path.is_absolute() and path.is_relative_to(home) else str(path)
+    if path.is_absolute() and path.resolve().is_relative_to(_PACKAGE_ROOT):
+        shown = path.resolve().relative_to(_PACKAGE_ROOT).as_posix()
+    elif path.is_absolute() and path.is_relative_to(home):
+        shown = f"~/{path.relative_to(home).as_posix()}"
+    else:
+        shown = str(path)
     return {"path": shown, "mb": artifact_bytes(path) / 1e6}  # an OpenVINO IR: its .xml and .bin
 
 

@@ -219,6 +219,7 @@ def run_job(job: WorkerJob) -> dict:
     if job.backend == "ov-cpu":
         runtime["inference_precision"] = runner.inference_precision  # read back from the compiled model
         runtime["threads"] = runner.threads
+        runtime["openvino_rewrites"] = runner.graph_rewrites
     if hasattr(runner, "session") and runner.session is not None:
         runtime["providers"] = runner.session.get_providers()
     if job.backend.startswith("torch"):
