@@ -133,15 +133,17 @@ def run_all(model, feeds):
     return session.run(None, feeds)[0]
 
 
-@pytest.mark.parametrize("mode,fuse_bias", [("linear", True), ("nearest", True), ("linear", False)])
-def test_branch_projections_fold_into_the_fuse_conv(mode, fuse_bias):
-    model = mlp_decoder(mode=mode, fuse_bias=fuse_bias)
+@pytest.mark.parametrize("mode,fuse_bias,fuse_out", [("linear", True, 4), ("nearest", True, 4), ("linear", False, 4),
+                                                     ("linear", True, 3)])
+def test_branch_projections_fold_into_the_fuse_conv(mode, fuse_bias, fuse_out):
+    """fuse_out 3 < branch width 4: the folded branches get narrower, and a resize given by sizes follows."""
+    model = mlp_decoder(mode=mode, fuse_bias=fuse_bias, fuse_out=fuse_out)
     feeds = decoder_inputs()
     expected = run_all(model, feeds)
     rewritten, notes = rewrite_exact(model)
     ops = [node.op_type for node in rewritten.graph.node]
     assert "Concat" not in ops and ops.count("Conv") == 3 and ops.count("Add") == 2, ops
-    assert len(notes) == 1 and "3 branch projections folded into fuse (12->4 1x1 on 8x8" in notes[0]
+    assert len(notes) == 1 and f"3 branch projections folded into fuse (12->{fuse_out} 1x1 on 8x8" in notes[0]
     np.testing.assert_allclose(run_all(rewritten, feeds), expected, rtol=1e-5, atol=1e-5)
 
 
