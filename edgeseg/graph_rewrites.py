@@ -76,6 +76,13 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list]:
     return found
 
 
+def _graph_index(graph: onnx.GraphProto) -> tuple[dict, dict, dict[str, list], set[str]]:
+    """(initializers by name, producer node by tensor, consumer nodes by tensor, graph output names)."""
+    return ({tensor.name: tensor for tensor in graph.initializer},
+            {name: node for node in graph.node for name in node.output}, _consumers(graph),
+            {value.name for value in graph.output})
+
+
 def _attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     from onnx import helper
 
@@ -110,10 +117,7 @@ def _drop_identity_resizes(graph: onnx.GraphProto, shapes: dict) -> list[str]:
 def _token_mlps_to_convs(graph: onnx.GraphProto, shapes: dict) -> list[str]:
     from onnx import helper, numpy_helper
 
-    constants = {tensor.name: tensor for tensor in graph.initializer}
-    producers = {name: node for node in graph.node for name in node.output}
-    consumers = _consumers(graph)
-    outputs = {value.name for value in graph.output}
+    constants, producers, consumers, outputs = _graph_index(graph)
     notes = []
     for node in list(graph.node):
         if node.op_type not in ("Gemm", "MatMul") or node.input[1] not in constants:
@@ -266,10 +270,7 @@ def _channel_preserving_resize(node: onnx.NodeProto, constants: dict) -> bool:
 def _fold_branch_projections(graph: onnx.GraphProto, shapes: dict) -> list[str]:
     from onnx import helper, numpy_helper
 
-    constants = {tensor.name: tensor for tensor in graph.initializer}
-    producers = {name: node for node in graph.node for name in node.output}
-    consumers = _consumers(graph)
-    outputs = {value.name for value in graph.output}
+    constants, producers, consumers, outputs = _graph_index(graph)
 
     def used_once(name: str) -> bool:
         return name not in outputs and len(consumers.get(name, [])) == 1

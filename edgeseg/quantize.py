@@ -169,7 +169,9 @@ class _ManifestReader:
 
 
 def _quantize_once(prepared: Path, out_path: Path, reader: _ManifestReader, cfg: QuantizeConfig, exclude: list[str],
-                   cache: Path) -> None:
+                   cache: Path, float_tail: list[str]) -> None:
+    """One quantize_static pass; `exclude` (the user's and the budget loop's layers) and `float_tail`
+    (logits_tail) stay in float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -179,10 +181,6 @@ def _quantize_once(prepared: Path, out_path: Path, reader: _ManifestReader, cfg:
              "CalibStridedMinMax": _stride(len(reader)),
              # TensorRT takes biases in float and folds them itself; int32 bias Q/DQ only gets in its way.
              "QuantizeBias": not trt}
-    if not trt:
-        import onnx
-
-        exclude = [*exclude, *logits_tail(onnx.load(str(prepared), load_external_data=False))]
     reader.start_pass()
     with _ort_quantizer_warnings_silenced():
         quantize_static(
@@ -190,7 +188,7 @@ def _quantize_once(prepared: Path, out_path: Path, reader: _ManifestReader, cfg:
             op_types_to_quantize=list(TRT_QUANTIZED_OPS) if trt else None,
             per_channel=cfg.per_channel, reduce_range=False,
             activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=exclude, calibrate_method=method, extra_options=extra,
+            nodes_to_exclude=[*exclude, *float_tail], calibrate_method=method, extra_options=extra,
             calibration_cache_path=str(cache))
     if not trt:
         import onnx
@@ -328,10 +326,11 @@ def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: Quan
         candidate = scratch / "int8.onnx"
         reader = _ManifestReader(paths, preprocessing, input_name)
         excluded = list(cfg.keep_float)
-        _quantize_once(prepared, candidate, reader, cfg, excluded, cache)
+        _quantize_once(prepared, candidate, reader, cfg, excluded, cache, float_tail)
         accuracy = None
         if cfg.max_miou_drop is not None:
-            accuracy = _fit_accuracy_budget(fp32_path, prepared, candidate, reader, cfg, excluded, cache, paths)
+            accuracy = _fit_accuracy_budget(fp32_path, prepared, candidate, reader, cfg, excluded, cache, paths,
+                                            float_tail)
         if not is_main_process():  # under torchrun the other ranks only shared the budget's evaluation
             return Artifact(out_path, {"layers_kept_float": accuracy["kept_float"] if accuracy else excluded})
         graph = onnx.load(str(candidate))
@@ -359,7 +358,8 @@ def quantize_int8(fp32_path: str | Path, calibration_path: str | Path, cfg: Quan
 
 
 def _fit_accuracy_budget(fp32_path: Path, prepared: Path, candidate: Path, reader: _ManifestReader,
-                         cfg: QuantizeConfig, excluded: list[str], cache: Path, calib_paths: list[Path]) -> dict:
+                         cfg: QuantizeConfig, excluded: list[str], cache: Path, calib_paths: list[Path],
+                         float_tail: list[str]) -> dict:
     """Evaluate INT8 vs FP32; while the drop exceeds the budget, keep the most sensitive layers in float."""
     from edgeseg.quant_sensitivity import evaluate_onnx, rank_sensitivity
 
@@ -381,7 +381,7 @@ def _fit_accuracy_budget(fp32_path: Path, prepared: Path, candidate: Path, reade
         excluded.extend(newly)
         log.debug("budget round %d: keeping in float %s", len(rounds), ", ".join(newly))
         step *= 2  # 1, 2, 4, 8 ... layers: few rounds even when many layers matter
-        _quantize_once(prepared, candidate, reader, cfg, excluded, cache)
+        _quantize_once(prepared, candidate, reader, cfg, excluded, cache, float_tail)
         int8_miou = evaluate_onnx(candidate, cfg)
         rounds.append({"kept_float": len(excluded), "added": newly, "miou": int8_miou,
                        "drop": (fp32_miou - int8_miou) * 100})

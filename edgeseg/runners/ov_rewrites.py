@@ -158,14 +158,17 @@ def _rewrite(result: Any, tail: _Tail) -> None:
                             nearest_mode=attributes["nearest_mode"], cube_coeff=attributes["cube_coeff"],
                             axes=np.array([axis - 1], np.int64))
         if axis in crop_by_axis:
-            crop = crop_by_axis[axis]
-            x = ops.slice(x, np.array([crop.start], np.int64), np.array([crop.stop], np.int64),
-                          np.array([1], np.int64), np.array([axis - 1], np.int64))
+            x = _slice(ops, x, crop_by_axis[axis])
     for axis, crop in crop_by_axis.items():  # a crop of an axis the resize left alone
         if axis not in tail.values:
-            x = ops.slice(x, np.array([crop.start], np.int64), np.array([crop.stop], np.int64),
-                          np.array([1], np.int64), np.array([axis - 1], np.int64))
+            x = _slice(ops, x, crop)
     out_height, out_width = (int(dim) for dim in x.output(0).get_partial_shape().to_shape()[1:])
     x = ops.reshape(x, np.array([batch, channels, out_height, out_width], np.int64), False)
     x.output(0).get_tensor().set_names(names)
     result.input(0).replace_source_output(x.output(0))
+
+
+def _slice(ops: Any, x: Any, crop: _Crop) -> Any:  # openvino.opset11, an openvino.Node
+    """The crop on the (N*C, H, W) view, whose axes are the NCHW ones less one."""
+    return ops.slice(x, np.array([crop.start], np.int64), np.array([crop.stop], np.int64), np.array([1], np.int64),
+                     np.array([crop.axis - 1], np.int64))
