@@ -22,6 +22,7 @@ from edgeseg.lazy import lazy_import
 
 SPLIT_OUTPUT_RESIZE = "split-output-resize"
 _SEPARABLE_MODES = ("linear_onnx", "nearest")
+_COORDINATE_MODES = ("half_pixel", "pytorch_half_pixel", "asymmetric", "tf_half_pixel_for_nn", "align_corners")
 _SPATIAL_AXES = (2, 3)
 
 
@@ -69,6 +70,7 @@ def _output_tail(result: Any) -> _Tail | None:
         return None
     attributes = node.get_attributes()
     if (attributes["mode"] not in _SEPARABLE_MODES or attributes["antialias"]
+            or attributes["coordinate_transformation_mode"] not in _COORDINATE_MODES
             or any(attributes["pads_begin"]) or any(attributes["pads_end"])):
         return None
     data = node.input_value(0)
@@ -140,32 +142,89 @@ def _constant_crops(node: Any) -> tuple[_Crop, ...] | None:
 
 def _rewrite(result: Any, tail: _Tail) -> None:
     ops = lazy_import("openvino.opset11", extra="openvino")
-    attributes = tail.resize.get_attributes()
     batch, channels, height, width = tail.shape
     old_output = result.input_value(0)
     names = old_output.get_names()
     old_output.get_tensor().set_names(set())  # the names move to the new output
-    crop_by_axis = {crop.axis: crop for crop in tail.crops}
-    # The cropped axis first: its crop then runs on a tensor the other axis has not yet enlarged.
-    order = sorted(tail.values, key=lambda axis: axis not in crop_by_axis)
+    crops = {crop.axis: crop for crop in tail.crops}
     x = ops.reshape(tail.resize.input_value(0), np.array([batch * channels, height, width], np.int64), False)
-    scales = attributes["shape_calculation_mode"] == "scales"
-    for axis in order:
-        value = np.array([tail.values[axis]], np.float32 if scales else np.int64)
-        x = ops.interpolate(x, value, attributes["mode"], attributes["shape_calculation_mode"],
-                            pads_begin=[0, 0, 0], pads_end=[0, 0, 0],
-                            coordinate_transformation_mode=attributes["coordinate_transformation_mode"],
-                            nearest_mode=attributes["nearest_mode"], cube_coeff=attributes["cube_coeff"],
-                            axes=np.array([axis - 1], np.int64))
-        if axis in crop_by_axis:
-            x = _slice(ops, x, crop_by_axis[axis])
-    for axis, crop in crop_by_axis.items():  # a crop of an axis the resize left alone
+    for axis, crop in crops.items():  # a crop of an axis the resize leaves alone: first, on the small tensor
         if axis not in tail.values:
             x = _slice(ops, x, crop)
+    if 2 in tail.values:
+        x = _resize_rows(ops, x, tail, crops.get(2))
+    if 3 in tail.values:
+        x = _interpolate(ops, x, tail, 3)
+        if 3 in crops:
+            x = _slice(ops, x, crops[3])
     out_height, out_width = (int(dim) for dim in x.output(0).get_partial_shape().to_shape()[1:])
     x = ops.reshape(x, np.array([batch, channels, out_height, out_width], np.int64), False)
     x.output(0).get_tensor().set_names(names)
     result.input(0).replace_source_output(x.output(0))
+
+
+def _interpolate(ops: Any, x: Any, tail: _Tail, axis: int) -> Any:  # an openvino.Node
+    """The resize of one NCHW axis on the (N*C, H, W) view, with the original resize's attributes."""
+    attributes = tail.resize.get_attributes()
+    scales = attributes["shape_calculation_mode"] == "scales"
+    value = np.array([tail.values[axis]], np.float32 if scales else np.int64)
+    return ops.interpolate(x, value, attributes["mode"], attributes["shape_calculation_mode"],
+                           pads_begin=[0, 0, 0], pads_end=[0, 0, 0],
+                           coordinate_transformation_mode=attributes["coordinate_transformation_mode"],
+                           nearest_mode=attributes["nearest_mode"], cube_coeff=attributes["cube_coeff"],
+                           axes=np.array([axis - 1], np.int64))
+
+
+def _resize_rows(ops: Any, x: Any, tail: _Tail, crop: _Crop | None) -> Any:  # an openvino.Node
+    """The H resize (+ its crop). OpenVINO runs an H-only Interpolate between two transposes of the tensor; a
+    bilinear one is instead two row Gathers and a blend, row + (next row - row) * weight, which read whole
+    contiguous rows, and only the rows the crop keeps are made. Nearest keeps the Interpolate (its rounding
+    ties are OpenVINO's to decide)."""
+    attributes = tail.resize.get_attributes()
+    if attributes["mode"] != "linear_onnx":
+        x = _interpolate(ops, x, tail, 2)
+        return _slice(ops, x, crop) if crop else x
+    first, second, weight = linear_taps(tail.shape[2], _output_length(tail, 2), _scale(tail, 2),
+                                        attributes["coordinate_transformation_mode"])
+    if crop:
+        first, second, weight = first[crop.start:crop.stop], second[crop.start:crop.stop], weight[crop.start:crop.stop]
+    axis = np.array(1, np.int64)
+    rows = ops.gather(x, first, axis)
+    step = ops.subtract(ops.gather(x, second, axis), rows)
+    return ops.add(rows, ops.multiply(step, weight.reshape(1, -1, 1)))
+
+
+def _output_length(tail: _Tail, axis: int) -> int:
+    return int(tail.resize.get_output_partial_shape(0).to_shape()[axis])
+
+
+def _scale(tail: _Tail, axis: int) -> float:
+    """The scale the coordinate transform divides by: the given one, or output / input length for sizes."""
+    if tail.resize.get_attributes()["shape_calculation_mode"] == "scales":
+        return float(tail.values[axis])
+    return _output_length(tail, axis) / tail.shape[axis]
+
+
+def linear_taps(length: int, out_length: int, scale: float, coordinate_mode: str
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output position of a 1D linear (ONNX / linear_onnx) resize: the two input positions it blends
+    and the weight of the second, as ONNX Resize and OpenVINO's linear_onnx compute them (source coordinate
+    clamped to the input)."""
+    out = np.arange(out_length, dtype=np.float64)
+    if coordinate_mode == "align_corners":
+        source = out * (length - 1) / (out_length - 1) if out_length > 1 else np.zeros_like(out)
+    elif coordinate_mode == "asymmetric":
+        source = out / scale
+    elif coordinate_mode == "pytorch_half_pixel":
+        source = (out + 0.5) / scale - 0.5 if out_length > 1 else np.zeros_like(out)
+    elif coordinate_mode == "tf_half_pixel_for_nn":
+        source = (out + 0.5) / scale
+    else:  # half_pixel
+        source = (out + 0.5) / scale - 0.5
+    source = np.clip(source, 0, length - 1)
+    first = np.floor(source).astype(np.int64)
+    second = np.minimum(first + 1, length - 1)
+    return first, second, (source - first).astype(np.float32)
 
 
 def _slice(ops: Any, x: Any, crop: _Crop) -> Any:  # openvino.opset11, an openvino.Node
