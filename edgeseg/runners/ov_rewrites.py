@@ -5,10 +5,15 @@ SegFormer and DeepLabV3+), often followed by a crop (a model padded to a multipl
 OpenVINO runs that Interpolate channels-last like the convolution before it, then reorders the full-size logits
 into the NCHW output and crops them with a reference Slice: about 6 of DeepLabV3+'s 34 ms on one core (profiled
 with PERF_COUNT). Bilinear and nearest resizing are separable, so the same values come from resizing H and then
-W (or W then H) of a 3D (N*C, H, W) view, which OpenVINO runs planar: no full-size reorder, and a crop goes
-between the two resizes, on the smaller tensor. The result is the same up to float rounding order (tested
-against the unrewritten model). Only float tails are touched: a resize whose output is quantized again
-(FakeQuantize) is left as it is, since moving that FakeQuantize to the full-size output costs what the split saves.
+W of a 3D (N*C, H, W) view, which OpenVINO runs planar, with no full-size reorder:
+- H first, at the low resolution. A bilinear H resize is two row Gathers and a blend (row + (next row - row) *
+  weight, with edgeseg's own interpolation weights, `linear_taps`, checked against OpenVINO for every ONNX
+  coordinate mode): whole contiguous rows, where OpenVINO would run an H-only Interpolate between two transposes.
+  An H crop is folded into the gathered rows. Nearest keeps an Interpolate (its rounding ties are OpenVINO's).
+- then W, one Interpolate on the last axis, then a W crop.
+The result is the same up to float rounding order (tested against the unrewritten model). Only float tails are
+touched: a resize whose output is quantized again (FakeQuantize) is left as it is, since moving that FakeQuantize
+to the full-size output costs what the split saves.
 """
 
 from __future__ import annotations
