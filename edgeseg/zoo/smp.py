@@ -19,7 +19,9 @@ def _smp_builder(architecture: str, encoder: str) -> Callable[[int], nn.Module]:
         factory = getattr(smp, architecture)
         # encoder_weights=None: never download at build time.
         model = factory(encoder_name=encoder, encoder_weights=None, classes=num_classes)
-        return PadToMultiple(model, multiple=32)
+        # Pad to what the model needs, no more: DeepLabV3+'s dilated encoder stops at stride 16, so 360 rows are
+        # padded to 368, not 384 (4% less work on every backend); U-Net's encoders go to stride 32.
+        return PadToMultiple(model, multiple=model.encoder.output_stride)
 
     return build
 
