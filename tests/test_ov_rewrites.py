@@ -96,12 +96,10 @@ def test_split_resize_computes_what_the_original_does(tmp_path, case):
 
 def resize_only(mode: str, coordinate_mode: str, in_hw: tuple[int, int], scales=None, sizes=None, crop_h=None):
     """A bare ONNX Resize (+ an H crop) of a (1, 3, H, W) float input, as other exporters write it."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     batch_channels = [1, 3]
-    inputs = ["x", "", numpy_helper.from_array(np.array([1, 1, *scales], np.float32), "scales").name
-              if scales else "", "sizes" if sizes else ""]
+    inputs = ["x", "", "scales" if scales else "", "sizes" if sizes else ""]
     initializers = []
     if scales:
         initializers.append(numpy_helper.from_array(np.array([1, 1, *scales], np.float32), "scales"))
@@ -125,9 +123,9 @@ def resize_only(mode: str, coordinate_mode: str, in_hw: tuple[int, int], scales=
 
 @pytest.mark.parametrize("coordinate_mode", ["half_pixel", "pytorch_half_pixel", "asymmetric", "align_corners",
                                              "tf_half_pixel_for_nn"])
-@pytest.mark.parametrize("resize, rows_resized", [(dict(scales=(2.5, 3.0)), True), (dict(sizes=(31, 47)), True),
-                                                  (dict(sizes=(7, 40)), True), (dict(scales=(4.0, 1.0), crop_h=40), True),
-                                                  (dict(sizes=(12, 50)), False)],
+@pytest.mark.parametrize("resize, rows_resized", [
+    (dict(scales=(2.5, 3.0)), True), (dict(sizes=(31, 47)), True), (dict(sizes=(7, 40)), True),
+    (dict(scales=(4.0, 1.0), crop_h=40), True), (dict(sizes=(12, 50)), False)],
                          ids=["scales-fractional", "sizes-odd", "h-down-w-up", "h-only-cropped", "w-only"])
 def test_bilinear_rows_match_openvino_for_every_coordinate_mode(coordinate_mode, resize, rows_resized):
     """The row gathers' interpolation weights are edgeseg's own: they must give what OpenVINO's linear_onnx

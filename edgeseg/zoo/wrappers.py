@@ -27,7 +27,8 @@ class UpsampleLogits(nn.Module):
 
 
 class PadToMultiple(nn.Module):
-    """Encoder-decoders with skip connections need sides divisible by their output stride (32).
+    """Encoder-decoders with skip connections need sides divisible by their output stride (32 for U-Net, 16 for
+    DeepLabV3+, whose encoder is dilated after stride 16).
 
     Rather than silently resizing the user's 360x480 input, pad bottom/right with zeros (the normalised mean
     colour) and crop the logits back, so the output matches the input pixel for pixel.
