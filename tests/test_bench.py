@@ -331,3 +331,30 @@ def test_artifact_paths_are_recorded_without_this_machines_folders(tmp_path, mon
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"0")
     assert _file_record(cached)["path"] == "~/.cache/edgeseg/model.onnx"
+
+
+def test_cached_files_are_remade_when_the_code_that_made_them_changes(tmp_path, monkeypatch):
+    """The bench cache once served DeepLabV3+ ONNX files exported before its padding changed (zoo/smp.py): the key
+    now hashes edgeseg's source, so a changed module gives a new cache folder."""
+    import shutil
+
+    from edgeseg.bench import artifacts
+
+    copies = {}
+    for name in ("as-is", "changed"):
+        copies[name] = tmp_path / name / "edgeseg"
+        shutil.copytree(artifacts.PACKAGE_DIR, copies[name], ignore=shutil.ignore_patterns("__pycache__", "weights"))
+    smp = copies["changed"] / "zoo" / "smp.py"
+    smp.write_text(smp.read_text().replace("multiple=model.encoder.output_stride", "multiple=32"))
+    assert artifacts.code_fingerprint(copies["as-is"]) == artifacts.code_fingerprint(artifacts.PACKAGE_DIR)
+    assert artifacts.code_fingerprint(copies["changed"]) != artifacts.code_fingerprint(artifacts.PACKAGE_DIR)
+
+    suite = SimpleNamespace(dynamic_batch=False, dataset="camvid", calib_count=8, calib_strategy="random",
+                            calib_split="train", quant_method="minmax", quant_max_miou_drop=1.0)
+    weights = artifacts.ResolvedWeights("w.safetensors", "ab" * 32, "w.safetensors")
+    model = SimpleNamespace(zoo_name="deeplabv3plus-mobilenetv2")
+    keys = {}
+    for name, package in copies.items():
+        monkeypatch.setattr(artifacts, "PACKAGE_DIR", package)
+        keys[name] = artifacts.cache_key(model, weights, (360, 480), suite)
+    assert keys["as-is"] != keys["changed"] and keys["as-is"].startswith("deeplabv3plus-mobilenetv2-360x480-")

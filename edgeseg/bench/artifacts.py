@@ -3,8 +3,10 @@ pipeline's own stage functions and cached by what went into them.
 
 Cache layout: <cache>/<model>-<H>x<W>-<key>/ holds model.onnx, model.fp16.onnx, calibration.json and
 model.int8.onnx (CPU profile), like a build bundle; trt-<gpu>-<tensorrt>/ beside them holds the symmetric INT8
-graph and the engines of one GPU and TensorRT version. `key` is a hash of the weights' sha256 and every setting
-that changes the files, so a changed checkpoint or calibration setting never reuses a stale file.
+graph and the engines of one GPU and TensorRT version. `key` is a hash of the weights' sha256, every setting
+that changes the files and the code that makes them (edgeseg's own source and the versions of the libraries that
+export and quantize, `code_fingerprint`), so a changed checkpoint, calibration setting, export rewrite or model
+wrapper never reuses a stale file.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -97,10 +100,39 @@ def _save_random_weights(name: str, path: Path) -> None:
                     label_set=get_entry(name).label_set.name, recipe={"init": "random", "seed": RANDOM_SEED})
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+# Libraries whose version changes what an export, a quantization or an NNCF IR contains.
+ARTIFACT_LIBRARIES = ("torch", "transformers", "segmentation-models-pytorch", "torchvision", "onnx", "onnxruntime",
+                      "onnxslim", "openvino", "nncf")
+
+
+def code_fingerprint(package_dir: Path | None = None) -> str:
+    """A hash of every .py file of the edgeseg package and of the versions of ARTIFACT_LIBRARIES. Coarse on purpose:
+    any source change re-makes the cached files (minutes), where a list of "the modules that matter" would go
+    stale the first time a new module took part in an export (the DeepLabV3+ padding lives in zoo/smp.py)."""
+    return _fingerprint(package_dir or PACKAGE_DIR)
+
+
+@lru_cache(maxsize=None)
+def _fingerprint(package_dir: Path) -> str:
+    from importlib import metadata
+
+    digest = hashlib.sha256()
+    for path in sorted(package_dir.rglob("*.py")):
+        digest.update(path.relative_to(package_dir).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for library in ARTIFACT_LIBRARIES:
+        try:
+            version = metadata.version(library)
+        except metadata.PackageNotFoundError:
+            version = "-"
+        digest.update(f"{library}={version}\0".encode())
+    return digest.hexdigest()[:16]
+
+
 def cache_key(model: ModelSpec, weights: ResolvedWeights, size: tuple[int, int], suite: Suite) -> str:
     settings = {"weights": weights.sha256 or weights.spec, "size": list(size), "dynamic_batch": suite.dynamic_batch,
                 "dataset": suite.dataset, "calib": [suite.calib_count, suite.calib_strategy, suite.calib_split],
-                "quant": [suite.quant_method, suite.quant_max_miou_drop]}
+                "quant": [suite.quant_method, suite.quant_max_miou_drop], "code": code_fingerprint()}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return f"{model.zoo_name}-{size[0]}x{size[1]}-{digest}"
 
@@ -169,7 +201,7 @@ class ArtifactCache:
         export_model(loaded, model.zoo_name, config, folder / ONNX_FILES["fp32"])
         write_json(folder / "cache-key.json", {"model": model.zoo_name, "weights": weights.source,
                                                "weights_sha256": weights.sha256, "size": list(size),
-                                               "dynamic_batch": self.suite.dynamic_batch})
+                                               "dynamic_batch": self.suite.dynamic_batch, "code": code_fingerprint()})
 
     def _calibrate(self, fp32: Path, out: Path) -> None:
         from edgeseg.calibration import CalibConfig, make_calibration_set
