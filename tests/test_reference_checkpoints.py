@@ -98,6 +98,11 @@ def test_checkpoint_table_names_stages_and_distillation():
     assert "| `segformer-b0` | 0.90 | - |" in table
     entry["recipe"]["distill_from"] = None
     assert "distilled" not in publish.render_checkpoint_table({"checkpoints": {"segformer-b0": entry}})
+    # scores re-measured under a changed model definition (publish_reference.py --remeasure) are marked as such
+    entry["test_remeasured"] = "after the padding changed"
+    table = publish.render_checkpoint_table({"checkpoints": {"segformer-b0": entry}})
+    assert "| `segformer-b0` | 0.4100 (*) | 0.7500 |" in table
+    assert "(*) test scores re-measured with the same weights, `segformer-b0`: after the padding changed" in table
 
 
 @pytest.mark.docs
