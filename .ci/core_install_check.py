@@ -57,7 +57,10 @@ check(result.returncode == 2 and len(errors) == 1 and errors[0].startswith("edge
 
 process = subprocess.Popen([edgeseg, "demo", "--model", "tiny.onnx", "--source", "clip.mp4", "--realtime",
                             "--no-show", "--save", "interrupted.mp4"], cwd=fixtures, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+                           stderr=subprocess.PIPE, text=True,
+                           # SIGINT as in a terminal: a CI job run in the background has it ignored, and so would
+                           # the demo (edgeseg leaves an ignored SIGINT ignored)
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 time.sleep(4)
 process.send_signal(signal.SIGINT)
 out, err = process.communicate(timeout=60)

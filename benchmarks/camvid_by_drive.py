@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgeseg.data.datasets import camvid, drive_of, resolve_data_root
 from edgeseg.evaluate import confusion_on, torch_predictor
-from edgeseg.manifest import now_utc, read_json, write_json
+from edgeseg.manifest import now_utc, portable_path, read_json, write_json
 from edgeseg.metrics import ConfusionMatrix
 from edgeseg.zoo.weights import load_model
 
@@ -28,7 +28,8 @@ RESULTS = REPO / "benchmarks" / "results" / "camvid_by_drive.json"
 def scores_by_drive(model: str, weights: str | None, splits: tuple[str, ...], data_root) -> dict:
     loaded = load_model(model, weights)
     predict = torch_predictor(loaded.model)
-    result = {"weights": loaded.source, "splits": {}}
+    # bundled weights as edgeseg/weights/..., never as this checkout's folder
+    result = {"weights": portable_path(loaded.source, REPO), "splits": {}}
     for split in splits:
         dataset = camvid(data_root, split)
         by_drive = defaultdict(list)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 
 import cv2
@@ -17,6 +18,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 _PRISTINE_EDGESEG_LOGGER = list(logging.getLogger("edgeseg").handlers), logging.getLogger("edgeseg").level, \
     logging.getLogger("edgeseg").propagate
+
+
+def sigint_as_in_a_terminal() -> None:
+    """preexec_fn for a child process a test interrupts with SIGINT: SIGINT back to its default action. A job
+    started in the background of a non-interactive shell (`nohup ... &`, some CI runners) has SIGINT ignored, its
+    children inherit that, and edgeseg rightly leaves an ignored SIGINT ignored, so the Ctrl-C the test sends would
+    never land."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(autouse=True)

@@ -29,7 +29,7 @@ from edgeseg.demo.app import DemoConfig, run_demo
 from edgeseg.demo.serve import BOUNDARY, parse_address
 from edgeseg.errors import UsageError
 from edgeseg.zoo.contract import Preprocessing
-from tests.conftest import REPO, camvid_root, synthetic_scene
+from tests.conftest import REPO, camvid_root, sigint_as_in_a_terminal, synthetic_scene
 from tests.log_lines import captured
 
 CLASSES = ("Sky", "Road", "Car", "Pedestrian", "Tree")
@@ -282,7 +282,8 @@ def test_headless_chromium_watches_the_page_and_a_second_viewer_costs_no_frame_r
     clip = make_wide_clip(tmp_path / "long.mp4", 2400)
     command = [sys.executable, "-m", "edgeseg", "demo", "--model", str(serve_model), "--source", str(clip),
                "--no-show", "--threads", "1", "--serve", "127.0.0.1:0"]
-    demo = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    demo = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_as_in_a_terminal)
     try:
         url = None
         for line in demo.stderr:  # the demo logs where it listens: port 0 picked a free one

@@ -17,7 +17,7 @@ import pytest
 
 from edgeseg.errors import DataError, UsageError
 from edgeseg.output_paths import check_output_file, check_output_folder
-from tests.conftest import make_camvid
+from tests.conftest import make_camvid, sigint_as_in_a_terminal
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -177,7 +177,8 @@ def test_ctrl_c_during_int8_calibration_exits_130_and_leaves_nothing(tmp_path, t
         [sys.executable, "-m", "edgeseg", "build", "--model", "fcn-resnet18", "--weights", "random", "--size",
          "48x64", "--data-root", str(tiny_camvid), "--out", str(out), "--calib-count", "4", "--calib-strategy",
          "random", "--max-miou-drop", "-1", "--threads", "1"],
-        cwd=tmp_path, env=edgeseg_process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path, env=edgeseg_process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=sigint_as_in_a_terminal)
     seen = []
     for line in process.stderr:  # the build's stage lines are progress: stderr
         seen.append(line)
