@@ -8,6 +8,8 @@ rounds (machine drift hits every row alike, so the ratios hold on a busy machine
   ort-cpu/int8-edgeseg    the ONNX Runtime INT8 model of the bundle
   <bundle default>        the variant 'edgeseg build' chose and demo/bench run (marked ours), and for an
                           OpenVINO INT8 default the same file with the other float-layer hint (f32 / bf16)
+  ablation                for an OpenVINO default, the same variant without the runner's exact graph rewrites
+                          (runners/ov_rewrites.py): what they are worth, side by side
   peers, marked peer:     OpenVINO FP32 with its default precision (bf16 on CPUs with AVX512-BF16/AMX, as
                           OpenVINO picks it), and OpenVINO + NNCF defaults: nncf.quantize(model, dataset) with
                           nothing but the dataset, given the bundle's own calibration images, at OpenVINO's
@@ -32,6 +34,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -113,6 +116,8 @@ def variants_for(bundle: Path, peer_model: Path, hint: str, plain_peer: Path | N
         other = "f32" if ours.hint == "bf16" else "bf16"
         if other == "f32" or hint == "bf16":
             variants.append(CpuVariant("ov-cpu", "int8", ours.file, ours.quantizer, other))
+    if ours.backend == "ov-cpu":  # ablation: the default without the OpenVINO runner's rewrites
+        variants.append(replace(ours, runner_rewrites=False))
     variants += [CpuVariant("ov-cpu", "fp32" if hint == "f32" else "bf16", FP32_ONNX, hint=hint, peer=True),
                  CpuVariant("ov-cpu", "int8", str(peer_model.resolve()), "nncf-defaults", hint, peer=True)]
     if plain_peer is not None:
@@ -201,7 +206,8 @@ def table_lines(result_files: list[Path]) -> list[str]:
     for path in result_files:
         result = json.loads(path.read_text())
         for row in result["rows"]:
-            who = "peer" if row.get("peer") else ("**edgeseg default**" if row.get("ours") else "edgeseg")
+            who = "peer" if row.get("peer") else ("**edgeseg default**" if row.get("ours") else
+                                                  "ablation" if row.get("runner_rewrites") is False else "edgeseg")
             lines.append(f"| {result['model']} ({result['images']} img, {result['threads']} thr) | {row['name']} | "
                          f"{who} | {row.get('inference_precision') or '-'} | {row['miou']:.4f} | "
                          f"{row['miou_drop']:+.2f} | {row['latency_p50_ms']:.1f} | {row['latency_ratio']:.2f}x | "

@@ -39,12 +39,20 @@ class CpuVariant:
     # OpenVINO: the inference precision hint for float layers (f32 / bf16), always set explicitly. None for ORT.
     hint: str | None = None
     peer: bool = False  # a competitor's out-of-the-box setting, measured for comparison only
+    # OpenVINO: whether the runner makes its exact graph rewrites (runners/ov_rewrites.py). A peer never does (it
+    # runs as OpenVINO alone would); False on one of ours is an ablation row: what the rewrites are worth.
+    runner_rewrites: bool = True
 
     @property
     def name(self) -> str:
         quantizer = f"-{self.quantizer}" if self.quantizer else ""
         hint = f"+{self.hint}" if self.hint and self.precision == "int8" else ""
-        return f"{self.backend}/{self.precision}{quantizer}{hint}" + (" (peer)" if self.peer else "")
+        ablation = " (no runner rewrites)" if not self.runner_rewrites and not self.peer else ""
+        return f"{self.backend}/{self.precision}{quantizer}{hint}" + (" (peer)" if self.peer else "") + ablation
+
+    @property
+    def rewrites(self) -> bool:
+        return self.runner_rewrites and not self.peer
 
     def to_dict(self) -> dict:
         return {**asdict(self), "name": self.name}
@@ -52,7 +60,7 @@ class CpuVariant:
     @classmethod
     def from_dict(cls, data: dict) -> "CpuVariant":
         return cls(**{key: data.get(key) for key in ("backend", "precision", "file", "quantizer", "hint")},
-                   peer=bool(data.get("peer", False)))
+                   peer=bool(data.get("peer", False)), runner_rewrites=bool(data.get("runner_rewrites", True)))
 
 
 def openvino_available() -> bool:
@@ -89,7 +97,7 @@ def open_variant(bundle: Path, variant: CpuVariant, threads: int | None = None) 
 
         # A peer runs as OpenVINO alone would: without edgeseg's graph rewrites.
         return OvRunner(bundle / variant.file, threads=threads, precision_hint=variant.hint or "f32",
-                        rewrite=not variant.peer)
+                        rewrite=variant.rewrites)
     from edgeseg.runners.ort import OrtRunner
 
     return OrtRunner(bundle / variant.file, device="cpu", threads=threads)
@@ -169,7 +177,7 @@ def openvino_survivors(bundle: Path, variants: list[CpuVariant],
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parent.parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
     while pending:
-        names = [(variant.name, variant.file, variant.hint or "f32", not variant.peer) for variant in pending]
+        names = [(variant.name, variant.file, variant.hint or "f32", variant.rewrites) for variant in pending]
         try:
             child = subprocess.run([sys.executable, "-c", _PROBE, json.dumps([str(bundle), threads, names])],
                                    capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=environment)

@@ -195,3 +195,26 @@ def test_runner_rewrites_by_default_and_records_it(tmp_path):
     with OvRunner(path, threads=1) as ours, OvRunner(path, threads=1, rewrite=False) as plain:
         assert ours.graph_rewrites == ["split-output-resize: /Resize"] and plain.graph_rewrites == []
         np.testing.assert_allclose(ours.infer(x), plain.infer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_variant_can_run_without_the_runner_rewrites_and_says_so(tmp_path):
+    """The benchmark's ablation row: the bundle default with runner_rewrites=False opens an OvRunner that makes no
+    rewrite, under a name of its own, and the flag survives report.json."""
+    import onnx
+
+    from edgeseg.cpu_variants import CpuVariant, open_variant
+    from edgeseg.zoo.contract import Preprocessing
+
+    path = exported(tmp_path, Head(align_corners=True, crop=(44, None)))
+    graph = onnx.load(str(path))
+    entry = graph.metadata_props.add()
+    entry.key = "edgeseg.preprocessing"
+    entry.value = Preprocessing(input_size=(48, 64), classes=tuple("abcde"),
+                                palette=tuple((index, index, index) for index in range(CLASSES))).to_json()
+    onnx.save(graph, str(path))
+    ours = CpuVariant("ov-cpu", "fp32", path.name, hint="f32")
+    ablation = CpuVariant("ov-cpu", "fp32", path.name, hint="f32", runner_rewrites=False)
+    assert ablation.name == "ov-cpu/fp32 (no runner rewrites)" and ours.name == "ov-cpu/fp32"
+    assert CpuVariant.from_dict(ablation.to_dict()) == ablation and CpuVariant.from_dict(ours.to_dict()) == ours
+    assert open_variant(tmp_path, ours, threads=1).graph_rewrites == ["split-output-resize: /Resize"]
+    assert open_variant(tmp_path, ablation, threads=1).graph_rewrites == []
