@@ -210,13 +210,13 @@ def table_lines(result_files: list[Path]) -> list[str]:
                                                   "ablation" if row.get("runner_rewrites") is False else "edgeseg")
             lines.append(f"| {result['model']} ({result['images']} img, {result['threads']} thr) | {row['name']} | "
                          f"{who} | {row.get('inference_precision') or '-'} | {row['miou']:.4f} | "
-                         f"{row['miou_drop']:+.2f} | {row['latency_p50_ms']:.1f} | {row['latency_ratio']:.2f}x | "
+                         f"{row['miou_drop']:+.2f} | {row['latency_p50_ms']:.1f} | {row['latency_ratio']:.3f}x | "
                          f"{_ratio(row.get('latency_ratio_plain'))} | {row['size_mb']:.1f} |")
     return lines
 
 
 def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
+    return "-" if value is None else f"{value:.3f}x"  # three decimals: the targets are ratios like 0.33x
 
 
 START, END = "<!-- cpu-openvino-table:start -->", "<!-- cpu-openvino-table:end -->"
