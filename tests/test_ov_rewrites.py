@@ -178,10 +178,10 @@ def test_a_quantized_resize_output_is_left_alone(tmp_path):
     assert split_output_resizes(ov.Core().read_model(str(path))) == []
 
 
-def test_runner_rewrites_by_default_and_records_it(tmp_path):
+def runnable_head(tmp_path):
+    """The DeepLabV3+-like head (align_corners, bottom crop) with the preprocessing metadata edgeseg's runners need."""
     import onnx
 
-    from edgeseg.runners.ov import OvRunner
     from edgeseg.zoo.contract import Preprocessing
 
     path = exported(tmp_path, Head(align_corners=True, crop=(44, None)))
@@ -191,6 +191,13 @@ def test_runner_rewrites_by_default_and_records_it(tmp_path):
     entry.value = Preprocessing(input_size=(48, 64), classes=tuple("abcde"),
                                 palette=tuple((index, index, index) for index in range(CLASSES))).to_json()
     onnx.save(graph, str(path))
+    return path
+
+
+def test_runner_rewrites_by_default_and_records_it(tmp_path):
+    from edgeseg.runners.ov import OvRunner
+
+    path = runnable_head(tmp_path)
     x = np.random.default_rng(1).normal(size=(1, 3, 48, 64)).astype(np.float32)
     with OvRunner(path, threads=1) as ours, OvRunner(path, threads=1, rewrite=False) as plain:
         assert ours.graph_rewrites == ["split-output-resize: /Resize"] and plain.graph_rewrites == []
@@ -200,18 +207,9 @@ def test_runner_rewrites_by_default_and_records_it(tmp_path):
 def test_a_variant_can_run_without_the_runner_rewrites_and_says_so(tmp_path):
     """The benchmark's ablation row: the bundle default with runner_rewrites=False opens an OvRunner that makes no
     rewrite, under a name of its own, and the flag survives report.json."""
-    import onnx
-
     from edgeseg.cpu_variants import CpuVariant, open_variant
-    from edgeseg.zoo.contract import Preprocessing
 
-    path = exported(tmp_path, Head(align_corners=True, crop=(44, None)))
-    graph = onnx.load(str(path))
-    entry = graph.metadata_props.add()
-    entry.key = "edgeseg.preprocessing"
-    entry.value = Preprocessing(input_size=(48, 64), classes=tuple("abcde"),
-                                palette=tuple((index, index, index) for index in range(CLASSES))).to_json()
-    onnx.save(graph, str(path))
+    path = runnable_head(tmp_path)
     ours = CpuVariant("ov-cpu", "fp32", path.name, hint="f32")
     ablation = CpuVariant("ov-cpu", "fp32", path.name, hint="f32", runner_rewrites=False)
     assert ablation.name == "ov-cpu/fp32 (no runner rewrites)" and ours.name == "ov-cpu/fp32"
