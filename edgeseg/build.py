@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from edgeseg.bundle_layout import (CALIBRATION_MANIFEST, MANIFEST_FILE, ONNX_FILES, OV_INT8_FILE, PARTIAL_MARKER,
                                    PRUNED_HF_DIR, PRUNED_WEIGHTS)
 from edgeseg.calibration import CalibConfig, make_calibration_set
-from edgeseg.cpu_variants import choose_default, measure_variants, openvino_available, plan_variants
+from edgeseg.cpu_variants import (RUNOFF_MARGIN, choose_default, measure_variants, openvino_available, plan_variants,
+                                  runoff)
 from edgeseg.errors import UsageError
 from edgeseg.export import ExportConfig, export_model, onnx_preprocessing
 from edgeseg.logs import nested
@@ -63,6 +64,7 @@ class BuildConfig:
     engine_precision: str = "int8"
     threads: int | None = None
     latency_rounds: int = 8
+    runoff_margin: float = RUNOFF_MARGIN  # cpu target: rows this close to the fastest are timed again (cpu_variants)
     prune_ratio: float | None = None  # prune first (edgeseg.prune), then build the pruned model
     prune_importance: str = "l1"
     finetune_epochs: int = 0  # recovery fine-tune of the pruned model, distilled from the unpruned one
@@ -368,8 +370,11 @@ def _cpu_variants_stage(work_dir: Path, cfg: BuildConfig, calibration: Path, ste
     with nested(DETAIL):
         measured = measure_variants(work_dir, variants, cfg.dataset, cfg.eval_split, cfg.data_root, cfg.eval_limit,
                                     cfg.threads, cfg.latency_rounds)
+        measured["runoff"] = runoff(work_dir, measured["rows"], cfg.max_miou_drop, cfg.threads, cfg.latency_rounds,
+                                    cfg.runoff_margin)
     default = choose_default(measured["rows"], cfg.max_miou_drop)
-    _detail(f"default CPU variant: {default['name']} ({default['latency_ratio']:.2f}x ORT fp32, "
+    ratio = (default.get("runoff") or default)["latency_ratio"]
+    _detail(f"default CPU variant: {default['name']} ({ratio:.2f}x ORT fp32, "
         f"drop {default['miou_drop']:+.2f} points"
         + (f", budget {cfg.max_miou_drop})" if cfg.max_miou_drop is not None else ")"))
     measured.update({"backend": "ort-cpu", "default": default, "max_miou_drop": cfg.max_miou_drop,

@@ -92,7 +92,7 @@ def write_reports(bundle: Path, model: str, target: str, measured: dict, manifes
     if "rows" in measured:  # cpu target: every backend x precision, and the default demo/bench run
         report.update({"rows": measured["rows"], "default": measured["default"],
                        "max_miou_drop": measured["max_miou_drop"], "openvino_note": measured.get("openvino_note"),
-                       "left_out": measured.get("left_out", [])})
+                       "left_out": measured.get("left_out", []), "runoff": measured.get("runoff")})
     write_json(bundle / REPORT_JSON, report)
     lines = [f"# {model} for {target}", "",
              f"Accuracy on {measured['dataset']} ({measured['images']} images); latency on ONNX Runtime CPU, "
@@ -122,6 +122,14 @@ def write_reports(bundle: Path, model: str, target: str, measured: dict, manifes
         budget = measured["max_miou_drop"]
         within = f"fastest within {budget:g} points of mIoU" if budget is not None else "fastest"
         lines += ["", f"Default ({within}, run by demo and bench on this bundle): {measured['default']['name']}."]
+        if measured.get("runoff"):
+            runoff = measured["runoff"]
+            timed = sorted((row for row in measured["rows"] if "runoff" in row),
+                           key=lambda row: row["runoff"]["p50_ms"])
+            listed = ", ".join(f"{row['name']} {row['runoff']['p50_ms']:.1f} ms ({row['runoff']['latency_ratio']:.2f}x)"
+                               for row in timed)
+            lines.append(f"Runoff: the rows within {runoff['margin']:.0%} of the fastest, timed again side by side "
+                         f"with ORT fp32 ({runoff['rounds']} rounds); the default is the fastest of them: {listed}.")
         if measured.get("openvino_note"):
             lines.append(f"OpenVINO: {measured['openvino_note']}.")
         for record in measured.get("left_out", []):

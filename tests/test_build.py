@@ -31,7 +31,7 @@ def test_cpu_build_writes_a_complete_bundle(tmp_path, tiny_camvid, build_lines, 
     from edgeseg import logs
 
     logs.configure()  # as the CLI does: the stages' lines on stderr, indented under the build's steps
-    result = build(tiny_build_config(tiny_camvid, tmp_path / "bundle"))
+    result = build(tiny_build_config(tiny_camvid, tmp_path / "bundle", runoff_margin=10.0))
     out, err = capsys.readouterr()
     assert out == ""  # stdout is for the CLI's result line: no stage (nor NNCF) writes there
     bundle = result.bundle
@@ -58,7 +58,12 @@ def test_cpu_build_writes_a_complete_bundle(tmp_path, tiny_camvid, build_lines, 
             assert isinstance(row[key], float), (row["name"], key)
     assert rows["ort-cpu/fp32"]["latency_ratio"] == 1.0 and rows["ort-cpu/fp32"]["miou_drop"] == 0.0
     assert report["default"]["name"] in rows
-    assert report["default"]["latency_p50_ms"] == min(row["latency_p50_ms"] for row in rows.values())  # no budget
+    # no budget: every row is eligible, and with this margin every one goes through the runoff, which decides
+    timed = [row for row in rows.values() if not row["peer"]]
+    assert all("runoff" in row for row in timed) and report["runoff"]["rows"] == [row["name"] for row in timed]
+    assert report["default"]["runoff"]["p50_ms"] == min(row["runoff"]["p50_ms"] for row in timed)
+    assert rows["ort-cpu/fp32"]["runoff"]["latency_ratio"] == 1.0
+    assert "Runoff: the rows within 1000% of the fastest, timed again" in (bundle / "report.md").read_text()
     if importlib.util.find_spec("openvino"):
         assert (bundle / "model.int8.ov.xml").is_file() and (bundle / "model.int8.ov.bin").is_file()
         assert {"ov-cpu/fp32", "ov-cpu/int8-nncf+f32", "ov-cpu/int8-edgeseg+f32"} <= set(rows)
