@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any
 from edgeseg.bundle_layout import (CALIBRATION_MANIFEST, MANIFEST_FILE, ONNX_FILES, OV_INT8_FILE, PARTIAL_MARKER,
                                    PRUNED_HF_DIR, PRUNED_WEIGHTS)
 from edgeseg.calibration import CalibConfig, make_calibration_set
-from edgeseg.cpu_variants import (RUNOFF_MARGIN, choose_default, measure_variants, openvino_available, plan_variants,
-                                  runoff)
+from edgeseg.cpu_variants import RUNOFF_MARGIN, choose_default, measure_variants, openvino_available, plan_variants
 from edgeseg.errors import UsageError
 from edgeseg.export import ExportConfig, export_model, onnx_preprocessing
 from edgeseg.logs import nested
@@ -369,9 +368,7 @@ def _cpu_variants_stage(work_dir: Path, cfg: BuildConfig, calibration: Path, ste
     steps.say(f"evaluate and time {len(variants)} CPU variants side by side ({cfg.eval_split} split)")
     with nested(DETAIL):
         measured = measure_variants(work_dir, variants, cfg.dataset, cfg.eval_split, cfg.data_root, cfg.eval_limit,
-                                    cfg.threads, cfg.latency_rounds)
-        measured["runoff"] = runoff(work_dir, measured["rows"], cfg.max_miou_drop, cfg.threads, cfg.latency_rounds,
-                                    cfg.runoff_margin)
+                                    cfg.threads, cfg.latency_rounds, cfg.runoff_margin, cfg.max_miou_drop)
     default = choose_default(measured["rows"], cfg.max_miou_drop)
     ratio = (default.get("runoff") or default)["latency_ratio"]
     _detail(f"default CPU variant: {default['name']} ({ratio:.2f}x ORT fp32, "

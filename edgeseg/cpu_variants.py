@@ -110,12 +110,12 @@ def file_size_mb(path: Path) -> float:
 
 def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str, split: str,
                      data_root: str | Path | None, limit: int | None, threads: int | None,
-                     latency_rounds: int) -> dict:
+                     latency_rounds: int, runoff_margin: float | None = None,
+                     max_miou_drop: float | None = None) -> dict:
     """Accuracy of every variant on the split, then latency of all of them in interleaved rounds, each in a new
-    seeded random order; result lines go to this module's logger."""
-    import numpy as np
-
-    from edgeseg.bench.latency import SIDE_BY_SIDE_METHOD, measure_interleaved, shuffled_rounds
+    seeded random order; with `runoff_margin`, then the `runoff` of the rows within the budget that are that close
+    to the fastest (for the build's choice of a default). Result lines go to this module's logger."""
+    from edgeseg.bench.latency import SIDE_BY_SIDE_METHOD, time_runners_side_by_side
     from edgeseg.data.datasets import open_dataset
     from edgeseg.evaluate import evaluate
 
@@ -136,9 +136,7 @@ def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str
             row["openvino_rewrites"] = runner.graph_rewrites
         rows.append(row)
         log.info(f"{variant.name}: mIoU {scores.miou:.4f} on {images} images")
-    batch = np.zeros((1, 3, *runners[variants[0].name].preprocessing.input_size), np.float32)
-    timings = measure_interleaved({name: (lambda r=r: r.infer(batch)) for name, r in runners.items()},
-                                  rounds=latency_rounds, per_round=2, shuffle=shuffled_rounds())
+    timings = time_runners_side_by_side(runners, latency_rounds)
     reference = next(row for row in rows if row["backend"] == "ort-cpu" and row["precision"] == "fp32")
     for row in rows:
         row["miou_drop"] = (reference["miou"] - row["miou"]) * 100
@@ -147,8 +145,11 @@ def measure_variants(bundle: Path, variants: list[CpuVariant], dataset_name: str
         row["latency"] = timings[row["name"]].to_dict()
         log.info(f"{row['name']}: p50 {row['latency_p50_ms']:.1f} ms ({row['latency_ratio']:.2f}x ORT fp32), "
                  f"mIoU drop {row['miou_drop']:+.2f} points, {row['size_mb']:.1f} MB")
-    return {"dataset": dataset.name, "images": images, "threads": threads,
-            "latency_method": SIDE_BY_SIDE_METHOD, "rows": rows, "left_out": left_out}
+    measured = {"dataset": dataset.name, "images": images, "threads": threads,
+                "latency_method": SIDE_BY_SIDE_METHOD, "rows": rows, "left_out": left_out}
+    if runoff_margin is not None:
+        measured["runoff"] = runoff(rows, runners, max_miou_drop, latency_rounds, runoff_margin)
+    return measured
 
 
 # A child process compiles each OpenVINO variant and runs it once, printing "ok NAME" after each; the parent opens
@@ -228,14 +229,12 @@ def _eligible(rows: list[dict], max_miou_drop: float | None) -> list[dict]:
     return eligible
 
 
-def runoff(bundle: Path, rows: list[dict], max_miou_drop: float | None, threads: int | None,
-           latency_rounds: int, margin: float = RUNOFF_MARGIN) -> dict | None:
-    """Time the eligible rows within `margin` (a fraction) of the fastest again, longer, with ORT FP32, and record
-    each one's result as row["runoff"] (p50 and ratio to ORT FP32 in the runoff); None (rows untouched) when only
-    one row is that close."""
-    import numpy as np
-
-    from edgeseg.bench.latency import measure_interleaved, shuffled_rounds
+def runoff(rows: list[dict], runners: dict[str, Runner], max_miou_drop: float | None, latency_rounds: int,
+           margin: float = RUNOFF_MARGIN) -> dict | None:
+    """Time the eligible rows within `margin` (a fraction) of the fastest again, on their open runners (by row
+    name), longer, with ORT FP32, and record each one's result as row["runoff"] (p50 and ratio to ORT FP32 in the
+    runoff); None (rows untouched) when only one row is that close."""
+    from edgeseg.bench.latency import time_runners_side_by_side
 
     eligible = _eligible(rows, max_miou_drop)
     fastest = min(row["latency_p50_ms"] for row in eligible)
@@ -244,11 +243,8 @@ def runoff(bundle: Path, rows: list[dict], max_miou_drop: float | None, threads:
         return None
     reference = next(row for row in rows if row["backend"] == "ort-cpu" and row["precision"] == "fp32")
     timed = [reference] + [row for row in close if row is not reference]
-    runners = {row["name"]: open_variant(bundle, CpuVariant.from_dict(row), threads) for row in timed}
-    batch = np.zeros((1, 3, *runners[reference["name"]].preprocessing.input_size), np.float32)
     rounds = latency_rounds * RUNOFF_ROUNDS_FACTOR
-    timings = measure_interleaved({name: (lambda r=r: r.infer(batch)) for name, r in runners.items()},
-                                  rounds=rounds, per_round=2, shuffle=shuffled_rounds())
+    timings = time_runners_side_by_side({row["name"]: runners[row["name"]] for row in timed}, rounds)
     reference_ms = timings[reference["name"]].p50_ms
     for row in close:
         row["runoff"] = {"p50_ms": timings[row["name"]].p50_ms,

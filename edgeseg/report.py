@@ -25,9 +25,7 @@ def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, da
                        limit: int | None, threads: int | None, latency_rounds: int, accuracy: bool = True) -> dict:
     """accuracy=False (no labelled data, e.g. a foreign model calibrated on a plain image folder): latency and
     size only, mIoU recorded as None. Result lines go to this module's logger."""
-    import numpy as np
-
-    from edgeseg.bench.latency import SIDE_BY_SIDE_METHOD, measure_interleaved, shuffled_rounds
+    from edgeseg.bench.latency import SIDE_BY_SIDE_METHOD, time_runners_side_by_side
     from edgeseg.data.datasets import open_dataset
     from edgeseg.evaluate import evaluate
     from edgeseg.runners.ort import OrtRunner
@@ -44,9 +42,7 @@ def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, da
                               "size_mb": paths[precision].stat().st_size / 1e6}
         images = min(len(dataset), limit or len(dataset))
         log.info(f"{precision}: mIoU {scores.miou:.4f} on {dataset.name} ({images} images)")
-    batch = np.zeros((1, 3, *next(iter(runners.values())).preprocessing.input_size), np.float32)
-    timings = measure_interleaved({p: (lambda r=r: r.infer(batch)) for p, r in runners.items()},
-                                  rounds=latency_rounds, per_round=2, shuffle=shuffled_rounds())
+    timings = time_runners_side_by_side(runners, latency_rounds)
     reference_miou, reference_ms = results["fp32"]["miou"], timings["fp32"].p50_ms
     for precision, result in results.items():
         result["miou_drop"] = (reference_miou - result["miou"]) * 100
@@ -62,13 +58,9 @@ def measure_precisions(paths: dict[str, Path], dataset_name: str, split: str, da
 
 def _latency_only(paths: dict[str, Path], runners: dict[str, OrtRunner], latency_rounds: int,
                   threads: int | None) -> dict:
-    import numpy as np
+    from edgeseg.bench.latency import SIDE_BY_SIDE_METHOD, time_runners_side_by_side
 
-    from edgeseg.bench.latency import SIDE_BY_SIDE_METHOD, measure_interleaved, shuffled_rounds
-
-    batch = np.zeros((1, 3, *next(iter(runners.values())).preprocessing.input_size), np.float32)
-    timings = measure_interleaved({p: (lambda r=r: r.infer(batch)) for p, r in runners.items()},
-                                  rounds=latency_rounds, per_round=2, shuffle=shuffled_rounds())
+    timings = time_runners_side_by_side(runners, latency_rounds)
     results = {}
     for precision, path in paths.items():
         results[precision] = {"miou": None, "miou_drop": None, "pixel_accuracy": None, "per_class_iou": None,

@@ -4,7 +4,8 @@ close, the fastest of a longer runoff measured on the real runners (so the choic
 import onnx
 import pytest
 
-from edgeseg.cpu_variants import RUNOFF_MARGIN, RUNOFF_ROUNDS_FACTOR, CpuVariant, choose_default, runoff
+from edgeseg.cpu_variants import (RUNOFF_MARGIN, RUNOFF_ROUNDS_FACTOR, CpuVariant, choose_default, open_variant,
+                                  runoff)
 from tests.engine_helpers import make_model
 
 
@@ -45,6 +46,11 @@ def two_file_bundle(tmp_path):
     return bundle
 
 
+def opened(bundle, rows):
+    """The rows' real runners by name, as measure_variants holds them when it calls the runoff."""
+    return {entry["name"]: open_variant(bundle, CpuVariant.from_dict(entry), threads=1) for entry in rows}
+
+
 def test_runoff_times_the_close_rows_again_with_the_reference(two_file_bundle):
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
     rows = [row("ort-cpu", "fp32", "model.onnx", 5.0, 0.0),
@@ -52,7 +58,7 @@ def test_runoff_times_the_close_rows_again_with_the_reference(two_file_bundle):
             row("ov-cpu", "int8", "model.int8.onnx", 1.0 * (1 + RUNOFF_MARGIN) - 1e-9, 0.2, "edgeseg", "f32"),
             row("ov-cpu", "fp32", "model.onnx", 1.0 * (1 + RUNOFF_MARGIN) + 0.01, 0.0, hint="f32"),  # too slow
             row("ov-cpu", "int8", "model.int8.onnx", 0.5, 0.0, "nncf-defaults", "f32", peer=True)]  # a peer
-    summary = runoff(two_file_bundle, rows, 0.5, threads=1, latency_rounds=2)
+    summary = runoff(rows, opened(two_file_bundle, rows), 0.5, latency_rounds=2)
     assert summary["rows"] == ["ort-cpu/int8-edgeseg", "ov-cpu/int8-edgeseg+f32"]
     assert summary["rounds"] == 2 * RUNOFF_ROUNDS_FACTOR and summary["margin"] == RUNOFF_MARGIN
     reference_ms = summary["reference_p50_ms"]
@@ -69,7 +75,8 @@ def test_runoff_times_the_close_rows_again_with_the_reference(two_file_bundle):
 def test_no_runoff_when_one_row_is_clearly_fastest(two_file_bundle):
     rows = [row("ort-cpu", "fp32", "model.onnx", 5.0, 0.0),
             row("ort-cpu", "int8", "model.int8.onnx", 1.0, 0.2, "edgeseg")]
-    assert runoff(two_file_bundle, rows, 0.5, threads=1, latency_rounds=2) is None
+    runners = opened(two_file_bundle, rows)
+    assert runoff(rows, runners, 0.5, latency_rounds=2) is None
     assert all("runoff" not in entry for entry in rows)
     # and rows out of the budget are not candidates: only FP32 is left
-    assert runoff(two_file_bundle, rows, 0.1, threads=1, latency_rounds=2) is None
+    assert runoff(rows, runners, 0.1, latency_rounds=2) is None

@@ -10,7 +10,7 @@ import logging
 import random
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -86,3 +86,12 @@ def measure_interleaved(calls: dict[str, Callable[[], object]], warmup: int = 3,
                 samples[name].append((time.perf_counter() - begin) * 1000)
         progress.advance()
     return {name: stats_from_samples(values) for name, values in samples.items()}
+
+
+def time_runners_side_by_side(runners: dict[str, Any], rounds: int) -> dict[str, LatencyStats]:
+    """SIDE_BY_SIDE_METHOD: model-only latency of runners (the Runner interface) on one zero batch of the first
+    one's input size, in interleaved rounds of 2 calls each, every round in a new seeded random order."""
+    first = next(iter(runners.values()))
+    batch = np.zeros((1, 3, *first.preprocessing.input_size), np.float32)
+    return measure_interleaved({name: (lambda runner=runner: runner.infer(batch)) for name, runner in runners.items()},
+                               rounds=rounds, per_round=2, shuffle=shuffled_rounds())
